@@ -1,0 +1,35 @@
+"""Evidence-ratio credit (RLSD, ALGORITHMS.md §2): ``Delta_t = log P_T+ - log P_S``."""
+
+from __future__ import annotations
+
+from cepo.credit.base import (
+    CreditAssigner,
+    CreditInputs,
+    CreditOutput,
+    check_clip_beta,
+    evidence_weighted,
+)
+
+
+class EvidenceRatio(CreditAssigner):
+    """RLSD: tokens that the answer-conditioned teacher likes more than the student get more credit.
+
+    Args:
+        clip: weight clip bound ``eps_w``; the weight lives in ``[1-clip, 1+clip]``.
+            ``float("inf")`` leaves it unbounded.
+        beta: mixing coefficient (the paper's lambda); 0 is GRPO exactly. The beta schedule
+            callback overwrites it every step.
+    """
+
+    needs_pos = True
+
+    def __init__(self, clip: float = 0.5, beta: float = 0.5) -> None:
+        check_clip_beta(clip, beta)
+        self.clip = float(clip)
+        self.beta = float(beta)
+
+    def assign(self, inputs: CreditInputs) -> CreditOutput:
+        if inputs.pos_logprobs is None:
+            raise ValueError("EvidenceRatio needs pos_logprobs (the c+ teacher pass)")
+        delta = inputs.pos_logprobs - inputs.student_logprobs
+        return evidence_weighted(inputs, delta, self.clip, self.beta)

@@ -1,0 +1,398 @@
+"""``GRPOModule``: the policy, the credit rule and the clipped surrogate, as a LightningModule.
+
+One training step is one rollout batch (from :class:`~cepo.rollout.datamodule.RolloutDataModule`):
+
+1. group advantages ``A_i`` from the verified rewards (``cepo.advantages``);
+2. token advantages from the pluggable :class:`~cepo.credit.CreditAssigner`, after the
+   teacher passes it asks for (``cepo.teacher``);
+3. ``num_minibatches`` optimizer updates of the clipped surrogate (``cepo.loss``), each
+   accumulated over micro-batches so that the gradient equals the full mini-batch's.
+
+Optimization is manual because one rollout batch feeds several optimizer updates and the
+token-mean normaliser must span the whole mini-batch. ``trainer.global_step`` therefore
+counts optimizer updates; :attr:`GRPOModule.rl_step` counts rollout batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
+
+from cepo.advantages import group_advantages, zero_variance_groups
+from cepo.credit import CreditAssigner, CreditInputs, CreditOutput, Uniform
+from cepo.logprobs import response_logits, token_entropy, token_logprobs
+from cepo.loss import aggregate, clipped_surrogate, k3_kl
+from cepo.policy import LoraSettings, is_peft, load_policy
+from cepo.rollout.batch import RolloutBatch
+from cepo.teacher import TeacherPass
+
+log = logging.getLogger(__name__)
+
+
+def _default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+
+class GRPOModule(L.LightningModule):
+    """Policy-gradient training with pluggable token-level credit assignment.
+
+    Args:
+        model_path: a Hugging Face model folder, or ``builtin`` for the built-in
+            arithmetic base (made by the cached supervised warm-up on first use).
+        credit: the credit rule (``Uniform`` = GRPO, ``EvidenceRatio`` = RLSD,
+            ``Contrastive`` = CEPO, or any :class:`~cepo.credit.CreditAssigner`).
+        teacher: how teacher contexts and weights are built for rules that need them.
+        optimizer: optimizer factory (default AdamW, lr 1e-4, weight decay 0.01).
+        lr_scheduler: optional scheduler factory, stepped after every optimizer update.
+        lora: train a LoRA adapter (``on``), all weights (``off``), or decide by size
+            (``auto``: LoRA from 50M parameters up, so the tiny built-in model trains fully).
+        lora_settings: LoRA rank, alpha, dropout and target modules.
+        dtype: parameter dtype, ``float32`` or ``bfloat16`` (GPU).
+        eps_low: lower ratio clip bound (ALGORITHMS §1).
+        eps_high: upper ratio clip bound.
+        c_dual: dual-clip constant for negative advantages (None disables it).
+        loss_agg: ``token_mean`` over the mini-batch, or ``seq_mean``.
+        advantage_scale: ``std`` (GRPO) or ``none`` (Dr.GRPO).
+        num_minibatches: optimizer updates per rollout batch (the paper uses 2).
+        micro_batch_size: rollouts per forward pass (0: a whole mini-batch at once).
+        grad_clip: max gradient norm (None: no clipping).
+        kl_coef: coefficient of the k3 KL penalty to the initial policy (0: off).
+        tis_cap: truncated importance-sampling correction for engine/trainer mismatch:
+            per-token weight ``min(exp(logp_trainer - logp_engine), tis_cap)`` (None: off).
+        mismatch_warn: warn when the mean |engine - trainer| log-prob gap exceeds this.
+        mismatch_stop: stop training when it exceeds this (None: never).
+        gradient_checkpointing: trade compute for memory in the policy forward.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "builtin",
+        credit: CreditAssigner | None = None,
+        teacher: TeacherPass | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lora: Literal["auto", "on", "off"] = "auto",
+        lora_settings: LoraSettings | None = None,
+        dtype: Literal["float32", "bfloat16"] = "float32",
+        eps_low: float = 0.2,
+        eps_high: float = 0.28,
+        c_dual: float | None = 3.0,
+        loss_agg: Literal["token_mean", "seq_mean"] = "token_mean",
+        advantage_scale: Literal["std", "none"] = "std",
+        num_minibatches: int = 1,
+        micro_batch_size: int = 0,
+        grad_clip: float | None = 1.0,
+        kl_coef: float = 0.0,
+        tis_cap: float | None = None,
+        mismatch_warn: float = 1e-3,
+        mismatch_stop: float | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 < eps_low < 1:
+            raise ValueError(f"model.eps_low must be in (0, 1), got {eps_low}")
+        if not eps_high > 0:
+            raise ValueError(f"model.eps_high must be > 0, got {eps_high}")
+        if c_dual is not None and not c_dual > 1:
+            raise ValueError(f"model.c_dual must be > 1 (or null), got {c_dual}")
+        if num_minibatches < 1:
+            raise ValueError(f"model.num_minibatches must be >= 1, got {num_minibatches}")
+        if micro_batch_size < 0:
+            raise ValueError(f"model.micro_batch_size must be >= 0, got {micro_batch_size}")
+        if kl_coef < 0:
+            raise ValueError(f"model.kl_coef must be >= 0, got {kl_coef}")
+        if tis_cap is not None and not tis_cap > 0:
+            raise ValueError(f"model.tis_cap must be > 0 (or null), got {tis_cap}")
+        self.save_hyperparameters(ignore=["credit", "teacher", "optimizer", "lr_scheduler", "lora_settings"])
+        self.automatic_optimization = False
+        self.model_path = model_path
+        self.credit = credit if credit is not None else Uniform()
+        self.teacher = teacher if teacher is not None else TeacherPass()
+        self.optimizer_factory = optimizer or _default_optimizer
+        self.scheduler_factory = lr_scheduler
+        self._check_optimizer()
+        self.lora_settings = lora_settings
+        self.policy: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.reference: torch.nn.Module | None = None
+        self.weight_version = 0
+        self.rl_step = 0
+        self.last_credit: tuple[RolloutBatch, CreditOutput] | None = None
+        self.val_acc = MeanMetric()
+        self.val_avg_k = MeanMetric()
+        self.val_len = MeanMetric()
+
+    def _check_optimizer(self) -> None:
+        """Build the optimizer once on a dummy parameter so bad settings fail now."""
+        try:
+            self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"model.optimizer: {err}") from None
+
+    # -- model -------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is not None:  # Lightning calls this hook once per fit/validate
+            return
+        self.policy, self.tokenizer, self.model_path = load_policy(
+            self.model_path, self.hparams.lora, self.lora_settings, self.hparams.dtype,
+            self.hparams.gradient_checkpointing,
+        )
+        if self.hparams.kl_coef > 0 and not is_peft(self.policy):
+            self.reference = self.teacher.frozen_copy(self.policy)
+        self.teacher.setup(self.policy, self.tokenizer)
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cepo"] = {
+            "weight_version": self.weight_version,
+            "rl_step": self.rl_step,
+            "teacher": self.teacher.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("cepo", {})
+        self.weight_version = state.get("weight_version", 0)
+        self.rl_step = state.get("rl_step", 0)
+        self.teacher.load_state_dict(state.get("teacher", {}))  # configure_model ran first
+
+    def export_hf(self, path) -> None:
+        """Save the policy (LoRA merged into a copy) and tokenizer as a Hugging Face folder."""
+        from cepo.tiny import save_tokenizer
+
+        model = self.policy
+        if is_peft(model):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(path)
+        save_tokenizer(self.tokenizer, path)
+
+    # -- log-probs ---------------------------------------------------------------------
+    def _chunks(self, n: int, size: int) -> list[slice]:
+        size = size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def policy_logits(self, batch: RolloutBatch, rows: slice | torch.Tensor) -> torch.Tensor:
+        """``[n, T, V]`` temperature-scaled logits of the current policy for ``rows``."""
+        return response_logits(
+            self.policy,
+            batch.input_ids[rows],
+            batch.attention_mask[rows],
+            batch.response_start,
+            self.trainer.datamodule.sampling.temperature or 1.0,
+        )
+
+    @torch.no_grad()
+    def policy_logprobs(self, batch: RolloutBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """``[N, T]`` no-grad log-probs of the sampled tokens (micro-batched)."""
+        out = torch.zeros(batch.response_mask.shape, device=self.device)
+        for rows in self._chunks(batch.num_rollouts, self.hparams.micro_batch_size):
+            logits = response_logits(
+                model or self.policy,
+                batch.input_ids[rows],
+                batch.attention_mask[rows],
+                batch.response_start,
+                self.trainer.datamodule.sampling.temperature or 1.0,
+            )
+            out[rows] = token_logprobs(logits, batch.input_ids[rows, batch.response_start :])
+        return out
+
+    # -- training ----------------------------------------------------------------------
+    def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
+        if batch.weight_version != self.weight_version:
+            raise RuntimeError(
+                f"off-policy rollouts: generated with weight version {batch.weight_version}, "
+                f"policy is at {self.weight_version} (engine weight sync failed or was skipped)"
+            )
+        t_start = time.perf_counter()
+        hp = self.hparams
+        mask = batch.response_mask
+        advantages = group_advantages(batch.rewards, batch.group_size, hp.advantage_scale)
+        multi_update = hp.num_minibatches > 1
+        needs_old = multi_update or self.credit.needs_teacher() or hp.tis_cap is not None
+        old_logprobs = self.policy_logprobs(batch) if needs_old else None
+        t_old = time.perf_counter()
+
+        inputs = CreditInputs(
+            advantages=advantages, mask=mask, student_logprobs=old_logprobs, rewards=batch.rewards
+        )
+        if self.credit.needs_teacher():
+            self.teacher.fill(inputs, batch, self.credit, self.trainer.datamodule.sampling.temperature or 1.0)
+        t_teacher = time.perf_counter()
+        credit = self.credit.assign(inputs)
+        self.last_credit = (batch, credit)
+
+        ref_logprobs = None
+        if hp.kl_coef > 0:
+            ref_logprobs = self.reference_logprobs(batch)
+        is_weight = None
+        if hp.tis_cap is not None and batch.engine_logprobs is not None:
+            is_weight = torch.exp(old_logprobs - batch.engine_logprobs).clamp(max=hp.tis_cap)
+
+        stats = self._update(batch, credit.token_advantages, old_logprobs, ref_logprobs, is_weight)
+        t_end = time.perf_counter()
+        self.rl_step += 1
+        self.teacher.on_step_end(self.rl_step)
+        self._log_step(batch, advantages, stats, {
+            **batch.timings,
+            "old_logprobs": t_old - t_start,
+            "teacher": t_teacher - t_old,
+            "train": t_end - t_teacher,
+        })
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        if self.reference is not None:
+            return self.policy_logprobs(batch, self.reference)
+        with self.policy.disable_adapter():
+            return self.policy_logprobs(batch)
+
+    def _global_sum(self, value: float) -> float:
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([value], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            return float(t.item())
+        return value
+
+    def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
+        """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
+        hp = self.hparams
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        g = batch.group_size
+        n_groups = batch.num_rollouts // g
+        world = self.trainer.world_size
+        per_mb = math.ceil(n_groups / hp.num_minibatches)
+        sums = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
+        mismatch: list[torch.Tensor] = []
+        tokens_seen = 0.0
+        for mb_start in range(0, n_groups, per_mb):
+            mb = slice(mb_start * g, min((mb_start + per_mb) * g, batch.num_rollouts))
+            mb_mask = batch.response_mask[mb]
+            if hp.loss_agg == "token_mean":
+                normaliser = self._global_sum(float(mb_mask.sum())) / world
+            else:
+                normaliser = self._global_sum(float(mb_mask.shape[0])) / world
+            normaliser = max(normaliser, 1e-8)
+            for rows in self._chunks(mb.stop - mb.start, hp.micro_batch_size):
+                rows = slice(mb.start + rows.start, mb.start + rows.stop)
+                m = batch.response_mask[rows]
+                logits = self.policy_logits(batch, rows)
+                logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :])
+                old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
+                tok_loss, st = clipped_surrogate(
+                    logp, old, token_adv[rows], m, hp.eps_low, hp.eps_high, hp.c_dual,
+                    None if is_weight is None else is_weight[rows],
+                )
+                if ref_logprobs is not None:
+                    kl = torch.where(m, k3_kl(logp, ref_logprobs[rows]), torch.zeros_like(logp))
+                    tok_loss = tok_loss + hp.kl_coef * kl
+                    sums["kl"] += float((kl.detach()).sum())
+                loss = aggregate(tok_loss, m, hp.loss_agg, normaliser)
+                self.manual_backward(loss)
+                with torch.no_grad():
+                    ntok = float(m.sum())
+                    tokens_seen += ntok
+                    sums["loss"] += float(loss.detach())
+                    sums["clip_frac"] += float(st.clip_frac) * ntok
+                    sums["dual_clip_frac"] += float(st.dual_clip_frac) * ntok
+                    ent = token_entropy(logits.detach())
+                    sums["entropy"] += float((ent * m).sum())
+                    if batch.engine_logprobs is not None and old_logprobs is None:
+                        gap = (logp.detach() - batch.engine_logprobs[rows]).abs()
+                        mismatch.append(gap[m])
+            if hp.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.policy.parameters() if p.requires_grad], hp.grad_clip
+                )
+                sums["grad_norm"] += float(norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if sched is not None:
+                sched.step()
+            self.weight_version += 1
+        if batch.engine_logprobs is not None and old_logprobs is not None:
+            mismatch = [(old_logprobs - batch.engine_logprobs).abs()[batch.response_mask]]
+        updates = math.ceil(n_groups / per_mb)
+        tokens_seen = max(tokens_seen, 1.0)
+        out = {
+            "loss": sums["loss"] / updates,
+            "clip_frac": sums["clip_frac"] / tokens_seen,
+            "dual_clip_frac": sums["dual_clip_frac"] / tokens_seen,
+            "entropy": sums["entropy"] / tokens_seen,
+            "grad_norm": sums["grad_norm"] / updates,
+        }
+        if ref_logprobs is not None:
+            out["kl"] = sums["kl"] / tokens_seen
+        if mismatch:
+            gaps = torch.cat(mismatch)
+            out["logprob_gap_mean"] = float(gaps.mean()) if gaps.numel() else 0.0
+            out["logprob_gap_max"] = float(gaps.max()) if gaps.numel() else 0.0
+            self._check_mismatch(out["logprob_gap_mean"])
+        return out
+
+    def _check_mismatch(self, gap: float) -> None:
+        hp = self.hparams
+        if hp.mismatch_stop is not None and gap > hp.mismatch_stop:
+            log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, hp.mismatch_stop)
+            self.trainer.should_stop = True
+        elif gap > hp.mismatch_warn:
+            log.warning(
+                "engine/trainer log-prob gap %.2e > mismatch_warn %.2e: stale weights or "
+                "numerics differ (consider model.tis_cap)", gap, hp.mismatch_warn,
+            )
+
+    def _log_step(self, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
+        rewards = batch.rewards
+        mask = batch.response_mask
+        n_tokens = float(mask.sum())
+        total = sum(timings.values())
+        metrics = {
+            "train/reward_mean": rewards.mean(),
+            "train/reward_std": rewards.std() if rewards.numel() > 1 else 0.0,
+            "train/acc": batch.correct.float().mean(),
+            "train/zero_var_frac": zero_variance_groups(rewards, batch.group_size).float().mean(),
+            "train/response_len": mask.sum(-1).float().mean(),
+            "train/adv_abs_mean": advantages.abs().mean(),
+            "train/beta": float(getattr(self.credit, "beta", 0.0)),
+            "train/lr": self.optimizers().param_groups[0]["lr"],
+            "train/rl_step": float(self.rl_step),
+            **{f"train/{k}": v for k, v in stats.items()},
+            **{f"time/{k}": v for k, v in timings.items()},
+            "time/total": total,
+            "time/tokens_per_sec": n_tokens / max(total, 1e-9),
+            "time/gen_tokens_per_sec": n_tokens / max(timings.get("generate", 0.0), 1e-9),
+        }
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.num_rollouts)
+        self.log("reward", rewards.mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
+        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
+
+    # -- evaluation --------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.val_acc.update(batch.greedy_correct.float())
+        if batch.sample_correct.numel():
+            self.val_avg_k.update(batch.sample_correct.float().mean(-1))
+        self.val_len.update(batch.response_lengths)
+
+    def on_validation_epoch_end(self) -> None:
+        k = self.trainer.datamodule.eval_k
+        metrics = {"val/acc": self.val_acc.compute(), "val/response_len": self.val_len.compute()}
+        if k:
+            metrics[f"val/avg@{k}"] = self.val_avg_k.compute()
+        self.log_dict(metrics, sync_dist=False)
+        for m in (self.val_acc, self.val_avg_k, self.val_len):
+            m.reset()

@@ -1,0 +1,221 @@
+"""The rollout DataModule: prompts in, verified on-policy rollouts out.
+
+The train DataLoader yields plain prompt batches from a *sized* dataset. Generation happens
+in :meth:`RolloutDataModule.on_after_batch_transfer`, which Lightning calls for each batch
+right before ``training_step``, i.e. after the previous optimizer step: prefetching a
+batch of prompts is harmless, and every rollout batch is generated with the current
+weights. Before generating, the engine is synced if the policy's weight version moved.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from cepo.rollout.batch import RolloutBatch, pack, pad_right
+from cepo.rollout.engine import RolloutEngine, SamplingConfig
+from cepo.rollout.hf_engine import HFEngine
+from cepo.tasks import Arithmetic, Example, Task
+
+
+@dataclass
+class EvalBatch:
+    """Greedy and sampled verification of a batch of held-out prompts.
+
+    Attributes:
+        greedy_correct: ``[P]`` bool.
+        sample_correct: ``[P, k]`` bool (``k`` may be 0).
+        response_lengths: ``[P]`` greedy response lengths in tokens.
+        prompts: the prompts, for logging.
+        greedy_responses: the greedy responses, for logging.
+    """
+
+    greedy_correct: torch.Tensor
+    sample_correct: torch.Tensor
+    response_lengths: torch.Tensor
+    prompts: list[str]
+    greedy_responses: list[str]
+
+
+def _collate(rows: list[Example]) -> list[Example]:
+    return rows
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[Example]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.rows[i]
+
+
+class RolloutDataModule(L.LightningDataModule):
+    """Owns the prompt splits, the rollout engine and the verifier.
+
+    Args:
+        task: where problems and the verifier come from (default: the built-in
+            :class:`~cepo.tasks.Arithmetic`).
+        engine: the rollout engine (default: :class:`~cepo.rollout.hf_engine.HFEngine`).
+        prompts_per_step: prompts per rollout step (per process under DDP).
+        group_size: rollouts per prompt ``G`` (at least 2).
+        sampling: rollout sampling settings.
+        success_threshold: a rollout with reward at or above this counts as correct.
+        eval_split: the held-out split ``validate`` scores (``val`` or ``test``).
+        eval_size: score only the first this many held-out problems (None: all).
+        eval_batch_size: prompts per evaluation generation call.
+        eval_k: sampled generations per held-out prompt for avg@k (0: greedy only).
+        eval_temperature: temperature of the avg@k samples.
+    """
+
+    def __init__(
+        self,
+        task: Task | None = None,
+        engine: RolloutEngine | None = None,
+        prompts_per_step: int = 16,
+        group_size: int = 8,
+        sampling: SamplingConfig | None = None,
+        success_threshold: float = 1.0,
+        eval_split: str = "val",
+        eval_size: int | None = None,
+        eval_batch_size: int = 250,
+        eval_k: int = 4,
+        eval_temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if group_size < 2:
+            raise ValueError(f"data.group_size must be >= 2 (GRPO compares rollouts), got {group_size}")
+        if prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step must be >= 1, got {prompts_per_step}")
+        if eval_k < 0:
+            raise ValueError(f"data.eval_k must be >= 0, got {eval_k}")
+        if eval_split not in ("val", "test"):
+            raise ValueError(f"data.eval_split must be 'val' or 'test', got {eval_split!r}")
+        self.task = task if task is not None else Arithmetic()
+        self.engine = engine if engine is not None else HFEngine()
+        self.prompts_per_step = prompts_per_step
+        self.group_size = group_size
+        self.sampling = sampling if sampling is not None else SamplingConfig()
+        self.success_threshold = success_threshold
+        self.eval_split = eval_split
+        self.eval_size = eval_size
+        self.eval_batch_size = eval_batch_size
+        self.eval_k = eval_k
+        self.eval_sampling = SamplingConfig(
+            temperature=eval_temperature,
+            top_p=self.sampling.top_p,
+            top_k=self.sampling.top_k,
+            max_new_tokens=self.sampling.max_new_tokens,
+            stop=list(self.sampling.stop),
+            seed=self.sampling.seed + 10_000_019,
+        )
+        self._engine_bound = False
+
+    # -- data -------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Load (and so validate) every split this stage needs, before any training."""
+        if stage == "fit" and not self.task.split("train"):
+            raise ValueError("the task has no training split")
+        if not self.eval_rows():
+            raise ValueError(f"the task has no {self.eval_split!r} split to evaluate on")
+
+    def eval_rows(self) -> list[Example]:
+        rows = self.task.split(self.eval_split)
+        return rows[: self.eval_size] if self.eval_size else rows
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            _Rows(self.task.split("train")),
+            batch_size=self.prompts_per_step,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=_collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Rows(self.eval_rows()), batch_size=self.eval_batch_size, collate_fn=_collate)
+
+    # -- generation -------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0):
+        module = self.trainer.lightning_module
+        self.bind(module)
+        if self.engine.weight_version != module.weight_version:
+            self.engine.sync_weights(module.policy, module.weight_version)
+        if self.trainer.training:
+            return self.rollout(batch, module.tokenizer)
+        return self.evaluate(batch, module.tokenizer)
+
+    def bind(self, module) -> None:
+        """Attach the engine to the module's policy (once)."""
+        if not self._engine_bound:
+            self.engine.setup(module.policy, module.tokenizer, module.model_path)
+            self._engine_bound = True
+
+    def encode_prompts(self, examples: list[Example], tokenizer) -> list[list[int]]:
+        return [tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
+
+    def rollout(self, examples: list[Example], tokenizer) -> RolloutBatch:
+        """Generate ``G`` rollouts per prompt with the current weights, then verify them."""
+        g = self.group_size
+        prompt_ids = self.encode_prompts(examples, tokenizer)
+        t0 = time.perf_counter()
+        gen = self.engine.generate(prompt_ids, g, self.sampling)
+        t1 = time.perf_counter()
+        responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+        answers = [e.answer for e in examples for _ in range(g)]
+        rewards = torch.tensor(
+            [self.task.reward(r, a) for r, a in zip(responses, answers)], dtype=torch.float
+        )
+        extracted = [self.task.extract_answer(r) for r in responses]
+        t2 = time.perf_counter()
+        rows_prompt = [p for p in prompt_ids for _ in range(g)]
+        input_ids, attention, start, resp_mask = pack(rows_prompt, gen.response_ids, tokenizer.pad_token_id)
+        engine_lp = None
+        if gen.logprobs is not None:
+            engine_lp = pad_right(gen.logprobs, resp_mask.shape[1])
+        device = self.trainer.lightning_module.device
+        return RolloutBatch(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            response_start=start,
+            response_mask=resp_mask.to(device),
+            rewards=rewards.to(device),
+            correct=(rewards >= self.success_threshold).to(device),
+            engine_logprobs=None if engine_lp is None else engine_lp.to(device),
+            group_size=g,
+            prompts=[e.prompt for e in examples],
+            answers=[e.answer for e in examples],
+            solutions=[e.solution for e in examples],
+            responses=responses,
+            extracted=extracted,
+            prompt_ids=prompt_ids,
+            response_ids=gen.response_ids,
+            weight_version=gen.weight_version,
+            timings={"generate": t1 - t0, "score": t2 - t1},
+        )
+
+    def evaluate(self, examples: list[Example], tokenizer) -> EvalBatch:
+        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified."""
+        prompt_ids = self.encode_prompts(examples, tokenizer)
+        greedy = self.engine.generate(prompt_ids, 1, SamplingConfig(
+            temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)
+        ))
+        texts = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
+        greedy_ok = torch.tensor([self.task.is_correct(t, e.answer) for t, e in zip(texts, examples)])
+        k = self.eval_k
+        sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
+        if k:
+            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
+            stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
+            answers = [e.answer for e in examples for _ in range(k)]
+            sample_ok = torch.tensor(
+                [self.task.is_correct(t, a) for t, a in zip(stexts, answers)]
+            ).view(len(examples), k)
+        lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
+        return EvalBatch(greedy_ok, sample_ok, lengths, [e.prompt for e in examples], texts)

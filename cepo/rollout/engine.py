@@ -1,0 +1,78 @@
+"""The rollout engine interface: generate ``n`` samples per prompt, receive new weights.
+
+An engine never owns the policy's training state. It is told the policy's *weight
+version* (the number of optimizer steps taken) at every sync and stamps every generation
+with the version it used, so that the trainer can refuse stale (off-policy) rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    """How rollouts are sampled (the same settings for every engine).
+
+    Attributes:
+        temperature: softmax temperature; 0 means greedy.
+        top_p: nucleus sampling mass (1.0 disables it).
+        top_k: keep the k most likely tokens (0 disables it).
+        max_new_tokens: longest response.
+        stop: extra stop strings (the tokenizer's EOS always stops).
+        seed: base seed; generation ``i`` uses ``seed + i`` so runs repeat.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 32
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Generation:
+    """Responses for ``P`` prompts x ``n`` samples, group-major (``N = P*n`` rows).
+
+    Attributes:
+        response_ids: ``N`` lists of token ids (EOS included when the response ended).
+        logprobs: ``N`` lists of the engine's log-probs of the sampled tokens, or None.
+        weight_version: the policy version whose weights produced these samples.
+    """
+
+    response_ids: list[list[int]]
+    logprobs: list[list[float]] | None
+    weight_version: int
+
+
+class RolloutEngine:
+    """Base class of rollout engines (transformers, vLLM)."""
+
+    weight_version: int = -1
+
+    def setup(self, policy: torch.nn.Module, tokenizer, model_path: str) -> None:
+        """Bind to the trainer's policy (called once the policy exists)."""
+        raise NotImplementedError
+
+    def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
+        """Make the engine generate with ``policy``'s current weights from now on."""
+        raise NotImplementedError
+
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig
+    ) -> Generation:
+        """``n`` samples for each prompt, group-major."""
+        raise NotImplementedError

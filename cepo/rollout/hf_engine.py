@@ -1,0 +1,97 @@
+"""Rollouts with transformers ``generate`` on the live policy (no copy, no weight transfer)."""
+
+from __future__ import annotations
+
+import torch
+
+from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([B, L]`` ids, ``[B, L]`` mask) with every row right-aligned."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+class HFEngine(RolloutEngine):
+    """Generate with ``model.generate`` on the trainer's own policy.
+
+    The engine shares the policy's parameters, so a weight sync only records the version.
+
+    Args:
+        batch_size: prompts per ``generate`` call (bounds memory; 0 = all at once).
+    """
+
+    def __init__(self, batch_size: int = 0) -> None:
+        self.batch_size = batch_size
+        self.policy: torch.nn.Module | None = None
+        self.tokenizer = None
+        self._calls = 0
+
+    def setup(self, policy: torch.nn.Module, tokenizer, model_path: str) -> None:
+        self.policy, self.tokenizer = policy, tokenizer
+
+    def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
+        if policy is not self.policy:
+            raise RuntimeError("HFEngine generates with the trainer's policy object; rebind it")
+        self.weight_version = version
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> Generation:
+        assert self.policy is not None, "HFEngine.setup was not called"
+        policy, tok = self.policy, self.tokenizer
+        was_training = policy.training
+        policy.eval()
+        greedy = sampling.temperature == 0
+        kwargs = dict(
+            do_sample=not greedy,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if sampling.stop:
+            kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
+        device = next(policy.parameters()).device
+        step = self.batch_size or len(prompt_ids)
+        responses: list[list[int]] = []
+        logprobs: list[list[float]] = []
+        for start in range(0, len(prompt_ids), step):
+            chunk = prompt_ids[start : start + step]
+            ids, mask = left_pad(chunk, tok.pad_token_id)
+            if not greedy:
+                # transformers samples from the global RNG; fork it so runs repeat per call.
+                torch.manual_seed(sampling.seed + self._calls)
+            self._calls += 1
+            out = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            new = out.sequences[:, ids.shape[1] :].cpu()  # [B*n, T]
+            scores = torch.stack(out.scores, dim=1).float().cpu()  # [B*n, T, V] processed logits
+            lp = torch.log_softmax(scores, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            for row, row_lp in zip(new.tolist(), lp.tolist()):
+                length = _response_length(row, tok.eos_token_id, tok.pad_token_id)
+                responses.append(row[:length])
+                logprobs.append(row_lp[:length])
+        policy.train(was_training)
+        return Generation(responses, None if greedy else logprobs, self.weight_version)
+
+
+def _response_length(row: list[int], eos_id: int, pad_id: int) -> int:
+    """Tokens up to and including the first EOS; without EOS, up to the trailing pad."""
+    if eos_id in row:
+        return row.index(eos_id) + 1
+    length = len(row)
+    while length and row[length - 1] == pad_id:
+        length -= 1
+    return length

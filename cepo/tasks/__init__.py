@@ -1,0 +1,7 @@
+"""Tasks: prompt splits with reference answers, and their verifiers."""
+
+from cepo.tasks.arithmetic import Arithmetic
+from cepo.tasks.base import Example, Task
+from cepo.tasks.jsonl import JsonlTask
+
+__all__ = ["Arithmetic", "Example", "JsonlTask", "Task"]

@@ -1,0 +1,45 @@
+"""What a task is: prompt rows with a reference answer, and a verifier for responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Example:  # not frozen: Lightning moves batches with apply_to_collection
+    """One problem.
+
+    Attributes:
+        prompt: the text the policy continues (already formatted, e.g. chat-templated).
+        answer: the verified final answer, as the verifier compares it.
+        solution: a reference response (used by the supervised warm-up and as a teacher
+            context for feedback sources that show a full solution); may be empty.
+    """
+
+    prompt: str
+    answer: str
+    solution: str = ""
+
+
+class Task:
+    """A source of :class:`Example` splits plus answer extraction and verification.
+
+    Subclasses implement :meth:`split`, :meth:`extract_answer` and may refine :meth:`is_correct`.
+    """
+
+    def split(self, name: str) -> list[Example]:
+        """The examples of split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
+        raise NotImplementedError
+
+    def extract_answer(self, response: str) -> str | None:
+        """The final answer a response commits to, or None when it has none."""
+        raise NotImplementedError
+
+    def is_correct(self, response: str, answer: str) -> bool:
+        """Whether ``response`` reaches ``answer``."""
+        got = self.extract_answer(response)
+        return got is not None and got == answer.strip()
+
+    def reward(self, response: str, answer: str) -> float:
+        """Scalar reward in [0, 1]: 1 for a correct response, else 0."""
+        return float(self.is_correct(response, answer))

@@ -1,0 +1,201 @@
+"""The supervised warm-up that makes the built-in base policy (a Lightning run, cached).
+
+A randomly initialised tiny model (``cepo.tiny``) is trained on reference solutions of the
+built-in arithmetic task until its greedy validation accuracy first reaches
+``target_accuracy`` (or ``max_steps`` pass), so that GRPO groups hold both correct and wrong
+rollouts. A share ``hint_fraction`` of the examples shows the answer in context first, laid
+out exactly as the ``raw`` teacher context (``"{prompt} {answer}"`` then the solution), so the
+base can read an answer given to it, as the credit assigners' teachers need.
+
+The result is an ordinary Hugging Face folder under the cache directory (``$CEPO_CACHE``,
+default ``~/.cache/cepo``), keyed by a hash of every setting, and is reused when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from cepo.rollout.batch import pack
+from cepo.rollout.engine import SamplingConfig
+from cepo.rollout.hf_engine import HFEngine
+from cepo.tasks import Arithmetic, Example
+from cepo.teacher import RAW_TEMPLATE
+from cepo.tiny import build_tiny, save_tokenizer
+
+log = logging.getLogger(__name__)
+WARMUP_VERSION = 1
+"""Bump when the warm-up recipe changes so stale cached bases are not reused."""
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    """Settings of the built-in warm-up (all of them key the cache).
+
+    Attributes:
+        target_accuracy: stop at the first check whose greedy validation accuracy reaches this.
+        max_steps: stop here regardless.
+        check_every: optimizer steps between accuracy checks.
+        check_size: validation problems per check.
+        batch_size: examples per optimizer step.
+        lr: AdamW learning rate.
+        hint_fraction: share of examples shown with the answer in context first.
+        seed: seed of initialisation and data order.
+        task_seed: seed of the built-in task's splits.
+    """
+
+    target_accuracy: float = 0.3
+    max_steps: int = 3000
+    check_every: int = 100
+    check_size: int = 200
+    batch_size: int = 64
+    lr: float = 3e-3
+    hint_fraction: float = 0.5
+    seed: int = 0
+    task_seed: int = 1234
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CEPO_CACHE", Path.home() / ".cache" / "cepo"))
+
+
+def warmup_key(cfg: WarmupConfig) -> str:
+    blob = json.dumps({"v": WARMUP_VERSION, **asdict(cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class SFTModule(L.LightningModule):
+    """Next-token cross-entropy on response tokens of (optionally hinted) solutions.
+
+    Args:
+        model_path: Hugging Face folder of the model to train (saved back by :meth:`save`).
+        task: the task whose reference solutions are imitated.
+        cfg: warm-up settings.
+    """
+
+    def __init__(self, model_path: str, task: Arithmetic, cfg: WarmupConfig) -> None:
+        super().__init__()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        self.task = task
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.policy = AutoModelForCausalLM.from_pretrained(model_path)
+        self.engine = HFEngine()
+        self.engine.setup(self.policy, self.tokenizer, model_path)
+        self.val_accuracy: list[tuple[int, float]] = []
+
+    def encode(self, examples: list[Example], hinted: list[bool]):
+        tok = self.tokenizer
+        contexts = [
+            tok(RAW_TEMPLATE.format(prompt=e.prompt, feedback=e.answer) if h else e.prompt,
+                add_special_tokens=False).input_ids
+            for e, h in zip(examples, hinted)
+        ]
+        targets = [tok(e.solution, add_special_tokens=False).input_ids + [tok.eos_token_id] for e in examples]
+        return pack(contexts, targets, tok.pad_token_id)
+
+    def training_step(self, batch: list[Example], batch_idx: int) -> torch.Tensor:
+        rng = random.Random(self.cfg.seed * 7919 + self.global_step)
+        hinted = [rng.random() < self.cfg.hint_fraction for _ in batch]
+        ids, attn, start, mask = self.encode(batch, hinted)
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = self.policy(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
+        logits = logits[:, start - 1 : -1]
+        loss = torch.nn.functional.cross_entropy(logits[mask], ids[:, start:][mask])
+        self.log("sft/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step
+        if step % self.cfg.check_every == 0 or step >= self.cfg.max_steps:
+            acc = self.greedy_accuracy(self.task.split("val")[: self.cfg.check_size])
+            self.val_accuracy.append((step, acc))
+            self.log("sft/val_acc", acc, prog_bar=True)
+            log.info("warm-up step %d: greedy val accuracy %.3f", step, acc)
+            if acc >= self.cfg.target_accuracy:
+                self.trainer.should_stop = True
+
+    def greedy_accuracy(self, examples: list[Example]) -> float:
+        ids = [self.tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
+        gen = self.engine.generate(ids, 1, SamplingConfig(temperature=0.0, max_new_tokens=40))
+        texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+        return sum(self.task.is_correct(t, e.answer) for t, e in zip(texts, examples)) / len(examples)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.01)
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.task.split("train")
+        return DataLoader(rows, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
+                          collate_fn=lambda r: r)
+
+    def save(self, path: Path) -> None:
+        self.policy.save_pretrained(path)
+        save_tokenizer(self.tokenizer, path)
+
+
+def run_warmup(out: Path, cfg: WarmupConfig) -> dict:
+    """Train a base policy into ``out`` and return its summary."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    work = out.with_name(out.name + ".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    build_tiny(work / "init", seed=cfg.seed)
+    task = Arithmetic(seed=cfg.task_seed)
+    module = SFTModule(str(work / "init"), task, cfg)
+    trainer = L.Trainer(
+        max_steps=cfg.max_steps, accelerator="cpu", devices=1, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=work,
+        gradient_clip_val=1.0,
+    )
+    trainer.fit(module)
+    module.save(work / "model")
+    summary = {
+        "config": asdict(cfg),
+        "steps": trainer.global_step,
+        "val_accuracy_curve": module.val_accuracy,
+        "final_val_accuracy": module.val_accuracy[-1][1] if module.val_accuracy else None,
+    }
+    (work / "model" / "cepo_warmup.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    (work / "model").rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def builtin_base(cfg: WarmupConfig | None = None) -> Path:
+    """The cached built-in base model folder, made by :func:`run_warmup` if missing."""
+    cfg = cfg or WarmupConfig()
+    out = cache_dir() / f"base-{warmup_key(cfg)}"
+    if not (out / "cepo_warmup.json").is_file():
+        log.warning("building the built-in base model (supervised warm-up, cached in %s)", out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run_warmup(out, cfg)
+    return out
+
+
+def warmup_main(argv: list[str]) -> None:
+    """``cepo warmup``: build (or find) the cached built-in base and print its folder."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="cepo warmup", description=__doc__.split("\n")[0])
+    parser.add_class_arguments(WarmupConfig, "warmup")
+    parser.add_argument("--force", type=bool, default=False, help="Rebuild even if cached.")
+    cfg = parser.parse_args(argv)
+    wcfg = WarmupConfig(**vars(cfg.warmup))
+    out = cache_dir() / f"base-{warmup_key(wcfg)}"
+    if cfg.force:
+        shutil.rmtree(out, ignore_errors=True)
+    path = builtin_base(wcfg)
+    summary = json.loads((path / "cepo_warmup.json").read_text())
+    print(f"base model: {path}\nsteps: {summary['steps']}, greedy val accuracy: {summary['final_val_accuracy']}")

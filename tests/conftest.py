@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny random models built from a config (no downloads)."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from cepo.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0, num_layers=2, hidden_size=64,
+                      intermediate_size=128, num_heads=4, num_kv_heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_dir)
