@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+
+from cepo.callbacks import BetaSchedule, TokenWeightLogger
 
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
@@ -26,9 +29,20 @@ class CepoCLI(LightningCLI):
     """LightningCLI with one run directory per run and held-out accuracy before and after fit."""
 
     def add_arguments_to_parser(self, parser) -> None:
+        # Always-on callbacks get their own config keys, so YAML files compose without one
+        # file's trainer.callbacks list replacing another's.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "checkpoint.every_n_train_steps": 50})
+        parser.add_lightning_class_args(BetaSchedule, "beta_schedule")
+        parser.add_lightning_class_args(TokenWeightLogger, "token_weights")
         parser.add_argument(
             "--run_name", type=str | None, default=None,
             help="Run directory name under the loggers' save_dir (default: the loggers' own name).",
+        )
+        parser.add_argument(
+            "--run_root", type=str | None, default=None,
+            help="Directory holding run directories (default: the loggers' own save_dir).",
         )
         parser.add_argument(
             "--run_version", type=str | None, default=None,
@@ -53,6 +67,8 @@ class CepoCLI(LightningCLI):
             args = lg.init_args
             if cfg.run_name is not None and "name" in args:
                 args.name = cfg.run_name
+            if cfg.run_root is not None and "save_dir" in args:
+                args.save_dir = cfg.run_root
             if "version" in args and (args.version is None or cfg.run_version is not None):
                 args.version = version
 
@@ -66,7 +82,7 @@ class CepoCLI(LightningCLI):
 
     def after_fit(self) -> None:
         final = self._validate("final")
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir).resolve()
         summary = {"base": self.base_metrics, "final": final, "rl_steps": self.model.rl_step,
                    "optimizer_steps": self.trainer.global_step, "run_dir": str(run_dir)}
         if self.trainer.is_global_zero:
@@ -118,7 +134,7 @@ def main() -> None:
 
         sweep_main(argv[1:])
         return
-    cli_main(argv)
+    cli_main(None)  # LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
@@ -35,6 +36,16 @@ from cepo.rollout.batch import RolloutBatch
 from cepo.teacher import TeacherPass
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CreditRecord:
+    """The last step's credit assignment, kept for callbacks (token-weight logging)."""
+
+    batch: RolloutBatch
+    inputs: CreditInputs
+    output: CreditOutput
+    credit: CreditAssigner
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -125,7 +136,7 @@ class GRPOModule(L.LightningModule):
         self.reference: torch.nn.Module | None = None
         self.weight_version = 0
         self.rl_step = 0
-        self.last_credit: tuple[RolloutBatch, CreditOutput] | None = None
+        self.last_credit: CreditRecord | None = None
         self.val_acc = MeanMetric()
         self.val_avg_k = MeanMetric()
         self.val_len = MeanMetric()
@@ -148,6 +159,7 @@ class GRPOModule(L.LightningModule):
         if self.hparams.kl_coef > 0 and not is_peft(self.policy):
             self.reference = self.teacher.frozen_copy(self.policy)
         self.teacher.setup(self.policy, self.tokenizer)
+        self.policy.train()  # from_pretrained returns eval mode; Lightning expects train mode
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -234,7 +246,7 @@ class GRPOModule(L.LightningModule):
             self.teacher.fill(inputs, batch, self.credit, self.trainer.datamodule.sampling.temperature or 1.0)
         t_teacher = time.perf_counter()
         credit = self.credit.assign(inputs)
-        self.last_credit = (batch, credit)
+        self.last_credit = CreditRecord(batch, inputs, credit, self.credit)
 
         ref_logprobs = None
         if hp.kl_coef > 0:

@@ -114,6 +114,10 @@ class Arithmetic(Task):
         tail = response.split("=")[-1].strip()
         return tail if tail.isdigit() else None
 
+    def token_roles(self, response: str) -> list[str]:
+        """Per-character roles (decisive / copied / filler) for credit diagnostics."""
+        return token_roles(response)
+
 
 def token_roles(response: str) -> list[str]:
     """The role of each character of an arithmetic response.

@@ -1,0 +1,219 @@
+"""Token-weight logging: what the credit rule did to each token, as numbers and as a picture.
+
+Per step (whenever the teacher passes ran): mean and quantiles of ``Delta`` and of the weight,
+the fraction of tokens clipped, and the fraction with ``|Delta|`` above a threshold, for
+correct and wrong rollouts separately; and, for tasks that label token roles (the built-in
+arithmetic: decisive / copied / filler), the mean ``|Delta|`` per role. Every ``every_n_steps``
+steps: a self-contained HTML page and a PNG in ``<run dir>/token_weights/`` showing sampled
+rollouts with each token coloured by its weight (``Delta``, ``w`` and ``Â`` on hover), correct
+and wrong side by side; the PNG also goes to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+import torch
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """The text of each token (decoded one by one, special tokens shown as their names)."""
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def token_roles_of(task, tokenizer, ids: list[int]) -> list[str] | None:
+    """Role of each token from the task's per-character roles (first character wins)."""
+    roles_fn = getattr(task, "token_roles", None)
+    if roles_fn is None:
+        return None
+    pieces = token_texts(tokenizer, ids)
+    text = "".join(p if i != tokenizer.eos_token_id else "" for p, i in zip(pieces, ids))
+    char_roles = roles_fn(text)
+    out, pos = [], 0
+    for piece, i in zip(pieces, ids):
+        if i == tokenizer.eos_token_id or not piece:
+            out.append("special")
+            continue
+        out.append(char_roles[pos] if pos < len(char_roles) else "special")
+        pos += len(piece)
+    return out
+
+
+def summarise(values: torch.Tensor, prefix: str) -> dict[str, float]:
+    if values.numel() == 0:
+        return {}
+    out = {f"{prefix}_mean": float(values.mean())}
+    qs = torch.quantile(values.float(), torch.tensor(QUANTILES))
+    out.update({f"{prefix}_q{int(q * 100)}": float(v) for q, v in zip(QUANTILES, qs)})
+    return out
+
+
+def _colour(weight: float, lo: float, hi: float) -> str:
+    """Green above 1, red below, white at 1; saturated at the clip bounds."""
+    if weight >= 1:
+        a = min((weight - 1) / max(hi - 1, 1e-6), 1.0)
+        return f"rgba(30,160,60,{a:.2f})"
+    a = min((1 - weight) / max(1 - lo, 1e-6), 1.0)
+    return f"rgba(210,40,40,{a:.2f})"
+
+
+class TokenWeightLogger(L.Callback):
+    """Logs credit statistics each step and renders token heatmaps every ``every_n_steps``.
+
+    Args:
+        every_n_steps: rollout steps between heatmap pages (0: never).
+        num_examples: rollouts shown per side (correct / wrong).
+        delta_threshold: ``|Delta|`` above this counts as "decisive evidence".
+    """
+
+    def __init__(self, every_n_steps: int = 25, num_examples: int = 4, delta_threshold: float = 0.5) -> None:
+        self.every_n_steps = every_n_steps
+        self.num_examples = num_examples
+        self.delta_threshold = delta_threshold
+        self.role_totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        record = pl_module.last_credit
+        if record is None or record.inputs.pos_logprobs is None:
+            return  # no teacher pass this step (uniform credit, or beta == 0)
+        metrics = self.step_metrics(record, trainer.datamodule.task, pl_module.tokenizer)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        step = pl_module.rl_step
+        if self.every_n_steps and trainer.is_global_zero and (step == 1 or step % self.every_n_steps == 0):
+            self.render(trainer, pl_module, record, step)
+
+    def step_metrics(self, record, task, tokenizer) -> dict[str, float]:
+        batch, out = record.batch, record.output
+        mask = batch.response_mask
+        metrics: dict[str, float] = {}
+        clip = getattr(record.credit, "clip", float("inf"))
+        for name, rows in (("correct", batch.correct), ("wrong", ~batch.correct)):
+            m = mask & rows[:, None]
+            if not m.any():
+                continue
+            delta, weight = out.delta[m], out.weight[m]
+            metrics.update(summarise(delta, f"credit/{name}/delta"))
+            metrics.update(summarise(weight, f"credit/{name}/weight"))
+            metrics[f"credit/{name}/abs_delta_mean"] = float(delta.abs().mean())
+            metrics[f"credit/{name}/clip_frac"] = float(out.clipped[m].float().mean())
+            metrics[f"credit/{name}/big_delta_frac"] = float((delta.abs() > self.delta_threshold).float().mean())
+        if record.inputs.has_negative is not None:
+            metrics["credit/has_negative_frac"] = float(record.inputs.has_negative.float().mean())
+        metrics["credit/clip_bound"] = clip
+        role_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for i, ids in enumerate(batch.response_ids):
+            roles = token_roles_of(task, tokenizer, ids)
+            if roles is None:
+                break
+            for t, role in enumerate(roles[: mask.shape[1]]):
+                d = abs(float(out.delta[i, t]))
+                role_sums[role][0] += d
+                role_sums[role][1] += 1
+        for role, (s, n) in role_sums.items():
+            if role != "special" and n:
+                metrics[f"credit/role/{role}/abs_delta_mean"] = s / n
+                self.role_totals[role][0] += s
+                self.role_totals[role][1] += n
+        return metrics
+
+    def role_summary(self) -> dict[str, float]:
+        """Mean ``|Delta|`` per token role over every step seen so far."""
+        return {r: s / n for r, (s, n) in self.role_totals.items() if n and r != "special"}
+
+    # -- rendering ---------------------------------------------------------------------
+    def pick(self, batch, correct: bool) -> list[int]:
+        rows = [i for i in range(batch.num_rollouts) if bool(batch.correct[i]) == correct]
+        return rows[: self.num_examples]
+
+    def render(self, trainer, pl_module, record, step: int) -> Path:
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "token_weights"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        batch, out = record.batch, record.output
+        tok = pl_module.tokenizer
+        clip = getattr(record.credit, "clip", float("inf"))
+        lo, hi = (1 - clip, 1 + clip) if clip != float("inf") else (0.0, 3.0)
+        columns = {}
+        for label, correct in (("correct", True), ("wrong", False)):
+            items = []
+            for i in self.pick(batch, correct):
+                ids = batch.response_ids[i]
+                cells = []
+                for t, piece in enumerate(token_texts(tok, ids)):
+                    w, d, a = float(out.weight[i, t]), float(out.delta[i, t]), float(out.token_advantages[i, t])
+                    cells.append((piece, w, d, a))
+                items.append({"row": i, "prompt": batch.prompts[i // batch.group_size],
+                              "answer": batch.answers[i // batch.group_size],
+                              "reward": float(batch.rewards[i]), "tokens": cells})
+            columns[label] = items
+        page = out_dir / f"step_{step:05d}.html"
+        page.write_text(self.html_page(columns, step, record.credit, lo, hi), encoding="utf-8")
+        (out_dir / f"step_{step:05d}.json").write_text(json.dumps(columns))
+        png = out_dir / f"step_{step:05d}.png"
+        fig = self.figure(columns, step, lo, hi)
+        fig.savefig(png, dpi=100)
+        for lg in trainer.loggers:
+            exp = getattr(lg, "experiment", None)
+            if hasattr(exp, "add_figure"):
+                exp.add_figure("credit/token_weights", fig, global_step=trainer.global_step)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return page
+
+    def html_page(self, columns, step, credit, lo, hi) -> str:
+        def render_item(item) -> str:
+            spans = []
+            for piece, w, d, a in item["tokens"]:
+                shown = html.escape(piece).replace(" ", "&nbsp;").replace("\n", "&#9166;") or "&empty;"
+                spans.append(
+                    f'<span style="background:{_colour(w, lo, hi)}" '
+                    f'title="w={w:.3f}  Delta={d:+.3f}  A_t={a:+.3f}">{shown}</span>'
+                )
+            head = (f'<div class="p">{html.escape(item["prompt"])} &rarr; reference '
+                    f'{html.escape(item["answer"])} (reward {item["reward"]:.2f})</div>')
+            return f'<div class="r">{head}<div class="t">{"".join(spans)}</div></div>'
+
+        cols = "".join(
+            f'<div class="c"><h2>{label}</h2>{"".join(render_item(i) for i in items) or "<p>none this step</p>"}</div>'
+            for label, items in columns.items()
+        )
+        return f"""<!doctype html><html><head><meta charset="utf-8"><title>cepo token weights, step {step}</title>
+<style>body{{font-family:sans-serif;margin:1em}} .w{{display:flex;gap:2em}} .c{{flex:1}}
+.r{{margin:.6em 0;padding:.4em;border:1px solid #ddd}} .p{{color:#555;font-size:90%}}
+.t{{font-family:monospace;font-size:130%;line-height:1.6}} .t span{{padding:1px 0}}</style></head>
+<body><h1>Token weights at step {step}</h1>
+<p>{html.escape(repr(credit))}. Colour: weight w = exp(sign(A) Delta), green above 1 (more credit or
+blame), red below 1 (less), saturated at the clip bounds [{lo:.2f}, {hi:.2f}]. Hover a token for w, Delta and
+its token advantage.</p><div class="w">{cols}</div></body></html>"""
+
+    def figure(self, columns, step, lo, hi):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import to_rgba
+
+        rows = max(1, max(len(v) for v in columns.values()))
+        fig, axes = plt.subplots(1, 2, figsize=(14, 0.7 * rows + 1.2))
+        for ax, (label, items) in zip(axes, columns.items()):
+            ax.set_title(f"{label} rollouts, step {step}")
+            ax.axis("off")
+            for r, item in enumerate(items):
+                y = 1 - (r + 0.5) / rows
+                x = 0.0
+                for piece, w, _, _ in item["tokens"][:60]:
+                    rgba = _colour(w, lo, hi)
+                    vals = [float(v) for v in rgba[5:-1].split(",")]
+                    colour = to_rgba((vals[0] / 255, vals[1] / 255, vals[2] / 255), vals[3])
+                    shown = piece.replace("\n", "\u23ce") or "\u2205"
+                    ax.text(x, y, shown, family="monospace", fontsize=9, va="center",
+                            bbox=dict(facecolor=colour, edgecolor="none", pad=1.0))
+                    x += 0.016 * max(len(shown), 1)
+        fig.tight_layout()
+        return fig
