@@ -106,7 +106,12 @@ class CepoCLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
-    """Entry point of ``cepo fit`` / ``cepo validate`` (also used by tests)."""
+    """Entry point of ``cepo fit`` / ``cepo validate`` (also used by tests).
+
+    With ``run=False`` the classes are only parsed and instantiated (no subcommand).
+    """
+    if not run and args and args[0] in ("fit", "validate"):
+        args = args[1:]
     return CepoCLI(
         GRPOModule,
         RolloutDataModule,

@@ -1,0 +1,112 @@
+"""Teacher passes: context building, c- choice, and log-probs equal to a direct forward."""
+
+import torch
+
+from cepo.credit import Contrastive, CreditInputs, EvidenceRatio
+from cepo.logprobs import token_logprobs
+from cepo.rollout.batch import pack
+from cepo.teacher import TeacherPass, choose_negative
+
+
+def make_batch(tok, prompts, answers, responses, rewards, extracted, group_size):
+    from cepo.rollout.batch import RolloutBatch
+
+    pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    rids = [tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id] for r in responses]
+    rows_p = [p for p in pids for _ in range(group_size)]
+    ids, attn, start, mask = pack(rows_p, rids, tok.pad_token_id)
+    r = torch.tensor(rewards)
+    return RolloutBatch(ids, attn, start, mask, r, r >= 1, None, group_size, prompts, answers,
+                        [""] * len(prompts), responses, extracted, pids, rids, 0)
+
+
+def test_choose_negative_skips_missing_and_equal_answers():
+    # rollout 1 has no answer, rollout 2 repeats the right answer, rollout 3 is wrong
+    assert choose_negative([1, 0, 0, 0], [True, False, False, False], ["5", None, "5", "7"], "5") == 3
+    assert choose_negative([1, 0], [True, False], ["5", None], "5") is None
+    # lowest reward first
+    assert choose_negative([0.5, 0.2], [False, False], ["3", "4"], "5") == 1
+
+
+def test_teacher_logprobs_equal_direct_forward(tiny_model):
+    model, tok = tiny_model
+    teacher = TeacherPass(template="raw")
+    teacher.setup(model, tok)
+    batch = make_batch(tok, ["12+3-4="], ["11"], [" 15-4 = 11", " 15-4 = 10"], [1.0, 0.0], ["11", "10"], 2)
+    inputs = CreditInputs(torch.zeros(2), batch.response_mask, torch.zeros(batch.response_mask.shape))
+    teacher.fill(inputs, batch, Contrastive())
+    for row, feedback, key in ((0, "11", "pos_logprobs"), (1, "10", "neg_logprobs")):
+        text = "12+3-4= " + feedback  # the raw template: prompt, space, answer
+        ctx = tok(text, add_special_tokens=False).input_ids
+        full = torch.tensor([ctx + batch.response_ids[row]])
+        with torch.no_grad():
+            logits = model(full).logits[0, len(ctx) - 1 : -1]
+        direct = token_logprobs(logits[None], full[:, len(ctx) :])[0]
+        got = getattr(inputs, key)[row, : len(batch.response_ids[row])]
+        assert torch.allclose(got, direct, atol=1e-5), key
+    assert inputs.has_negative.tolist() == [True, True]
+    assert teacher.last_contexts == [("11", "10")]
+
+
+def test_no_negative_falls_back_to_student(tiny_model):
+    model, tok = tiny_model
+    teacher = TeacherPass()
+    teacher.setup(model, tok)
+    batch = make_batch(tok, ["1+1="], ["2"], [" 2", " x"], [1.0, 0.0], ["2", None], 2)
+    student = torch.randn(batch.response_mask.shape)
+    inputs = CreditInputs(torch.zeros(2), batch.response_mask, student)
+    teacher.fill(inputs, batch, Contrastive())
+    assert torch.equal(inputs.neg_logprobs, student)
+    assert inputs.has_negative.tolist() == [False, False]
+
+
+def test_rlsd_needs_only_positive_pass(tiny_model):
+    model, tok = tiny_model
+    teacher = TeacherPass()
+    teacher.setup(model, tok)
+    batch = make_batch(tok, ["1+1="], ["2"], [" 2", " 3"], [1.0, 0.0], ["2", "3"], 2)
+    inputs = CreditInputs(torch.zeros(2), batch.response_mask, torch.zeros(batch.response_mask.shape))
+    teacher.fill(inputs, batch, EvidenceRatio())
+    assert inputs.pos_logprobs is not None and inputs.neg_logprobs is None
+
+
+def test_hint_template_and_feedback_sources(tiny_model):
+    model, tok = tiny_model
+    batch = make_batch(tok, ["1+1="], ["2"], [" 2", " 3"], [1.0, 0.0], ["2", "3"], 2)
+    t = TeacherPass(template="hint", feedback="rollout")
+    t.setup(model, tok)
+    fb = t.group_feedback(batch, 0)
+    assert (fb.pos, fb.neg) == ("2", "3")
+    assert "Here is a reference solution:\n2" in tok.decode(t.context_ids("1+1=", fb.pos))
+    t2 = TeacherPass(feedback="answer_rollout")
+    t2.setup(model, tok)
+    assert t2.group_feedback(batch, 0).neg == "3"
+    t3 = TeacherPass(feedback="first_k", k=1)
+    t3.setup(model, tok)
+    assert t3.group_feedback(batch, 0).pos == ""  # first token of " 2" is the space, stripped
+
+
+def test_teacher_weight_modes(tiny_model):
+    model, tok = tiny_model
+    import copy
+
+    student = copy.deepcopy(model)
+    ema = TeacherPass(weights="ema", ema_tau=0.5)
+    ema.setup(student, tok)
+    before = [p.clone() for p in ema.copy.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema.on_step_end(1)
+    for b, t, s in zip(before, ema.copy.parameters(), student.parameters()):
+        assert torch.allclose(t, 0.5 * b + 0.5 * s)
+    synced = TeacherPass(weights="synced", sync_every=2)
+    synced.setup(student, tok)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    synced.on_step_end(1)
+    assert not torch.equal(next(synced.copy.parameters()), next(student.parameters()))
+    synced.on_step_end(2)
+    assert torch.equal(next(synced.copy.parameters()), next(student.parameters()))
+    assert not any(p.requires_grad for p in synced.copy.parameters())

@@ -1,0 +1,117 @@
+"""End-to-end training on a tiny random model: on-policy rollouts, outputs, credit paths."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from cepo.cli import cli_main
+from cepo.module import GRPOModule
+from cepo.rollout.datamodule import RolloutDataModule
+from cepo.rollout.hf_engine import HFEngine
+from cepo.tasks import Arithmetic
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = str(ROOT / "configs" / "default.yaml")
+
+
+class RecordingEngine(HFEngine):
+    """HFEngine that records, per generate call, the policy version and a weight checksum."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def generate(self, prompt_ids, n, sampling):
+        checksum = float(sum(p.double().sum() for p in self.policy.parameters()))
+        self.calls.append((self.weight_version, checksum, sampling.temperature))
+        return super().generate(prompt_ids, n, sampling)
+
+
+class LengthParity(Arithmetic):
+    """Rewards that vary within a group even for a random model, so the weights move."""
+
+    def reward(self, response, answer):
+        return float(len(response) % 2)
+
+
+def small_data(engine=None, **kw):
+    task = LengthParity(train_size=200, val_size=8, test_size=8)
+    return RolloutDataModule(task=task, engine=engine, prompts_per_step=2, group_size=4,
+                             eval_size=8, eval_k=0, **kw)
+
+
+def trainer(tmp_path, steps):
+    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                     limit_val_batches=0, default_root_dir=tmp_path, inference_mode=False)
+
+
+@pytest.mark.parametrize("num_minibatches", [1, 2])
+def test_rollouts_are_on_policy(tmp_path, tiny_dir, num_minibatches):
+    engine = RecordingEngine()
+    module = GRPOModule(model_path=str(tiny_dir), num_minibatches=num_minibatches,
+                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
+            checksum = float(sum(p.double().sum() for p in pl_module.policy.parameters()))
+            seen.append((batch.weight_version, pl_module.weight_version, tr.global_step, checksum))
+
+    tr = trainer(tmp_path, steps=3 * num_minibatches)
+    tr.callbacks.append(Spy())
+    tr.fit(module, datamodule=small_data(engine))
+    assert len(seen) == 3
+    for i, (batch_v, module_v, global_step, checksum) in enumerate(seen):
+        assert batch_v == module_v == global_step == i * num_minibatches
+        # the weights used for generation are the weights after the last optimizer step
+        assert engine.calls[i][1] == pytest.approx(checksum, rel=0, abs=1e-6)
+    assert len({c[1] for c in engine.calls}) == 3  # SGD changed the weights between batches
+
+
+def test_stale_batch_is_refused(tmp_path, tiny_dir):
+    module = GRPOModule(model_path=str(tiny_dir))
+    dm = small_data()
+    tr = trainer(tmp_path, steps=1)
+    tr.fit(module, datamodule=dm)
+    batch = dm.rollout(dm.task.split("train")[:2], module.tokenizer)
+    module.weight_version += 1  # as if an optimizer step happened after generation
+    with pytest.raises(RuntimeError, match="off-policy"):
+        module.training_step(batch, 0)
+
+
+@pytest.mark.parametrize("credit", ["uniform", "evidence_ratio", "contrastive"])
+def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
+    args = [
+        "fit", "--config", DEFAULT, "--config", str(ROOT / "configs" / "credit" / f"{credit}.yaml"),
+        "--model.model_path", str(tiny_dir), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--data.prompts_per_step", "2", "--data.group_size", "4", "--data.eval_size", "6",
+        "--data.eval_k", "2", "--run_root", str(tmp_path), "--run_name", credit, "--run_version", "v",
+        "--token_weights.every_n_steps", "1", "--checkpoint.every_n_train_steps", "1",
+    ]
+    cli_main(args)
+    run = tmp_path / credit / "v"
+    assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "hf_model" / "config.json").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rl_steps"] == 2 and "val/acc" in summary["final"] and "val/acc" in summary["base"]
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/reward_mean", "train/acc", "train/zero_var_frac", "train/clip_frac",
+                "train/entropy", "train/lr", "time/generate", "time/train", "time/tokens_per_sec"):
+        assert key in header, key
+    if credit == "contrastive":
+        assert (run / "token_weights" / "step_00001.html").is_file()
+        assert (run / "token_weights" / "step_00001.png").is_file()
+        assert "credit/wrong/delta_mean" in header or "credit/correct/delta_mean" in header
+
+
+def test_validate_on_hf_folder(tmp_path, tiny_dir, capsys):
+    cli_main(["validate", "--config", DEFAULT, "--model.model_path", str(tiny_dir), "--data.eval_size", "5",
+              "--data.eval_k", "2", "--run_root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "val/acc" in out and "val/avg@2" in out
