@@ -29,9 +29,7 @@ def group_advantages(
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2, got {group_size}")
     if rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(
-            f"rewards must be [P*G] with G={group_size}, got shape {tuple(rewards.shape)}"
-        )
+        raise ValueError(f"rewards must be [P*G] with G={group_size}, got shape {tuple(rewards.shape)}")
     r = rewards.detach().float().view(-1, group_size)  # [P, G]
     centred = r - r.mean(dim=1, keepdim=True)
     if scale == "std":

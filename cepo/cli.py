@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from cepo.callbacks import BetaSchedule, TokenWeightLogger
-
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
 
@@ -32,29 +31,41 @@ class CepoCLI(LightningCLI):
         # Always-on callbacks get their own config keys, so YAML files compose without one
         # file's trainer.callbacks list replacing another's.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
-                             "checkpoint.every_n_train_steps": 50})
+        parser.set_defaults(
+            {"checkpoint.save_last": True, "checkpoint.save_top_k": 0, "checkpoint.every_n_train_steps": 50}
+        )
         parser.add_lightning_class_args(BetaSchedule, "beta_schedule")
         parser.add_lightning_class_args(TokenWeightLogger, "token_weights")
         parser.add_argument(
-            "--run_name", type=str | None, default=None,
+            "--run_name",
+            type=str | None,
+            default=None,
             help="Run directory name under the loggers' save_dir (default: the loggers' own name).",
         )
         parser.add_argument(
-            "--run_root", type=str | None, default=None,
+            "--run_root",
+            type=str | None,
+            default=None,
             help="Directory holding run directories (default: the loggers' own save_dir).",
         )
         parser.add_argument(
-            "--run_version", type=str | None, default=None,
+            "--run_version",
+            type=str | None,
+            default=None,
             help="Run sub-directory (default: a timestamp shared by every logger).",
         )
         parser.add_argument(
-            "--report_base", type=bool, default=True,
+            "--report_base",
+            type=bool,
+            default=True,
             help="fit only: score the held-out split before training and print base vs final.",
         )
         parser.add_argument(
-            "--export_hf", type=bool, default=True,
-            help="fit only: save the trained policy (LoRA merged) as a Hugging Face folder in the run directory.",
+            "--export_hf",
+            type=bool,
+            default=True,
+            help="fit only: save the trained policy (LoRA merged) as a Hugging Face folder "
+            "in the run directory.",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -83,8 +94,13 @@ class CepoCLI(LightningCLI):
     def after_fit(self) -> None:
         final = self._validate("final")
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir).resolve()
-        summary = {"base": self.base_metrics, "final": final, "rl_steps": self.model.rl_step,
-                   "optimizer_steps": self.trainer.global_step, "run_dir": str(run_dir)}
+        summary = {
+            "base": self.base_metrics,
+            "final": final,
+            "rl_steps": self.model.rl_step,
+            "optimizer_steps": self.trainer.global_step,
+            "run_dir": str(run_dir),
+        }
         if self.trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -92,8 +108,10 @@ class CepoCLI(LightningCLI):
                 self.model.export_hf(run_dir / "hf_model")
             acc = "val/acc"
             base = f"{self.base_metrics[acc]:.3f}" if self.base_metrics else "n/a"
-            print(f"\nheld-out greedy accuracy ({self.datamodule.eval_split}, "
-                  f"{len(self.datamodule.eval_rows())} problems): base {base} -> final {final[acc]:.3f}")
+            print(
+                f"\nheld-out greedy accuracy ({self.datamodule.eval_split}, "
+                f"{len(self.datamodule.eval_rows())} problems): base {base} -> final {final[acc]:.3f}"
+            )
             print(f"run directory: {run_dir}")
 
     def _validate(self, label: str) -> dict[str, float]:

@@ -153,7 +153,10 @@ class GRPOModule(L.LightningModule):
         if self.policy is not None:  # Lightning calls this hook once per fit/validate
             return
         self.policy, self.tokenizer, self.model_path = load_policy(
-            self.model_path, self.hparams.lora, self.lora_settings, self.hparams.dtype,
+            self.model_path,
+            self.hparams.lora,
+            self.lora_settings,
+            self.hparams.dtype,
             self.hparams.gradient_checkpointing,
         )
         if self.hparams.kl_coef > 0 and not is_peft(self.policy):
@@ -166,7 +169,10 @@ class GRPOModule(L.LightningModule):
         opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cepo"] = {
@@ -259,12 +265,17 @@ class GRPOModule(L.LightningModule):
         t_end = time.perf_counter()
         self.rl_step += 1
         self.teacher.on_step_end(self.rl_step)
-        self._log_step(batch, advantages, stats, {
-            **batch.timings,
-            "old_logprobs": t_old - t_start,
-            "teacher": t_teacher - t_old,
-            "train": t_end - t_teacher,
-        })
+        self._log_step(
+            batch,
+            advantages,
+            stats,
+            {
+                **batch.timings,
+                "old_logprobs": t_old - t_start,
+                "teacher": t_teacher - t_old,
+                "train": t_end - t_teacher,
+            },
+        )
 
     @torch.no_grad()
     def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
@@ -289,7 +300,14 @@ class GRPOModule(L.LightningModule):
         n_groups = batch.num_rollouts // g
         world = self.trainer.world_size
         per_mb = math.ceil(n_groups / hp.num_minibatches)
-        sums = {"loss": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
+        sums = {
+            "loss": 0.0,
+            "clip_frac": 0.0,
+            "dual_clip_frac": 0.0,
+            "entropy": 0.0,
+            "kl": 0.0,
+            "grad_norm": 0.0,
+        }
         mismatch: list[torch.Tensor] = []
         tokens_seen = 0.0
         for mb_start in range(0, n_groups, per_mb):
@@ -307,7 +325,13 @@ class GRPOModule(L.LightningModule):
                 logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :])
                 old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
                 tok_loss, st = clipped_surrogate(
-                    logp, old, token_adv[rows], m, hp.eps_low, hp.eps_high, hp.c_dual,
+                    logp,
+                    old,
+                    token_adv[rows],
+                    m,
+                    hp.eps_low,
+                    hp.eps_high,
+                    hp.c_dual,
                     None if is_weight is None else is_weight[rows],
                 )
                 if ref_logprobs is not None:
@@ -360,12 +384,16 @@ class GRPOModule(L.LightningModule):
     def _check_mismatch(self, gap: float) -> None:
         hp = self.hparams
         if hp.mismatch_stop is not None and gap > hp.mismatch_stop:
-            log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, hp.mismatch_stop)
+            log.error(
+                "engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, hp.mismatch_stop
+            )
             self.trainer.should_stop = True
         elif gap > hp.mismatch_warn:
             log.warning(
                 "engine/trainer log-prob gap %.2e > mismatch_warn %.2e: stale weights or "
-                "numerics differ (consider model.tis_cap)", gap, hp.mismatch_warn,
+                "numerics differ (consider model.tis_cap)",
+                gap,
+                hp.mismatch_warn,
             )
 
     def _log_step(self, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
@@ -391,7 +419,9 @@ class GRPOModule(L.LightningModule):
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.num_rollouts)
         self.log("reward", rewards.mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
-        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
+        self.log(
+            "acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts
+        )
 
     # -- evaluation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:

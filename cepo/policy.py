@@ -76,8 +76,11 @@ def load_policy(
         policy = get_peft_model(
             policy,
             LoraConfig(
-                r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                target_modules=s.target_modules, task_type="CAUSAL_LM",
+                r=s.r,
+                lora_alpha=s.alpha,
+                lora_dropout=s.dropout,
+                target_modules=s.target_modules,
+                task_type="CAUSAL_LM",
             ),
         )
     log.info("policy %s: %.2fM parameters, LoRA %s", path, n_params / 1e6, "on" if use_lora else "off")

@@ -50,7 +50,8 @@ def choose_negative(
     into the string "None" and the wrong teacher then saw " None" (ALGORITHMS.md §3).
     """
     candidates = [
-        i for i, (ok, got) in enumerate(zip(correct, extracted))
+        i
+        for i, (ok, got) in enumerate(zip(correct, extracted))
         if not ok and got is not None and got.strip() and got.strip() != answer.strip()
     ]
     if not candidates:

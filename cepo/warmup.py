@@ -49,17 +49,19 @@ class WarmupConfig:
         check_size: validation problems per check.
         batch_size: examples per optimizer step.
         lr: AdamW learning rate.
+        lr_warmup_steps: linear learning-rate warm-up.
         hint_fraction: share of examples shown with the answer in context first.
         seed: seed of initialisation and data order.
         task_seed: seed of the built-in task's splits.
     """
 
     target_accuracy: float = 0.3
-    max_steps: int = 3000
+    max_steps: int = 4000
     check_every: int = 100
     check_size: int = 200
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 3e-3
+    lr_warmup_steps: int = 50
     hint_fraction: float = 0.5
     seed: int = 0
     task_seed: int = 1234
@@ -98,8 +100,10 @@ class SFTModule(L.LightningModule):
     def encode(self, examples: list[Example], hinted: list[bool]):
         tok = self.tokenizer
         contexts = [
-            tok(RAW_TEMPLATE.format(prompt=e.prompt, feedback=e.answer) if h else e.prompt,
-                add_special_tokens=False).input_ids
+            tok(
+                RAW_TEMPLATE.format(prompt=e.prompt, feedback=e.answer) if h else e.prompt,
+                add_special_tokens=False,
+            ).input_ids
             for e, h in zip(examples, hinted)
         ]
         targets = [tok(e.solution, add_special_tokens=False).input_ids + [tok.eos_token_id] for e in examples]
@@ -133,12 +137,15 @@ class SFTModule(L.LightningModule):
         return sum(self.task.is_correct(t, e.answer) for t, e in zip(texts, examples)) / len(examples)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.01)
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.01)
+        ramp = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.cfg.lr_warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:
         rows = self.task.split("train")
-        return DataLoader(rows, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=lambda r: r)
+        return DataLoader(
+            rows, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: r
+        )
 
     def save(self, path: Path) -> None:
         self.policy.save_pretrained(path)
@@ -151,11 +158,16 @@ def run_warmup(out: Path, cfg: WarmupConfig) -> dict:
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     build_tiny(work / "init", seed=cfg.seed)
-    task = Arithmetic(seed=cfg.task_seed)
+    task = Arithmetic(seed=cfg.task_seed)  # the built-in task at its defaults
     module = SFTModule(str(work / "init"), task, cfg)
     trainer = L.Trainer(
-        max_steps=cfg.max_steps, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, default_root_dir=work,
+        max_steps=cfg.max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=work,
         gradient_clip_val=1.0,
     )
     trainer.fit(module)
@@ -198,4 +210,6 @@ def warmup_main(argv: list[str]) -> None:
         shutil.rmtree(out, ignore_errors=True)
     path = builtin_base(wcfg)
     summary = json.loads((path / "cepo_warmup.json").read_text())
-    print(f"base model: {path}\nsteps: {summary['steps']}, greedy val accuracy: {summary['final_val_accuracy']}")
+    print(
+        f"base model: {path}\nsteps: {summary['steps']}, greedy val accuracy: {summary['final_val_accuracy']}"
+    )

@@ -13,8 +13,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_dir(tmp_path_factory):
     from cepo.tiny import build_tiny
 
-    return build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0, num_layers=2, hidden_size=64,
-                      intermediate_size=128, num_heads=2, num_kv_heads=1)  # head_dim 32: vLLM-CPU attention needs >= 32
+    return build_tiny(
+        tmp_path_factory.mktemp("tiny") / "model",
+        seed=0,
+        num_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        num_kv_heads=1,
+    )  # head_dim 32: vLLM-CPU attention needs >= 32
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,24 @@ def make_batch(tok, prompts, answers, responses, rewards, extracted, group_size)
     rows_p = [p for p in pids for _ in range(group_size)]
     ids, attn, start, mask = pack(rows_p, rids, tok.pad_token_id)
     r = torch.tensor(rewards)
-    return RolloutBatch(ids, attn, start, mask, r, r >= 1, None, group_size, prompts, answers,
-                        [""] * len(prompts), responses, extracted, pids, rids, 0)
+    return RolloutBatch(
+        ids,
+        attn,
+        start,
+        mask,
+        r,
+        r >= 1,
+        None,
+        group_size,
+        prompts,
+        answers,
+        [""] * len(prompts),
+        responses,
+        extracted,
+        pids,
+        rids,
+        0,
+    )
 
 
 def test_choose_negative_skips_missing_and_equal_answers():

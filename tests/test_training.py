@@ -39,21 +39,34 @@ class LengthParity(Arithmetic):
 
 def small_data(engine=None, **kw):
     task = LengthParity(train_size=200, val_size=8, test_size=8)
-    return RolloutDataModule(task=task, engine=engine, prompts_per_step=2, group_size=4,
-                             eval_size=8, eval_k=0, **kw)
+    return RolloutDataModule(
+        task=task, engine=engine, prompts_per_step=2, group_size=4, eval_size=8, eval_k=0, **kw
+    )
 
 
 def trainer(tmp_path, steps):
-    return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     limit_val_batches=0, default_root_dir=tmp_path, inference_mode=False)
+    return L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        inference_mode=False,
+    )
 
 
 @pytest.mark.parametrize("num_minibatches", [1, 2])
 def test_rollouts_are_on_policy(tmp_path, tiny_dir, num_minibatches):
     engine = RecordingEngine()
-    module = GRPOModule(model_path=str(tiny_dir), num_minibatches=num_minibatches,
-                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    module = GRPOModule(
+        model_path=str(tiny_dir),
+        num_minibatches=num_minibatches,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+    )
     seen = []
 
     class Spy(L.Callback):
@@ -86,11 +99,35 @@ def test_stale_batch_is_refused(tmp_path, tiny_dir):
 @pytest.mark.parametrize("credit", ["uniform", "evidence_ratio", "contrastive"])
 def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
     args = [
-        "fit", "--config", DEFAULT, "--config", str(ROOT / "configs" / "credit" / f"{credit}.yaml"),
-        "--model.model_path", str(tiny_dir), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-        "--data.prompts_per_step", "2", "--data.group_size", "4", "--data.eval_size", "6",
-        "--data.eval_k", "2", "--run_root", str(tmp_path), "--run_name", credit, "--run_version", "v",
-        "--token_weights.every_n_steps", "1", "--checkpoint.every_n_train_steps", "1",
+        "fit",
+        "--config",
+        DEFAULT,
+        "--config",
+        str(ROOT / "configs" / "credit" / f"{credit}.yaml"),
+        "--model.model_path",
+        str(tiny_dir),
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+        "--data.prompts_per_step",
+        "2",
+        "--data.group_size",
+        "4",
+        "--data.eval_size",
+        "6",
+        "--data.eval_k",
+        "2",
+        "--run_root",
+        str(tmp_path),
+        "--run_name",
+        credit,
+        "--run_version",
+        "v",
+        "--token_weights.every_n_steps",
+        "1",
+        "--checkpoint.every_n_train_steps",
+        "1",
     ]
     cli_main(args)
     run = tmp_path / credit / "v"
@@ -101,8 +138,17 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rl_steps"] == 2 and "val/acc" in summary["final"] and "val/acc" in summary["base"]
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("train/reward_mean", "train/acc", "train/zero_var_frac", "train/clip_frac",
-                "train/entropy", "train/lr", "time/generate", "time/train", "time/tokens_per_sec"):
+    for key in (
+        "train/reward_mean",
+        "train/acc",
+        "train/zero_var_frac",
+        "train/clip_frac",
+        "train/entropy",
+        "train/lr",
+        "time/generate",
+        "time/train",
+        "time/tokens_per_sec",
+    ):
         assert key in header, key
     if credit == "contrastive":
         assert (run / "token_weights" / "step_00001.html").is_file()
@@ -111,7 +157,20 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
 
 
 def test_validate_on_hf_folder(tmp_path, tiny_dir, capsys):
-    cli_main(["validate", "--config", DEFAULT, "--model.model_path", str(tiny_dir), "--data.eval_size", "5",
-              "--data.eval_k", "2", "--run_root", str(tmp_path)])
+    cli_main(
+        [
+            "validate",
+            "--config",
+            DEFAULT,
+            "--model.model_path",
+            str(tiny_dir),
+            "--data.eval_size",
+            "5",
+            "--data.eval_k",
+            "2",
+            "--run_root",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert "val/acc" in out and "val/avg@2" in out

@@ -82,7 +82,9 @@ def test_lora_merged_push_after_adapter_changed(setup):
     from peft import LoraConfig, get_peft_model
 
     base, tok, engine, prompts = setup
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -109,12 +111,36 @@ def test_failed_sync_is_detected(setup):
 def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
     cmd = [
-        sys.executable, "-m", "cepo.cli", "fit", "--config", str(ROOT / "configs" / "default.yaml"),
-        "--config", str(ROOT / "configs" / "engine" / "vllm.yaml"),
-        "--model.model_path", str(tiny_dir), "--trainer.max_steps", "3", "--data.prompts_per_step", "4",
-        "--data.group_size", "4", "--data.eval_size", "8", "--data.eval_k", "2",
-        "--run_root", str(tmp_path), "--run_name", "vllm", "--run_version", "v", "--export_hf", "false",
-        "--model.mismatch_stop", "1e-3",
+        sys.executable,
+        "-m",
+        "cepo.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "default.yaml"),
+        "--config",
+        str(ROOT / "configs" / "engine" / "vllm.yaml"),
+        "--model.model_path",
+        str(tiny_dir),
+        "--trainer.max_steps",
+        "3",
+        "--data.prompts_per_step",
+        "4",
+        "--data.group_size",
+        "4",
+        "--data.eval_size",
+        "8",
+        "--data.eval_k",
+        "2",
+        "--run_root",
+        str(tmp_path),
+        "--run_name",
+        "vllm",
+        "--run_version",
+        "v",
+        "--export_hf",
+        "false",
+        "--model.mismatch_stop",
+        "1e-3",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

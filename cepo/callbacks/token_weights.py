@@ -102,7 +102,9 @@ class TokenWeightLogger(L.Callback):
             metrics.update(summarise(weight, f"credit/{name}/weight"))
             metrics[f"credit/{name}/abs_delta_mean"] = float(delta.abs().mean())
             metrics[f"credit/{name}/clip_frac"] = float(out.clipped[m].float().mean())
-            metrics[f"credit/{name}/big_delta_frac"] = float((delta.abs() > self.delta_threshold).float().mean())
+            metrics[f"credit/{name}/big_delta_frac"] = float(
+                (delta.abs() > self.delta_threshold).float().mean()
+            )
         if record.inputs.has_negative is not None:
             metrics["credit/has_negative_frac"] = float(record.inputs.has_negative.float().mean())
         metrics["credit/clip_bound"] = clip
@@ -145,11 +147,21 @@ class TokenWeightLogger(L.Callback):
                 ids = batch.response_ids[i]
                 cells = []
                 for t, piece in enumerate(token_texts(tok, ids)):
-                    w, d, a = float(out.weight[i, t]), float(out.delta[i, t]), float(out.token_advantages[i, t])
+                    w, d, a = (
+                        float(out.weight[i, t]),
+                        float(out.delta[i, t]),
+                        float(out.token_advantages[i, t]),
+                    )
                     cells.append((piece, w, d, a))
-                items.append({"row": i, "prompt": batch.prompts[i // batch.group_size],
-                              "answer": batch.answers[i // batch.group_size],
-                              "reward": float(batch.rewards[i]), "tokens": cells})
+                items.append(
+                    {
+                        "row": i,
+                        "prompt": batch.prompts[i // batch.group_size],
+                        "answer": batch.answers[i // batch.group_size],
+                        "reward": float(batch.rewards[i]),
+                        "tokens": cells,
+                    }
+                )
             columns[label] = items
         page = out_dir / f"step_{step:05d}.html"
         page.write_text(self.html_page(columns, step, record.credit, lo, hi), encoding="utf-8")
@@ -175,15 +187,18 @@ class TokenWeightLogger(L.Callback):
                     f'<span style="background:{_colour(w, lo, hi)}" '
                     f'title="w={w:.3f}  Delta={d:+.3f}  A_t={a:+.3f}">{shown}</span>'
                 )
-            head = (f'<div class="p">{html.escape(item["prompt"])} &rarr; reference '
-                    f'{html.escape(item["answer"])} (reward {item["reward"]:.2f})</div>')
+            head = (
+                f'<div class="p">{html.escape(item["prompt"])} &rarr; reference '
+                f"{html.escape(item['answer'])} (reward {item['reward']:.2f})</div>"
+            )
             return f'<div class="r">{head}<div class="t">{"".join(spans)}</div></div>'
 
-        cols = "".join(
-            f'<div class="c"><h2>{label}</h2>{"".join(render_item(i) for i in items) or "<p>none this step</p>"}</div>'
-            for label, items in columns.items()
-        )
-        return f"""<!doctype html><html><head><meta charset="utf-8"><title>cepo token weights, step {step}</title>
+        cols = ""
+        for label, items in columns.items():
+            body = "".join(render_item(i) for i in items) or "<p>none this step</p>"
+            cols += f'<div class="c"><h2>{label}</h2>{body}</div>'
+        title = f"cepo token weights, step {step}"
+        return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .w{{display:flex;gap:2em}} .c{{flex:1}}
 .r{{margin:.6em 0;padding:.4em;border:1px solid #ddd}} .p{{color:#555;font-size:90%}}
 .t{{font-family:monospace;font-size:130%;line-height:1.6}} .t span{{padding:1px 0}}</style></head>
@@ -212,8 +227,15 @@ its token advantage.</p><div class="w">{cols}</div></body></html>"""
                     vals = [float(v) for v in rgba[5:-1].split(",")]
                     colour = to_rgba((vals[0] / 255, vals[1] / 255, vals[2] / 255), vals[3])
                     shown = piece.replace("\n", "\u23ce") or "\u2205"
-                    ax.text(x, y, shown, family="monospace", fontsize=9, va="center",
-                            bbox=dict(facecolor=colour, edgecolor="none", pad=1.0))
+                    ax.text(
+                        x,
+                        y,
+                        shown,
+                        family="monospace",
+                        fontsize=9,
+                        va="center",
+                        bbox=dict(facecolor=colour, edgecolor="none", pad=1.0),
+                    )
                     x += 0.016 * max(len(shown), 1)
         fig.tight_layout()
         return fig

@@ -93,9 +93,7 @@ def broadcast_advantages(inputs: CreditInputs) -> torch.Tensor:
     return torch.where(inputs.mask, adv, torch.zeros_like(adv))
 
 
-def evidence_weighted(
-    inputs: CreditInputs, delta: torch.Tensor, clip: float, beta: float
-) -> CreditOutput:
+def evidence_weighted(inputs: CreditInputs, delta: torch.Tensor, clip: float, beta: float) -> CreditOutput:
     """The shared RLSD/CEPO rule ``Â_t = A_i [(1-beta) + beta clip(exp(sign(A_i) Delta_t), 1±clip)]``.
 
     Args:

@@ -203,9 +203,13 @@ class RolloutDataModule(L.LightningDataModule):
     def evaluate(self, examples: list[Example], tokenizer) -> EvalBatch:
         """Greedy answer plus ``eval_k`` samples per held-out prompt, verified."""
         prompt_ids = self.encode_prompts(examples, tokenizer)
-        greedy = self.engine.generate(prompt_ids, 1, SamplingConfig(
-            temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)
-        ))
+        greedy = self.engine.generate(
+            prompt_ids,
+            1,
+            SamplingConfig(
+                temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)
+            ),
+        )
         texts = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
         greedy_ok = torch.tensor([self.task.is_correct(t, e.answer) for t, e in zip(texts, examples)])
         k = self.eval_k
@@ -214,8 +218,8 @@ class RolloutDataModule(L.LightningDataModule):
             sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
             stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
             answers = [e.answer for e in examples for _ in range(k)]
-            sample_ok = torch.tensor(
-                [self.task.is_correct(t, a) for t, a in zip(stexts, answers)]
-            ).view(len(examples), k)
+            sample_ok = torch.tensor([self.task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(
+                len(examples), k
+            )
         lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
         return EvalBatch(greedy_ok, sample_ok, lengths, [e.prompt for e in examples], texts)

@@ -71,8 +71,6 @@ class RolloutEngine:
         """Make the engine generate with ``policy``'s current weights from now on."""
         raise NotImplementedError
 
-    def generate(
-        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig
-    ) -> Generation:
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> Generation:
         """``n`` samples for each prompt, group-major."""
         raise NotImplementedError

@@ -1,6 +1,6 @@
 """The built-in task: multi-step integer arithmetic written as steps.
 
-A problem ``23+48-15+7=`` is answered ``" 71-15+7 = 56+7 = 63"``: each step reduces the
+A problem ``8+7-5+9=`` is answered ``" 15-5+9 = 10+9 = 19"``: each step reduces the
 leftmost operation, so a response mixes *decisive* tokens (the digits of each intermediate
 result and of the answer) with *copied* operands and *filler* (spaces and ``=``). That mix is
 what token-level credit assignment has to tell apart.
@@ -56,6 +56,10 @@ def make_example(rng: random.Random, min_ops: int, max_ops: int, max_operand: in
 class Arithmetic(Task):
     """Multi-step ``+``/``-`` arithmetic over integers in ``[1, max_operand]``.
 
+    The default (2-3 operations on single-digit operands) is what the ~1M-parameter built-in
+    base learns to partial accuracy in a few minutes on a CPU; two-digit operands took the same
+    model over 3,000 supervised steps to pass 5%.
+
     Args:
         min_ops: fewest operations per problem.
         max_ops: most operations per problem.
@@ -70,7 +74,7 @@ class Arithmetic(Task):
         self,
         min_ops: int = 2,
         max_ops: int = 3,
-        max_operand: int = 99,
+        max_operand: int = 9,
         train_size: int = 20000,
         val_size: int = 500,
         test_size: int = 500,

@@ -104,9 +104,7 @@ class JsonlTask(Task):
 
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:
-        return {
-            k: read_jsonl(p, self.prompt_template) if p else [] for k, p in self.paths.items()
-        }
+        return {k: read_jsonl(p, self.prompt_template) if p else [] for k, p in self.paths.items()}
 
     def validate(self) -> None:
         """Read every configured file now (fail before training)."""

@@ -1,0 +1,179 @@
+"""Rollout throughput and peak memory of the transformers and vLLM engines, side by side.
+
+For each model (the built-in ~1M base and a ~25M random Llama of the same family) and each
+engine, a fresh subprocess generates the same prompts with the same sampling and reports
+response tokens per second and its peak resident memory; then a short GRPO ``cepo fit`` with
+each engine reports the mean total step time. Writes ``benchmarks/results/engines.{json,md}``.
+
+    .venv/bin/python benchmarks/engines.py [--prompts 32] [--n 8] [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "tiny-1M": {},
+    "llama-25M": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376),
+}
+
+
+def model_dir(name: str, tmp: Path) -> str:
+    if name == "tiny-1M":
+        from cepo.warmup import builtin_base
+
+        return str(builtin_base())
+    from cepo.tiny import build_tiny
+
+    return str(build_tiny(tmp / name, seed=0, **MODELS[name]))
+
+
+def child(engine: str, path: str, prompts: int, n: int, max_new: int) -> None:
+    """Run in a subprocess: generate and print one JSON line."""
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cepo.rollout.engine import SamplingConfig
+    from cepo.tasks import Arithmetic
+
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if engine == "vllm":
+        from cepo.rollout.vllm_engine import VLLMEngine
+
+        eng = VLLMEngine(max_model_len=256)
+    else:
+        from cepo.rollout.hf_engine import HFEngine
+
+        eng = HFEngine()
+    eng.setup(policy, tok, path)
+    eng.sync_weights(policy, 0)
+    ids = [tok(e.prompt, add_special_tokens=False).input_ids for e in Arithmetic().split("val")[:prompts]]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=max_new, seed=0)
+    eng.generate(ids[:2], 2, sampling)  # warm-up call
+    best = None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gen = eng.generate(ids, n, sampling)
+        dt = time.perf_counter() - t0
+        tokens = sum(len(r) for r in gen.response_ids)
+        rate = tokens / dt
+        best = max(best or 0.0, rate)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"tokens_per_sec": best, "tokens_per_call": tokens, "peak_rss_mb": peak_mb}))
+
+
+def measure(engine: str, path: str, a) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", engine, path, str(a.prompts), str(a.n), str(a.max_new)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def step_time(engine: str, path: str, steps: int, tmp: Path) -> float | str:
+    cmd = [
+        sys.executable,
+        "-m",
+        "cepo.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "default.yaml"),
+        "--config",
+        str(ROOT / "configs" / "engine" / f"{engine}.yaml"),
+        "--model.model_path",
+        path,
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(10**6),
+        "--report_base",
+        "false",
+        "--export_hf",
+        "false",
+        "--data.eval_size",
+        "4",
+        "--data.eval_k",
+        "0",
+        "--checkpoint.save_last",
+        "false",
+        "--run_root",
+        str(tmp),
+        "--run_name",
+        engine,
+        "--run_version",
+        Path(path).name,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        return "failed: " + (out.stderr.strip().splitlines() or ["?"])[-1]
+    rows = list(csv.DictReader(open(tmp / engine / Path(path).name / "metrics.csv")))
+    totals = [float(r["time/total"]) for r in rows if r.get("time/total")][1:]
+    return statistics.mean(totals)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--max_new", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        engine, path, prompts, n, max_new = a.child
+        child(engine, path, int(prompts), int(n), int(max_new))
+        return
+    from cepo.rollout.vllm_engine import vllm_available
+
+    engines = ["hf"] + (["vllm"] if vllm_available()[0] else [])
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for m in a.models:
+            path = model_dir(m, tmp)
+            for e in engines:
+                r = measure(e, path, a)
+                r["grpo_step_s"] = step_time(e, path, a.steps, tmp)
+                results[f"{m}/{e}"] = r
+                print(m, e, r, flush=True)
+    lines = ["| model | engine | rollout tokens/s | peak RSS (MB) | GRPO step (s) |", "|---|---|---|---|---|"]
+    for key, r in results.items():
+        m, e = key.split("/")
+        if "error" in r:
+            lines.append(f"| {m} | {e} | error: {r['error']} | | |")
+            continue
+        step = r["grpo_step_s"]
+        step = f"{step:.2f}" if isinstance(step, float) else step
+        lines.append(f"| {m} | {e} | {r['tokens_per_sec']:.0f} | {r['peak_rss_mb']:.0f} | {step} |")
+    md = "\n".join(lines)
+    print(md)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "engines.json").write_text(json.dumps({"settings": vars(a), "results": results}, indent=2))
+    (out / "engines.md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Time per training step of each credit rule on the built-in default, side by side.
+
+Runs short ``cepo fit`` jobs in one process, alternating the rules (A B A B ...) so machine
+noise hits both alike, with beta held constant so the teacher passes run on every step.
+Prints a table of seconds per stage and the ratio to uniform, and writes it to
+``benchmarks/results/step_time.{json,md}``.
+
+    .venv/bin/python benchmarks/step_time.py [--steps 12] [--rounds 2] [--credits uniform contrastive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cepo.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["generate", "score", "old_logprobs", "teacher", "train", "total"]
+
+
+def run_once(credit: str, steps: int, root: Path, tag: str, extra: list[str]) -> list[dict[str, float]]:
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "default.yaml"),
+        "--config",
+        str(ROOT / "configs" / "credit" / f"{credit}.yaml"),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(10**6),
+        "--beta_schedule.kind",
+        "constant",
+        "--token_weights.every_n_steps",
+        "0",
+        "--report_base",
+        "false",
+        "--export_hf",
+        "false",
+        "--data.eval_size",
+        "10",
+        "--data.eval_k",
+        "0",
+        "--checkpoint.every_n_train_steps",
+        str(10**6),
+        "--checkpoint.save_last",
+        "false",
+        "--run_root",
+        str(root),
+        "--run_name",
+        credit,
+        "--run_version",
+        tag,
+        *extra,
+    ]
+    cli_main(args)
+    rows = list(csv.DictReader(open(root / credit / tag / "metrics.csv")))
+    out = []
+    for r in rows:
+        if r.get("time/total"):
+            out.append(
+                {s: float(r[f"time/{s}"]) for s in STAGES} | {"tokens": float(r["train/response_len"])}
+            )
+    return out[1:]  # the first step pays one-off costs
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--credits", nargs="+", default=["uniform", "contrastive"])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("extra", nargs="*", help="extra `cepo fit` flags, after --")
+    a = p.parse_args()
+    samples: dict[str, list[dict[str, float]]] = {c: [] for c in a.credits}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for c in a.credits:
+                samples[c] += run_once(c, a.steps, Path(tmp), f"round{r}", a.extra)
+    table = {c: {s: statistics.mean(x[s] for x in v) for s in STAGES} for c, v in samples.items()}
+    base = table[a.credits[0]]["total"]
+    lines = [
+        "| credit | " + " | ".join(f"{s} (s)" for s in STAGES) + f" | x {a.credits[0]} |",
+        "|---" * (len(STAGES) + 2) + "|",
+    ]
+    for c, t in table.items():
+        lines.append(
+            f"| {c} | " + " | ".join(f"{t[s]:.3f}" for s in STAGES) + f" | {t['total'] / base:.2f} |"
+        )
+    md = "\n".join(lines)
+    print(md)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_time.json").write_text(
+        json.dumps({"steps_per_run": a.steps, "rounds": a.rounds, "mean_seconds": table}, indent=2)
+    )
+    (out / "step_time.md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
