@@ -31,6 +31,7 @@ from cepo.advantages import group_advantages, zero_variance_groups
 from cepo.credit import CreditAssigner, CreditInputs, CreditOutput, Uniform
 from cepo.logprobs import response_logits, token_entropy, token_logprobs
 from cepo.loss import aggregate, clipped_surrogate, k3_kl
+from cepo.metrics import AvgAtK, PassAtK
 from cepo.policy import LoraSettings, is_peft, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.teacher import TeacherPass
@@ -138,7 +139,8 @@ class GRPOModule(L.LightningModule):
         self.rl_step = 0
         self.last_credit: CreditRecord | None = None
         self.val_acc = MeanMetric()
-        self.val_avg_k = MeanMetric()
+        self.val_avg_k = AvgAtK()
+        self.val_pass_k: PassAtK | None = None  # built in setup: k comes from the DataModule
         self.val_len = MeanMetric()
 
     def _check_optimizer(self) -> None:
@@ -163,6 +165,12 @@ class GRPOModule(L.LightningModule):
             self.reference = self.teacher.frozen_copy(self.policy)
         self.teacher.setup(self.policy, self.tokenizer)
         self.policy.train()  # from_pretrained returns eval mode; Lightning expects train mode
+
+    def setup(self, stage: str) -> None:
+        # Built here, not lazily, so every DDP rank holds the metric even without val batches.
+        k = self.trainer.datamodule.eval_k
+        if k and self.val_pass_k is None:
+            self.val_pass_k = PassAtK(k).to(self.device)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -426,15 +434,22 @@ class GRPOModule(L.LightningModule):
     # -- evaluation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         self.val_acc.update(batch.greedy_correct.float())
-        if batch.sample_correct.numel():
-            self.val_avg_k.update(batch.sample_correct.float().mean(-1))
+        k = batch.sample_correct.shape[1]
+        if k:
+            n = torch.full((batch.sample_correct.shape[0],), k)
+            c = batch.sample_correct.sum(-1)
+            self.val_avg_k.update(n, c)
+            self.val_pass_k.update(n, c)
         self.val_len.update(batch.response_lengths)
 
     def on_validation_epoch_end(self) -> None:
-        k = self.trainer.datamodule.eval_k
+        # torchmetrics' compute() reduces across processes, so no sync_dist here
         metrics = {"val/acc": self.val_acc.compute(), "val/response_len": self.val_len.compute()}
-        if k:
+        if self.val_pass_k is not None:
+            k = self.val_pass_k.k
             metrics[f"val/avg@{k}"] = self.val_avg_k.compute()
+            metrics[f"val/pass@{k}"] = self.val_pass_k.compute()
         self.log_dict(metrics, sync_dist=False)
-        for m in (self.val_acc, self.val_avg_k, self.val_len):
-            m.reset()
+        for m in (self.val_acc, self.val_avg_k, self.val_pass_k, self.val_len):
+            if m is not None:
+                m.reset()
