@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -146,6 +147,8 @@ def main() -> None:
     # One intra-op thread per process: on 2 cores, two threads ran 10-30x slower under load.
     torch.set_num_threads(int(os.environ.get("CEPO_NUM_THREADS", "1")))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Checkpoints are taken after the step's optimizer updates, which is what cepo wants.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     argv = sys.argv[1:]
     if argv and argv[0] == "warmup":
         from cepo.warmup import warmup_main
