@@ -65,9 +65,7 @@ def run_once(credit: str, steps: int, root: Path, tag: str, extra: list[str]) ->
     out = []
     for r in rows:
         if r.get("time/total"):
-            out.append(
-                {s: float(r[f"time/{s}"]) for s in STAGES} | {"tokens": float(r["train/response_len"])}
-            )
+            out.append({s: float(r[f"time/{s}"]) for s in STAGES} | {"tokens": float(r["train/response_len"])})
     return out[1:]  # the first step pays one-off costs
 
 
@@ -92,9 +90,7 @@ def main() -> None:
         "|---" * (len(STAGES) + 2) + "|",
     ]
     for c, t in table.items():
-        lines.append(
-            f"| {c} | " + " | ".join(f"{t[s]:.3f}" for s in STAGES) + f" | {t['total'] / base:.2f} |"
-        )
+        lines.append(f"| {c} | " + " | ".join(f"{t[s]:.3f}" for s in STAGES) + f" | {t['total'] / base:.2f} |")
     md = "\n".join(lines)
     print(md)
     out = Path(a.out)

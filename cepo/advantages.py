@@ -13,9 +13,7 @@ import torch
 EPS = 1e-6
 
 
-def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale: Literal["std", "none"] = "std"
-) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: Literal["std", "none"] = "std") -> torch.Tensor:
     """GRPO advantages ``A_i = (r_i - mean_g r) / (std_g r + 1e-6)``.
 
     Args:

@@ -65,8 +65,7 @@ class CepoCLI(LightningCLI):
             "--export_hf",
             type=bool,
             default=True,
-            help="fit only: save the trained policy (LoRA merged) as a Hugging Face folder "
-            "in the run directory.",
+            help="fit only: save the trained policy (LoRA merged) as a Hugging Face folder in the run directory.",
         )
 
     def before_instantiate_classes(self) -> None:

@@ -142,6 +142,10 @@ class GRPOModule(L.LightningModule):
         self.val_avg_k = AvgAtK()
         self.val_pass_k: PassAtK | None = None  # built in setup: k comes from the DataModule
         self.val_len = MeanMetric()
+        # Per benchmark (DataLoader order) when data.benchmarks is set: a ModuleDict of acc,
+        # len and, with eval_k, avg_k/pass_k. Built in setup; names in val_benchmark_names.
+        self.val_benchmarks: torch.nn.ModuleList | None = None
+        self.val_benchmark_names: list[str] = []
 
     def _check_optimizer(self) -> None:
         """Build the optimizer once on a dummy parameter so bad settings fail now."""
@@ -168,9 +172,21 @@ class GRPOModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # Built here, not lazily, so every DDP rank holds the metric even without val batches.
-        k = self.trainer.datamodule.eval_k
+        datamodule = self.trainer.datamodule
+        k = datamodule.eval_k
         if k and self.val_pass_k is None:
             self.val_pass_k = PassAtK(k).to(self.device)
+        names = list(getattr(datamodule, "benchmark_names", []))
+        if names and self.val_benchmarks is None:
+            # a list, not a dict keyed by name: names like "eval" would clash with Module attributes
+            self.val_benchmarks = torch.nn.ModuleList(
+                torch.nn.ModuleDict(
+                    {"acc": MeanMetric(), "len": MeanMetric()}
+                    | ({"avg_k": AvgAtK(), "pass_k": PassAtK(k)} if k else {})
+                )
+                for _ in names
+            ).to(self.device)
+            self.val_benchmark_names = names
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -253,9 +269,7 @@ class GRPOModule(L.LightningModule):
         old_logprobs = self.policy_logprobs(batch) if needs_old else None
         t_old = time.perf_counter()
 
-        inputs = CreditInputs(
-            advantages=advantages, mask=mask, student_logprobs=old_logprobs, rewards=batch.rewards
-        )
+        inputs = CreditInputs(advantages=advantages, mask=mask, student_logprobs=old_logprobs, rewards=batch.rewards)
         if self.credit.needs_teacher():
             self.teacher.fill(inputs, batch, self.credit, self.trainer.datamodule.sampling.temperature or 1.0)
         t_teacher = time.perf_counter()
@@ -392,9 +406,7 @@ class GRPOModule(L.LightningModule):
     def _check_mismatch(self, gap: float) -> None:
         hp = self.hparams
         if hp.mismatch_stop is not None and gap > hp.mismatch_stop:
-            log.error(
-                "engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, hp.mismatch_stop
-            )
+            log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, hp.mismatch_stop)
             self.trainer.should_stop = True
         elif gap > hp.mismatch_warn:
             log.warning(
@@ -427,23 +439,42 @@ class GRPOModule(L.LightningModule):
         }
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.num_rollouts)
         self.log("reward", rewards.mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
-        self.log(
-            "acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts
-        )
+        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
 
     # -- evaluation --------------------------------------------------------------------
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.val_acc.update(batch.greedy_correct.float())
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        metrics = self.val_benchmarks[dataloader_idx] if self.val_benchmarks is not None else None
+        acc = metrics["acc"] if metrics is not None else self.val_acc
+        length = metrics["len"] if metrics is not None else self.val_len
+        acc.update(batch.greedy_correct.float())
         k = batch.sample_correct.shape[1]
         if k:
             n = torch.full((batch.sample_correct.shape[0],), k)
             c = batch.sample_correct.sum(-1)
-            self.val_avg_k.update(n, c)
-            self.val_pass_k.update(n, c)
-        self.val_len.update(batch.response_lengths)
+            (metrics["avg_k"] if metrics is not None else self.val_avg_k).update(n, c)
+            (metrics["pass_k"] if metrics is not None else self.val_pass_k).update(n, c)
+        length.update(batch.response_lengths)
 
     def on_validation_epoch_end(self) -> None:
         # torchmetrics' compute() reduces across processes, so no sync_dist here
+        if self.val_benchmarks is not None:
+            # val/<name>/<key> per benchmark, and val/<key> averaged over benchmarks (equal weights)
+            metrics, per_key = {}, {}
+            for name, bench in zip(self.val_benchmark_names, self.val_benchmarks):
+                values = {"acc": bench["acc"].compute(), "response_len": bench["len"].compute()}
+                if "pass_k" in bench:
+                    k = bench["pass_k"].k
+                    values[f"avg@{k}"] = bench["avg_k"].compute()
+                    values[f"pass@{k}"] = bench["pass_k"].compute()
+                for key, value in values.items():
+                    metrics[f"val/{name}/{key}"] = value
+                    per_key.setdefault(key, []).append(value.float())
+            metrics.update({f"val/{key}": torch.stack(v).mean() for key, v in per_key.items()})
+            self.log_dict(metrics, sync_dist=False)
+            for bench in self.val_benchmarks:
+                for m in bench.values():
+                    m.reset()
+            return
         metrics = {"val/acc": self.val_acc.compute(), "val/response_len": self.val_len.compute()}
         if self.val_pass_k is not None:
             k = self.val_pass_k.k

@@ -40,9 +40,7 @@ class GroupFeedback:
     neg: str | None
 
 
-def choose_negative(
-    rewards: list[float], correct: list[bool], extracted: list[str | None], answer: str
-) -> int | None:
+def choose_negative(rewards: list[float], correct: list[bool], extracted: list[str | None], answer: str) -> int | None:
     """Index of the lowest-reward rejected rollout whose extracted answer exists and differs
     from ``answer`` (ties: the first), or None.
 
@@ -188,9 +186,7 @@ class TeacherPass:
 
     # -- scoring -----------------------------------------------------------------------
     @torch.no_grad()
-    def score(
-        self, contexts: list[list[int]], responses: list[list[int]], temperature: float = 1.0
-    ) -> torch.Tensor:
+    def score(self, contexts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> torch.Tensor:
         """``[M, T]`` log-probs of each response after its context (0 past its end)."""
         model = self._model()
         ids, attn, start, mask = pack(contexts, responses, self.tokenizer.pad_token_id)
@@ -216,9 +212,7 @@ class TeacherPass:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def fill(
-        self, inputs: CreditInputs, batch: RolloutBatch, credit: CreditAssigner, temperature: float = 1.0
-    ) -> None:
+    def fill(self, inputs: CreditInputs, batch: RolloutBatch, credit: CreditAssigner, temperature: float = 1.0) -> None:
         """Set ``inputs.pos_logprobs``/``neg_logprobs`` for what ``credit`` needs.
 
         Rows whose group has no usable wrong answer get ``neg_logprobs = student_logprobs``

@@ -143,9 +143,7 @@ class SFTModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         rows = self.task.split("train")
-        return DataLoader(
-            rows, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: r
-        )
+        return DataLoader(rows, batch_size=self.cfg.batch_size, shuffle=True, drop_last=True, collate_fn=lambda r: r)
 
     def save(self, path: Path) -> None:
         self.policy.save_pretrained(path)
@@ -210,6 +208,4 @@ def warmup_main(argv: list[str]) -> None:
         shutil.rmtree(out, ignore_errors=True)
     path = builtin_base(wcfg)
     summary = json.loads((path / "cepo_warmup.json").read_text())
-    print(
-        f"base model: {path}\nsteps: {summary['steps']}, greedy val accuracy: {summary['final_val_accuracy']}"
-    )
+    print(f"base model: {path}\nsteps: {summary['steps']}, greedy val accuracy: {summary['final_val_accuracy']}")

@@ -80,9 +80,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"delta_by_role_{a.credit}.json").write_text(
-        json.dumps(
-            {"credit": a.credit, "steps": a.steps, "roles": totals, "decisive_over_filler": ratio}, indent=2
-        )
+        json.dumps({"credit": a.credit, "steps": a.steps, "roles": totals, "decisive_over_filler": ratio}, indent=2)
     )
 
 

@@ -64,9 +64,7 @@ def test_dataset_row_without_answer_names_file_and_line(tmp_path):
     from cepo.tasks import JsonlTask
 
     f = tmp_path / "bad.jsonl"
-    f.write_text(
-        json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n"
-    )
+    f.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n")
     task = JsonlTask(train=str(f), val=str(f))
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: row has no answer"):
         task.validate()

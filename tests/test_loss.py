@@ -29,9 +29,7 @@ def test_surrogate_hand_computed_cases():
 
 def test_surrogate_masks_padding():
     new = torch.zeros(1, 3, requires_grad=True)
-    loss, _ = clipped_surrogate(
-        new, torch.zeros(1, 3), torch.ones(1, 3), torch.tensor([[True, False, False]])
-    )
+    loss, _ = clipped_surrogate(new, torch.zeros(1, 3), torch.ones(1, 3), torch.tensor([[True, False, False]]))
     assert loss.tolist() == [[-1.0, 0.0, 0.0]]
 
 

@@ -39,9 +39,7 @@ class LengthParity(Arithmetic):
 
 def small_data(engine=None, **kw):
     task = LengthParity(train_size=200, val_size=8, test_size=8)
-    return RolloutDataModule(
-        task=task, engine=engine, prompts_per_step=2, group_size=4, eval_size=8, eval_k=0, **kw
-    )
+    return RolloutDataModule(task=task, engine=engine, prompts_per_step=2, group_size=4, eval_size=8, eval_k=0, **kw)
 
 
 def trainer(tmp_path, steps):

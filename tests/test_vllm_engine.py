@@ -82,9 +82,7 @@ def test_lora_merged_push_after_adapter_changed(setup):
     from peft import LoraConfig, get_peft_model
 
     base, tok, engine, prompts = setup
-    peft_model = get_peft_model(
-        copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
-    )
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -36,9 +36,7 @@ class BetaSchedule(L.Callback):
         decay_steps: rollout steps to reach 0 (``linear``/``cosine``).
     """
 
-    def __init__(
-        self, kind: Literal["linear", "cosine", "constant"] = "linear", decay_steps: int = 25
-    ) -> None:
+    def __init__(self, kind: Literal["linear", "cosine", "constant"] = "linear", decay_steps: int = 25) -> None:
         if decay_steps < 1:
             raise ValueError(f"BetaSchedule.decay_steps must be >= 1, got {decay_steps}")
         beta_at(0, 1.0, kind, decay_steps)  # validates kind

@@ -102,9 +102,7 @@ class TokenWeightLogger(L.Callback):
             metrics.update(summarise(weight, f"credit/{name}/weight"))
             metrics[f"credit/{name}/abs_delta_mean"] = float(delta.abs().mean())
             metrics[f"credit/{name}/clip_frac"] = float(out.clipped[m].float().mean())
-            metrics[f"credit/{name}/big_delta_frac"] = float(
-                (delta.abs() > self.delta_threshold).float().mean()
-            )
+            metrics[f"credit/{name}/big_delta_frac"] = float((delta.abs() > self.delta_threshold).float().mean())
         if record.inputs.has_negative is not None:
             metrics["credit/has_negative_frac"] = float(record.inputs.has_negative.float().mean())
         metrics["credit/clip_bound"] = clip

@@ -22,7 +22,8 @@ class SamplingConfig:
         top_k: keep the k most likely tokens (0 disables it).
         max_new_tokens: longest response.
         stop: extra stop strings (the tokenizer's EOS always stops).
-        seed: base seed; generation ``i`` uses ``seed + i`` so runs repeat.
+        seed: base seed; generation ``i`` uses ``seed + i`` so runs repeat. The DataModule adds
+            the run's global seed (``seed_everything``), so different seeds sample differently.
     """
 
     temperature: float = 1.0

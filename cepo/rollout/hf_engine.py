@@ -71,11 +71,12 @@ class HFEngine(RolloutEngine):
         for start in range(0, len(prompt_ids), step):
             chunk = prompt_ids[start : start + step]
             ids, mask = left_pad(chunk, tok.pad_token_id)
-            if not greedy:
-                # transformers samples from the global RNG; fork it so runs repeat per call.
+            # transformers samples from the global RNG: seed it per call so runs repeat, inside a
+            # fork so the rest of the run (data order, ...) keeps its own stream.
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sampling.seed + self._calls)
+                out = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             self._calls += 1
-            out = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             new = out.sequences[:, ids.shape[1] :].cpu()  # [B*n, T]
             scores = torch.stack(out.scores, dim=1).float().cpu()  # [B*n, T, V] processed logits
             lp = torch.log_softmax(scores, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)

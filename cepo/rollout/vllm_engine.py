@@ -194,9 +194,7 @@ class VLLMEngine(RolloutEngine):
             logprobs=None if greedy else 0,
         )
         self._calls += 1
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False
-        )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
         responses, logprobs = [], []
         for out in outs:
             for c in out.outputs:

@@ -2,16 +2,30 @@
 
 Every row is validated when the task is loaded, before any training: a row without a
 question or an answer is an error naming the file and line.
+
+Responses are verified with math-verify (``verifier="math_verify"``, the default), which
+accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a boxed tuple),
+or by exact match of the normalised extracted answer (``verifier="exact"``). math-verify's own
+timeouts use ``SIGALRM``, which only works on the main thread, so cepo always runs it in a
+daemon worker thread with its timeouts off and bounds it with its own (``verify_timeout``);
+on a timeout or an error the verdict falls back to the exact match.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from functools import cached_property
+import threading
+from collections.abc import Callable
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal, TypeVar
 
 from cepo.tasks.base import Example, Task
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _BOXED = re.compile(r"\\boxed\{")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -53,6 +67,60 @@ def normalise(answer: str) -> str:
     return a
 
 
+def exact_match(got: str | None, answer: str) -> bool:
+    """Whether an extracted answer equals the reference after :func:`normalise`."""
+    return got is not None and got == normalise(answer)
+
+
+def run_with_timeout(fn: Callable[[], T], timeout: float) -> T:
+    """``fn()`` run in a daemon thread, waited for at most ``timeout`` seconds.
+
+    Python cannot stop a thread, so a call that overruns keeps running in the background
+    until it returns; being a daemon it never blocks interpreter exit. Safe from any thread.
+
+    Raises:
+        TimeoutError: ``fn`` did not return within ``timeout`` seconds.
+        Exception: whatever ``fn`` raised.
+    """
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as err:  # handed to the caller
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name="cepo-verify", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "value" not in outcome:
+        raise TimeoutError(f"no result within {timeout:g}s")
+    return outcome["value"]
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(answer: str) -> list:
+    """The reference parsed once (cached): boxed, so bare LaTeX like ``\\frac{1}{2}`` parses."""
+    from math_verify import parse
+
+    return parse(f"\\boxed{{{answer}}}", parsing_timeout=None, raise_on_error=True)
+
+
+def math_verify_equal(response: str, answer: str) -> bool:
+    """math-verify's verdict on ``response`` against the reference ``answer``, without its
+    signal-based timeouts (so callable off the main thread; bound it with
+    :func:`run_with_timeout`). Raises on a parse or verification error."""
+    from math_verify import parse, verify
+
+    gold = _parse_gold(answer)
+    pred = parse(response, parsing_timeout=None, raise_on_error=True)
+    if not gold or not pred:
+        return False
+    return bool(verify(gold, pred, timeout_seconds=None, raise_on_error=True))
+
+
 def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
     """Load and validate ``path``; raise ``ValueError`` naming the file and line of a bad row."""
     path = Path(path)
@@ -72,9 +140,7 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
                 raise ValueError(f"{path}:{lineno}: row has no question (one of {QUESTION_KEYS})")
             answer = reference_answer(row)
             if answer is None:
-                raise ValueError(
-                    f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')"
-                )
+                raise ValueError(f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
             solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
             rows.append(Example(prompt_template.format(question=question), answer, solution))
     if not rows:
@@ -90,6 +156,11 @@ class JsonlTask(Task):
         val: path of the validation split (defaults to none).
         test: path of the test split (defaults to none).
         prompt_template: how a question becomes a prompt; ``{question}`` is replaced.
+        verifier: ``math_verify`` (a response is correct when its extracted answer matches
+            exactly or math-verify finds it equivalent to the reference) or ``exact`` (exact
+            match of the normalised extracted answer only).
+        verify_timeout: seconds math-verify may spend on one response; past it (or on an
+            error) the exact match decides.
     """
 
     def __init__(
@@ -98,9 +169,17 @@ class JsonlTask(Task):
         val: str | None = None,
         test: str | None = None,
         prompt_template: str = "Question: {question}\nAnswer:",
+        verifier: Literal["math_verify", "exact"] = "math_verify",
+        verify_timeout: float = 5.0,
     ) -> None:
+        if verifier not in ("math_verify", "exact"):
+            raise ValueError(f"task.verifier must be 'math_verify' or 'exact', got {verifier!r}")
+        if not verify_timeout > 0:
+            raise ValueError(f"task.verify_timeout must be > 0, got {verify_timeout}")
         self.paths = {"train": train, "val": val, "test": test}
         self.prompt_template = prompt_template
+        self.verifier = verifier
+        self.verify_timeout = float(verify_timeout)
 
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:
@@ -126,5 +205,18 @@ class JsonlTask(Task):
         return normalise(numbers[-1]) if numbers else None
 
     def is_correct(self, response: str, answer: str) -> bool:
-        got = self.extract_answer(response)
-        return got is not None and got == normalise(answer)
+        """Exact match first (cheap); then, with ``verifier="math_verify"``, math-verify within
+        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands)."""
+        if exact_match(self.extract_answer(response), answer):
+            return True
+        if self.verifier == "exact":
+            return False
+        import math_verify  # noqa: F401 - the first import (~1 s, sympy) must not eat the timeout
+
+        try:
+            return run_with_timeout(lambda: math_verify_equal(response, answer), self.verify_timeout)
+        except TimeoutError:
+            log.warning("math-verify gave no verdict within %gs; counted as incorrect", self.verify_timeout)
+        except Exception as err:  # a parse/verify error: the exact match (False) decides
+            log.debug("math-verify failed on a response: %r", err)
+        return False

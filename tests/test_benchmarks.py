@@ -1,0 +1,253 @@
+"""Benchmarks: GSM8K / MATH rows, the math-verify verifier, and per-benchmark validation."""
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from cepo.cli import cli_main
+from cepo.rollout.datamodule import RolloutDataModule, truncate_left
+from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
+from cepo.tasks import Arithmetic, Example, JsonlTask
+from cepo.tasks import jsonl as jsonl_module
+from cepo.tasks.benchmarks import JsonlBenchmark
+from cepo.tasks.jsonl import run_with_timeout
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+GSM8K = FIXTURES / "gsm8k_test_sample.jsonl"
+MATH500 = FIXTURES / "math500_sample.jsonl"
+
+
+# -- rows ------------------------------------------------------------------------------
+def test_gsm8k_rows_take_the_answer_after_hashes():
+    rows = JsonlBenchmark(str(GSM8K)).split("val")
+    assert len(rows) == 20
+    assert rows[0].prompt.startswith("Question: Janet\u2019s ducks lay 16 eggs per day.")
+    assert rows[0].prompt.endswith("\nAnswer:")
+    assert [r.answer for r in rows[:3]] == ["18", "3", "70000"]
+    assert rows[0].solution == ""  # GSM8K rows carry the worked answer in "answer", not "solution"
+
+
+def test_math_rows_prefer_the_answer_field_then_the_last_boxed(tmp_path):
+    rows = JsonlBenchmark(str(MATH500)).split("test")
+    assert len(rows) == 20
+    assert rows[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert rows[0].prompt.startswith("Question: Convert the point $(0,3)$")
+    assert "\\boxed{" in rows[0].solution
+    f = tmp_path / "math.jsonl"
+    solution = "First $\\boxed{2}$ is wrong; so $x = \\boxed{\\frac{1}{2}}$."
+    f.write_text(json.dumps({"problem": "Solve $2x = 1$.", "solution": solution}) + "\n")
+    (row,) = JsonlBenchmark(str(f)).split("val")
+    assert row.answer == "\\frac{1}{2}"
+
+
+def test_a_benchmark_has_no_training_split():
+    bench = JsonlBenchmark(str(GSM8K))
+    assert bench.split("train") == []
+    assert bench.split("val") == bench.split("test")
+
+
+# -- verifier --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "response, answer, expected",
+    [
+        ("0.5", "\\frac{1}{2}", True),
+        ("so the answer is $\\frac{1}{2}$", "0.5", True),
+        ("The answer is \\boxed{3}", "3", True),
+        ("\\boxed{14/3}", "\\frac{14}{3}", True),
+        ("so $(3, \\pi/2)$", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+        ("\\boxed{\\sqrt{117}}", "3\\sqrt{13}", True),
+        ("\\boxed{-q + p}", "p - q", True),
+        ("He makes \\$18,000.", "18000", True),
+        ("so #### 18 eggs. Then 20", "18", True),  # the GSM8K "#### n" tail, by exact match
+        ("\\boxed{4}", "3", False),
+        ("\\boxed{\\frac{1}{3}}", "0.5", False),
+        ("", "9", False),
+        ("no number at all {{{", "2", False),
+    ],
+)
+def test_math_verify_verifier(response, answer, expected):
+    assert JsonlTask().is_correct(response, answer) is expected
+
+
+@pytest.mark.parametrize(
+    "response, answer, expected",
+    [("0.5", "\\frac{1}{2}", False), ("\\boxed{3}", "3", True), ("#### 1,000", "1000", True)],
+)
+def test_exact_verifier_compares_normalised_answers(response, answer, expected):
+    assert JsonlTask(verifier="exact").is_correct(response, answer) is expected
+
+
+def test_bad_verifier_settings_fail_early():
+    with pytest.raises(ValueError, match="task.verifier"):
+        JsonlTask(verifier="sympy")
+    with pytest.raises(ValueError, match="task.verify_timeout"):
+        JsonlBenchmark(str(GSM8K), verify_timeout=0)
+
+
+def test_verifier_is_safe_off_the_main_thread():
+    task = JsonlTask(verify_timeout=30)
+    cases = [("0.5", "\\frac{1}{2}", True), ("\\boxed{\\sqrt{117}}", "3\\sqrt{13}", True), ("\\boxed{4}", "3", False)]
+    results = {}
+
+    def check(i, response, answer):
+        results[i] = task.is_correct(response, answer)
+
+    threads = [threading.Thread(target=check, args=(i, r, a)) for i, (r, a, _) in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {i: expected for i, (_, _, expected) in enumerate(cases)}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        got = list(pool.map(lambda c: task.is_correct(c[0], c[1]), cases))
+    assert got == [expected for _, _, expected in cases]
+
+
+def test_run_with_timeout_returns_raises_and_times_out():
+    assert run_with_timeout(lambda: 7, 5.0) == 7
+    with pytest.raises(KeyError):
+        run_with_timeout(lambda: {}["missing"], 5.0)
+    release = threading.Event()
+    t0 = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        run_with_timeout(lambda: release.wait(30), 0.2)
+    assert time.perf_counter() - t0 < 5
+    release.set()
+
+
+def test_verifier_timeout_and_errors_fall_back_to_exact_match(monkeypatch, caplog):
+    release = threading.Event()
+    monkeypatch.setattr(jsonl_module, "math_verify_equal", lambda response, answer: release.wait(30))
+    task = JsonlTask(verify_timeout=0.2)
+    with caplog.at_level(logging.WARNING, logger="cepo.tasks.jsonl"):
+        assert task.is_correct("0.5", "\\frac{1}{2}") is False  # math-verify would say True
+    assert "no verdict within 0.2s" in caplog.text
+    assert task.is_correct("#### 18", "18") is True  # exact match needs no math-verify
+    release.set()
+
+    def broken(response, answer):
+        raise ValueError("unparsable")
+
+    monkeypatch.setattr(jsonl_module, "math_verify_equal", broken)
+    assert task.is_correct("0.5", "\\frac{1}{2}") is False
+    assert task.is_correct("\\boxed{3}", "3") is True
+
+
+# -- data module -----------------------------------------------------------------------
+def test_truncate_left_keeps_the_tail():
+    prompts = [[1, 2, 3, 4, 5], [6, 7], []]
+    assert truncate_left(prompts, 3) == ([[3, 4, 5], [6, 7], []], 1)
+    assert truncate_left(prompts, 0) == ([[5], [7], []], 2)  # at least one token is kept
+    assert truncate_left(prompts, 10) == (prompts, 0)
+
+
+def test_one_val_dataloader_per_benchmark():
+    bench = {"arith": Arithmetic(train_size=10, val_size=5), "gsm8k": JsonlBenchmark(str(GSM8K))}
+    dm = RolloutDataModule(benchmarks=bench, eval_size=3, eval_batch_size=2)
+    dm.setup("validate")
+    loaders = dm.val_dataloader()
+    assert [len(dl.dataset) for dl in loaders] == [3, 3]
+    assert dm.benchmark_names == ["arith", "gsm8k"]
+    assert dm.eval_task(1) is bench["gsm8k"]
+    assert next(iter(loaders[1]))[0].answer == "18"
+    task = Arithmetic(train_size=10, val_size=4)
+    single = RolloutDataModule(task=task).val_dataloader()
+    assert len(single.dataset) == 4 and single.dataset.rows == task.split("val")
+
+
+class FixedEngine(RolloutEngine):
+    """Answers every prompt with the same text; records the prompts; a short context."""
+
+    max_model_len = 12
+
+    def __init__(self, tokenizer, text):
+        self.response = tokenizer(text, add_special_tokens=False).input_ids
+        self.prompts = []
+
+    def generate(self, prompt_ids, n, sampling):
+        self.prompts.append(prompt_ids)
+        return Generation([list(self.response) for _ in prompt_ids for _ in range(n)], None, 0)
+
+
+def test_evaluate_verifies_with_the_given_task_and_cuts_long_prompts():
+    from cepo.tiny import char_tokenizer
+
+    tok = char_tokenizer()
+    engine = FixedEngine(tok, "so 0.5")
+    dm = RolloutDataModule(engine=engine, eval_k=2, sampling=SamplingConfig(max_new_tokens=4))
+    dm.trainer = None  # no policy: the engine's max_model_len (12) is the context
+    rows = [Example("Question: a long question?\nAnswer:", "\\frac{1}{2}"), Example("Q: 1?", "1")]
+    batch = dm.evaluate(rows, tok, JsonlTask())
+    assert batch.greedy_correct.tolist() == [True, False]
+    assert batch.sample_correct.tolist() == [[True, True], [False, False]]
+    assert not dm.evaluate(rows, tok, Arithmetic()).greedy_correct.any()  # exact match after "="
+    assert [tok.decode(p) for p in engine.prompts[0]] == ["\nAnswer:", "Q: 1?"]  # 12 - 4 = 8 tokens kept
+
+
+def test_bad_benchmarks_fail_before_evaluation(tmp_path):
+    with pytest.raises(ValueError, match="data.benchmarks names"):
+        RolloutDataModule(benchmarks={"a/b": Arithmetic()})
+    empty = RolloutDataModule(benchmarks={"none": JsonlTask(train=str(GSM8K))})
+    with pytest.raises(ValueError, match="benchmark 'none' has no 'val' split"):
+        empty.setup("validate")
+    missing = RolloutDataModule(benchmarks={"gone": JsonlBenchmark(str(tmp_path / "gone.jsonl"))})
+    with pytest.raises(FileNotFoundError, match="gone.jsonl"):
+        missing.setup("validate")
+
+
+# -- end to end ------------------------------------------------------------------------
+def _validate(tmp_path, tiny_dir, *extra):
+    return cli_main(
+        [
+            "validate",
+            "--config",
+            str(ROOT / "configs" / "default.yaml"),
+            *extra,
+            "--model.model_path",
+            str(tiny_dir),
+            "--data.eval_size",
+            "3",
+            "--data.eval_k",
+            "2",
+            "--data.sampling.max_new_tokens",
+            "16",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--run_root",
+            str(tmp_path),
+        ]
+    )
+
+
+def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, monkeypatch, caplog, capsys):
+    monkeypatch.chdir(ROOT)  # the config names the fixtures relative to the repository root
+    with caplog.at_level(logging.WARNING, logger="cepo.rollout.datamodule"):
+        cli = _validate(tmp_path, tiny_dir, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml"))
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    names = ["arithmetic", "gsm8k", "math500"]
+    for name in names:
+        for key in ("acc", "avg@2", "pass@2", "response_len"):
+            assert 0 <= metrics[f"val/{name}/{key}"] <= (16 if key == "response_len" else 1), (name, key)
+    for key in ("acc", "avg@2", "pass@2", "response_len"):
+        mean = sum(metrics[f"val/{n}/{key}"] for n in names) / len(names)
+        assert metrics[f"val/{key}"] == pytest.approx(mean, abs=1e-6), key
+    # GSM8K / MATH-500 prompts exceed the 256 positions less 16 new tokens: cut, not failed
+    assert "evaluation prompts exceed the context (256 tokens less 16 new)" in caplog.text
+    out = capsys.readouterr().out
+    assert "val/gsm8k/pass@2" in out and "val/math500/acc" in out and "val/acc" in out
+
+
+def test_validate_without_benchmarks_keeps_the_single_task_keys(tmp_path, tiny_dir):
+    cli = _validate(tmp_path, tiny_dir)
+    assert set(cli.trainer.callback_metrics) == {"val/acc", "val/avg@2", "val/pass@2", "val/response_len"}
+    assert cli.model.val_benchmarks is None
+    assert torch.is_tensor(cli.trainer.callback_metrics["val/acc"])
