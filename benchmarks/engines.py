@@ -3,9 +3,10 @@
 For each model (the built-in ~1M base and a ~25M random Llama of the same family) and each
 engine, a fresh subprocess generates the same prompts with the same sampling and reports
 response tokens per second and its peak resident memory; then a short GRPO ``cepo fit`` with
-each engine reports the mean total step time. Writes ``benchmarks/results/engines.{json,md}``.
+each engine (``--step_prompts`` prompts x 8 rollouts) reports the mean total step time.
+Writes ``benchmarks/results/engines.{json,md}``.
 
-    .venv/bin/python benchmarks/engines.py [--prompts 32] [--n 8] [--steps 6]
+    .venv/bin/python benchmarks/engines.py [--prompts 32] [--n 8] [--steps 4]
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def measure(engine: str, path: str, a) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def step_time(engine: str, path: str, steps: int, tmp: Path) -> float | str:
+def step_time(engine: str, path: str, steps: int, prompts: int, tmp: Path) -> float | str:
     cmd = [
         sys.executable,
         "-m",
@@ -136,7 +137,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max_new", type=int, default=32)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--step_prompts", type=int, default=8, help="prompts per GRPO step (x group size 8)")
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
@@ -155,7 +157,7 @@ def main() -> None:
             path = model_dir(m, tmp)
             for e in engines:
                 r = measure(e, path, a)
-                r["grpo_step_s"] = step_time(e, path, a.steps, tmp)
+                r["grpo_step_s"] = step_time(e, path, a.steps, a.step_prompts, tmp)
                 results[f"{m}/{e}"] = r
                 print(m, e, r, flush=True)
     lines = ["| model | engine | rollout tokens/s | peak RSS (MB) | GRPO step (s) |", "|---|---|---|---|---|"]

@@ -226,6 +226,8 @@ class GRPOModule(L.LightningModule):
     # -- log-probs ---------------------------------------------------------------------
     def _chunks(self, n: int, size: int) -> list[slice]:
         size = size or n
+        if n == 0:
+            return []
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def policy_logits(self, batch: RolloutBatch, rows: slice | torch.Tensor) -> torch.Tensor:
@@ -239,18 +241,25 @@ class GRPOModule(L.LightningModule):
         )
 
     @torch.no_grad()
-    def policy_logprobs(self, batch: RolloutBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """``[N, T]`` no-grad log-probs of the sampled tokens (micro-batched)."""
+    def policy_logprobs(
+        self, batch: RolloutBatch, model: torch.nn.Module | None = None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[N, T]`` no-grad log-probs of the sampled tokens (micro-batched).
+
+        With ``rows`` (``[n]`` indices) only those rows are computed; the others stay 0.
+        """
         out = torch.zeros(batch.response_mask.shape, device=self.device)
-        for rows in self._chunks(batch.num_rollouts, self.hparams.micro_batch_size):
+        index = torch.arange(batch.num_rollouts, device=self.device) if rows is None else rows
+        for chunk in self._chunks(index.numel(), self.hparams.micro_batch_size):
+            r = index[chunk]
             logits = response_logits(
                 model or self.policy,
-                batch.input_ids[rows],
-                batch.attention_mask[rows],
+                batch.input_ids[r],
+                batch.attention_mask[r],
                 batch.response_start,
                 self.trainer.datamodule.sampling.temperature or 1.0,
             )
-            out[rows] = token_logprobs(logits, batch.input_ids[rows, batch.response_start :])
+            out[r] = token_logprobs(logits, batch.input_ids[r, batch.response_start :])
         return out
 
     # -- training ----------------------------------------------------------------------
@@ -265,13 +274,30 @@ class GRPOModule(L.LightningModule):
         mask = batch.response_mask
         advantages = group_advantages(batch.rewards, batch.group_size, hp.advantage_scale)
         multi_update = hp.num_minibatches > 1
-        needs_old = multi_update or self.credit.needs_teacher() or hp.tis_cap is not None
-        old_logprobs = self.policy_logprobs(batch) if needs_old else None
+        teacher = self.credit.needs_teacher()
+        # Rows with A_i = 0 get zero token advantages whatever the evidence, so the teacher and
+        # student passes for credit skip them.
+        active = torch.nonzero(advantages != 0).flatten()
+        old_logprobs = None
+        if multi_update or hp.tis_cap is not None:
+            old_logprobs = self.policy_logprobs(batch)  # the ratio needs every row
+        student = old_logprobs
+        if student is None and teacher and self.credit.needs_student:
+            student = self.policy_logprobs(batch, rows=active)
         t_old = time.perf_counter()
 
-        inputs = CreditInputs(advantages=advantages, mask=mask, student_logprobs=old_logprobs, rewards=batch.rewards)
-        if self.credit.needs_teacher():
-            self.teacher.fill(inputs, batch, self.credit, self.trainer.datamodule.sampling.temperature or 1.0)
+        inputs = CreditInputs(advantages=advantages, mask=mask, student_logprobs=student, rewards=batch.rewards)
+        if teacher:
+            if inputs.student_logprobs is None:
+                inputs.student_logprobs = torch.zeros(mask.shape, device=self.device)
+            self.teacher.fill(
+                inputs,
+                batch,
+                self.credit,
+                self.trainer.datamodule.sampling.temperature or 1.0,
+                rows=active,
+                student_fn=None if student is not None else lambda r: self.policy_logprobs(batch, rows=r)[r],
+            )
         t_teacher = time.perf_counter()
         credit = self.credit.assign(inputs)
         self.last_credit = CreditRecord(batch, inputs, credit, self.credit)

@@ -212,11 +212,28 @@ class TeacherPass:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def fill(self, inputs: CreditInputs, batch: RolloutBatch, credit: CreditAssigner, temperature: float = 1.0) -> None:
+    def fill(
+        self,
+        inputs: CreditInputs,
+        batch: RolloutBatch,
+        credit: CreditAssigner,
+        temperature: float = 1.0,
+        rows: torch.Tensor | None = None,
+        student_fn=None,
+    ) -> None:
         """Set ``inputs.pos_logprobs``/``neg_logprobs`` for what ``credit`` needs.
 
         Rows whose group has no usable wrong answer get ``neg_logprobs = student_logprobs``
         (``P_T- := P_S``, RLSD exactly); ``inputs.has_negative`` marks the others.
+
+        Args:
+            inputs: the credit inputs to complete (``student_logprobs`` must be set).
+            batch: the rollout batch.
+            credit: the rule; its ``needs_pos``/``needs_neg`` choose the passes.
+            temperature: sampling temperature (log-probs match the sampled distribution).
+            rows: ``[n]`` rollout indices to score (default all); the others stay 0.
+            student_fn: ``rows -> [n, T]`` student log-probs, called only for the fallback rows
+                that have no wrong answer, when ``inputs.student_logprobs`` was not computed there.
         """
         g = batch.group_size
         n = batch.num_rollouts
@@ -227,7 +244,8 @@ class TeacherPass:
         pos_at: list[int] = []  # score row of rollout i's c+ context
         neg_of: list[int] = []  # rollouts that have a c- context ...
         neg_at: list[int] = []  # ... and the score row of that context
-        for i in range(n):
+        wanted = range(n) if rows is None else [int(i) for i in rows]
+        for i in wanted:
             fb, prompt = feedback[i // g], batch.prompts[i // g]
             if credit.needs_pos:
                 pos_at.append(len(contexts))
@@ -240,13 +258,23 @@ class TeacherPass:
                 responses.append(batch.response_ids[i])
         width = batch.response_mask.shape[1]
         scores = self.score(contexts, responses, temperature)[:, :width] if contexts else None
+        device = inputs.student_logprobs.device
         if credit.needs_pos:
-            inputs.pos_logprobs = scores[pos_at]
+            pos = torch.zeros(batch.response_mask.shape, device=device)
+            if pos_at:
+                pos[list(wanted)] = scores[pos_at]
+            inputs.pos_logprobs = pos
         if credit.needs_neg:
             neg = inputs.student_logprobs.clone()
-            has_neg = torch.zeros(n, dtype=torch.bool, device=neg.device)
+            has_neg = torch.zeros(n, dtype=torch.bool, device=device)
             if neg_of:
                 neg[neg_of] = scores[neg_at]
                 has_neg[neg_of] = True
+            fallback = [i for i in wanted if not has_neg[i]]
+            if fallback and student_fn is not None:
+                idx = torch.tensor(fallback, device=device)
+                student = student_fn(idx)
+                neg[idx] = student
+                inputs.student_logprobs[idx] = student
             inputs.neg_logprobs = neg
             inputs.has_negative = has_neg

@@ -30,15 +30,15 @@ class RecordingEngine(HFEngine):
         return super().generate(prompt_ids, n, sampling)
 
 
-class LengthParity(Arithmetic):
+class TextParity(Arithmetic):
     """Rewards that vary within a group even for a random model, so the weights move."""
 
     def reward(self, response, answer):
-        return float(len(response) % 2)
+        return float(sum(map(ord, response)) % 2)
 
 
 def small_data(engine=None, **kw):
-    task = LengthParity(train_size=200, val_size=8, test_size=8)
+    task = TextParity(train_size=200, val_size=8, test_size=8)
     return RolloutDataModule(task=task, engine=engine, prompts_per_step=2, group_size=4, eval_size=8, eval_k=0, **kw)
 
 
@@ -126,6 +126,9 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
         "1",
         "--checkpoint.every_n_train_steps",
         "1",
+        # rewards that vary within groups even for a random model, so tokens receive credit
+        "--data.task",
+        "test_training.TextParity",
     ]
     cli_main(args)
     run = tmp_path / credit / "v"

@@ -93,8 +93,10 @@ class TokenWeightLogger(L.Callback):
         mask = batch.response_mask
         metrics: dict[str, float] = {}
         clip = getattr(record.credit, "clip", float("inf"))
+        # rows with A = 0 get no credit and skip the teacher passes: leave them out
+        credited = record.inputs.advantages != 0
         for name, rows in (("correct", batch.correct), ("wrong", ~batch.correct)):
-            m = mask & rows[:, None]
+            m = mask & (rows & credited)[:, None]
             if not m.any():
                 continue
             delta, weight = out.delta[m], out.weight[m]
@@ -108,6 +110,8 @@ class TokenWeightLogger(L.Callback):
         metrics["credit/clip_bound"] = clip
         role_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for i, ids in enumerate(batch.response_ids):
+            if not credited[i]:
+                continue
             roles = token_roles_of(task, tokenizer, ids)
             if roles is None:
                 break

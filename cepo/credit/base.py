@@ -21,7 +21,9 @@ class CreditInputs:
     Attributes:
         advantages: ``[N]`` float, sequence-level GRPO advantages.
         mask: ``[N, T]`` bool, response tokens.
-        student_logprobs: ``[N, T]`` ``log P_S(y_t)``.
+        student_logprobs: ``[N, T]`` ``log P_S(y_t)``. During training, rows with ``A_i = 0`` may
+            hold zeros (their token advantages are zero whatever the rule), and rules that do not
+            set ``needs_student`` get the student log-probs only where the teacher pass needs them.
         pos_logprobs: ``[N, T]`` ``log P_T+(y_t)`` (teacher shown the verified answer), or None.
         neg_logprobs: ``[N, T]`` ``log P_T-(y_t)`` (teacher shown a wrong answer), or None.
             Rows with no wrong answer in their group already hold the student log-probs
@@ -69,6 +71,8 @@ class CreditAssigner:
     """Whether the rule reads ``pos_logprobs`` (the module runs the ``c+`` teacher pass)."""
     needs_neg: bool = False
     """Whether the rule reads ``neg_logprobs`` (the module runs the ``c-`` teacher pass)."""
+    needs_student: bool = False
+    """Whether the rule reads ``student_logprobs`` on every row with a non-zero advantage."""
 
     def needs_teacher(self) -> bool:
         """True when a teacher pass would change the result (never when ``beta == 0``)."""

@@ -22,6 +22,7 @@ class EvidenceRatio(CreditAssigner):
     """
 
     needs_pos = True
+    needs_student = True
 
     def __init__(self, clip: float = 0.5, beta: float = 0.5) -> None:
         check_clip_beta(clip, beta)
