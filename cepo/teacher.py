@@ -257,7 +257,11 @@ class TeacherPass:
                 contexts.append(self.context_ids(prompt, fb.neg))
                 responses.append(batch.response_ids[i])
         width = batch.response_mask.shape[1]
-        scores = self.score(contexts, responses, temperature)[:, :width] if contexts else None
+        scores = None
+        if contexts:
+            scores = self.score(contexts, responses, temperature)[:, :width]
+            # the scored rows' longest response can be shorter than the batch's
+            scores = torch.nn.functional.pad(scores, (0, width - scores.shape[1]))
         device = inputs.student_logprobs.device
         if credit.needs_pos:
             pos = torch.zeros(batch.response_mask.shape, device=device)

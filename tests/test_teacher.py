@@ -126,3 +126,16 @@ def test_teacher_weight_modes(tiny_model):
     synced.on_step_end(2)
     assert torch.equal(next(synced.copy.parameters()), next(student.parameters()))
     assert not any(p.requires_grad for p in synced.copy.parameters())
+
+
+def test_subset_of_rows_with_shorter_responses(tiny_model):
+    """Scoring only some rows, whose responses are shorter than the batch's longest."""
+    model, tok = tiny_model
+    teacher = TeacherPass()
+    teacher.setup(model, tok)
+    batch = make_batch(tok, ["1+1="], ["2"], [" 2", " 3 = 3 = 3 = 3"], [1.0, 0.0], ["2", "3"], 2)
+    inputs = CreditInputs(torch.zeros(2), batch.response_mask, torch.zeros(batch.response_mask.shape))
+    teacher.fill(inputs, batch, Contrastive(), rows=torch.tensor([0]))
+    assert inputs.pos_logprobs.shape == batch.response_mask.shape
+    assert torch.equal(inputs.pos_logprobs[1], torch.zeros(batch.response_mask.shape[1]))
+    assert inputs.pos_logprobs[0, :2].ne(0).all()
