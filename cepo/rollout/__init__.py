@@ -1,0 +1,1 @@
+"""Rollouts: engines (transformers, vLLM), the rollout batch, and the rollout DataModule."""
