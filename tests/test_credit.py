@@ -140,3 +140,13 @@ def test_weight_is_exp_signed_delta():
     out = Contrastive(clip=INF, beta=1.0).assign(inp)
     assert math.isclose(float(out.weight[0, 0]), 4.0, rel_tol=1e-5)
     assert math.isclose(float(out.weight[1, 0]), 0.25, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("rule", [EvidenceRatio, Contrastive])
+def test_beta_zero_needs_no_teacher_tensors(rule):
+    """Once the schedule reaches beta = 0 the module skips the teacher passes: no error, GRPO."""
+    inp = _random_inputs(8)
+    inp.pos_logprobs = inp.neg_logprobs = None
+    r = rule(clip=0.5, beta=0.0)
+    assert not r.needs_teacher()
+    assert torch.equal(r(inp), Uniform()(inp))

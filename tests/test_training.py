@@ -129,6 +129,9 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
         # rewards that vary within groups even for a random model, so tokens receive credit
         "--data.task",
         "test_training.TextParity",
+        # beta reaches 0 at the second step: the teacher passes stop and training goes on as GRPO
+        "--beta_schedule.decay_steps",
+        "1",
     ]
     cli_main(args)
     run = tmp_path / credit / "v"

@@ -97,6 +97,13 @@ def broadcast_advantages(inputs: CreditInputs) -> torch.Tensor:
     return torch.where(inputs.mask, adv, torch.zeros_like(adv))
 
 
+def uniform_output(inputs: CreditInputs) -> CreditOutput:
+    """GRPO's credit with neutral evidence: ``Â_t = A_i``, ``Delta = 0``, ``w = 1``."""
+    token_adv = broadcast_advantages(inputs)
+    zeros = torch.zeros_like(token_adv)
+    return CreditOutput(token_adv, zeros, torch.ones_like(token_adv), zeros.bool())
+
+
 def evidence_weighted(inputs: CreditInputs, delta: torch.Tensor, clip: float, beta: float) -> CreditOutput:
     """The shared RLSD/CEPO rule ``Â_t = A_i [(1-beta) + beta clip(exp(sign(A_i) Delta_t), 1±clip)]``.
 

@@ -8,6 +8,7 @@ from cepo.credit.base import (
     CreditOutput,
     check_clip_beta,
     evidence_weighted,
+    uniform_output,
 )
 
 
@@ -32,6 +33,8 @@ class Contrastive(CreditAssigner):
         self.beta = float(beta)
 
     def assign(self, inputs: CreditInputs) -> CreditOutput:
+        if self.beta == 0.0:  # GRPO exactly; the module skips the teacher passes then
+            return uniform_output(inputs)
         if inputs.pos_logprobs is None or inputs.neg_logprobs is None:
             raise ValueError("Contrastive needs pos_logprobs and neg_logprobs (teacher passes)")
         delta = inputs.pos_logprobs - inputs.neg_logprobs

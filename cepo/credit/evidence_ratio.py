@@ -8,6 +8,7 @@ from cepo.credit.base import (
     CreditOutput,
     check_clip_beta,
     evidence_weighted,
+    uniform_output,
 )
 
 
@@ -30,6 +31,8 @@ class EvidenceRatio(CreditAssigner):
         self.beta = float(beta)
 
     def assign(self, inputs: CreditInputs) -> CreditOutput:
+        if self.beta == 0.0:  # GRPO exactly; the module skips the teacher passes then
+            return uniform_output(inputs)
         if inputs.pos_logprobs is None:
             raise ValueError("EvidenceRatio needs pos_logprobs (the c+ teacher pass)")
         delta = inputs.pos_logprobs - inputs.student_logprobs
