@@ -32,6 +32,7 @@ from cepo.credit import CreditAssigner, CreditInputs, CreditOutput, Uniform
 from cepo.logprobs import response_logits, token_entropy, token_logprobs
 from cepo.loss import aggregate, clipped_surrogate, k3_kl
 from cepo.metrics import AvgAtK, PassAtK
+from cepo.objectives import MicroBatch, Objective
 from cepo.policy import LoraSettings, is_peft, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.teacher import TeacherPass
@@ -62,6 +63,8 @@ class GRPOModule(L.LightningModule):
         credit: the credit rule (``Uniform`` = GRPO, ``EvidenceRatio`` = RLSD,
             ``Contrastive`` = CEPO, or any :class:`~cepo.credit.CreditAssigner`).
         teacher: how teacher contexts and weights are built for rules that need them.
+        objective: loss terms and samples beyond the clipped surrogate (``cepo.objectives``:
+            OPSD, SDPO, HDPO, CIPO); default none, i.e. the surrogate alone.
         optimizer: optimizer factory (default AdamW, lr 1e-4, weight decay 0.01).
         lr_scheduler: optional scheduler factory, stepped after every optimizer update.
         lora: train a LoRA adapter (``on``), all weights (``off``), or decide by size
@@ -89,6 +92,7 @@ class GRPOModule(L.LightningModule):
         model_path: str = "builtin",
         credit: CreditAssigner | None = None,
         teacher: TeacherPass | None = None,
+        objective: Objective | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lora: Literal["auto", "on", "off"] = "auto",
@@ -123,11 +127,14 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"model.kl_coef must be >= 0, got {kl_coef}")
         if tis_cap is not None and not tis_cap > 0:
             raise ValueError(f"model.tis_cap must be > 0 (or null), got {tis_cap}")
-        self.save_hyperparameters(ignore=["credit", "teacher", "optimizer", "lr_scheduler", "lora_settings"])
+        self.save_hyperparameters(
+            ignore=["credit", "teacher", "objective", "optimizer", "lr_scheduler", "lora_settings"]
+        )
         self.automatic_optimization = False
         self.model_path = model_path
         self.credit = credit if credit is not None else Uniform()
         self.teacher = teacher if teacher is not None else TeacherPass()
+        self.objective = objective if objective is not None else Objective()
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = lr_scheduler
         self._check_optimizer()
@@ -168,6 +175,7 @@ class GRPOModule(L.LightningModule):
         if self.hparams.kl_coef > 0 and not is_peft(self.policy):
             self.reference = self.teacher.frozen_copy(self.policy)
         self.teacher.setup(self.policy, self.tokenizer)
+        self.objective.setup(self)
         self.policy.train()  # from_pretrained returns eval mode; Lightning expects train mode
 
     def setup(self, stage: str) -> None:
@@ -203,6 +211,7 @@ class GRPOModule(L.LightningModule):
             "weight_version": self.weight_version,
             "rl_step": self.rl_step,
             "teacher": self.teacher.state_dict(),
+            "objective": self.objective.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -210,6 +219,7 @@ class GRPOModule(L.LightningModule):
         self.weight_version = state.get("weight_version", 0)
         self.rl_step = state.get("rl_step", 0)
         self.teacher.load_state_dict(state.get("teacher", {}))  # configure_model ran first
+        self.objective.load_state_dict(state.get("objective", {}))
 
     def export_hf(self, path) -> None:
         """Save the policy (LoRA merged into a copy) and tokenizer as a Hugging Face folder."""
@@ -271,8 +281,13 @@ class GRPOModule(L.LightningModule):
             )
         t_start = time.perf_counter()
         hp = self.hparams
+        original = batch
+        batch = self.objective.build_samples(self, batch)  # e.g. CIPO's corrections
+        t_samples = time.perf_counter()
         mask = batch.response_mask
         advantages = group_advantages(batch.rewards, batch.group_size, hp.advantage_scale)
+        if batch.row_weight is not None:
+            advantages = advantages * batch.row_weight
         multi_update = hp.num_minibatches > 1
         teacher = self.credit.needs_teacher()
         # Rows with A_i = 0 get zero token advantages whatever the evidence, so the teacher and
@@ -301,6 +316,7 @@ class GRPOModule(L.LightningModule):
         t_teacher = time.perf_counter()
         credit = self.credit.assign(inputs)
         self.last_credit = CreditRecord(batch, inputs, credit, self.credit)
+        self.objective.prepare(self, batch, advantages)
 
         ref_logprobs = None
         if hp.kl_coef > 0:
@@ -313,13 +329,16 @@ class GRPOModule(L.LightningModule):
         t_end = time.perf_counter()
         self.rl_step += 1
         self.teacher.on_step_end(self.rl_step)
+        self.objective.on_step_end(self.rl_step)
+        stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
         self._log_step(
-            batch,
-            advantages,
+            original,
+            advantages[: original.num_rollouts],
             stats,
             {
                 **batch.timings,
-                "old_logprobs": t_old - t_start,
+                "samples": t_samples - t_start,
+                "old_logprobs": t_old - t_samples,
                 "teacher": t_teacher - t_old,
                 "train": t_end - t_teacher,
             },
@@ -339,6 +358,11 @@ class GRPOModule(L.LightningModule):
             return float(t.item())
         return value
 
+    def _normaliser(self, mask: torch.Tensor) -> float:
+        """The loss normaliser of a mini-batch (tokens or rows, summed over ranks, per rank)."""
+        local = float(mask.sum()) if self.hparams.loss_agg == "token_mean" else float(mask.shape[0])
+        return self._global_sum(local) / self.trainer.world_size
+
     def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
         """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
         hp = self.hparams
@@ -346,7 +370,6 @@ class GRPOModule(L.LightningModule):
         sched = self.lr_schedulers()
         g = batch.group_size
         n_groups = batch.num_rollouts // g
-        world = self.trainer.world_size
         per_mb = math.ceil(n_groups / hp.num_minibatches)
         sums = {
             "loss": 0.0,
@@ -358,14 +381,15 @@ class GRPOModule(L.LightningModule):
         }
         mismatch: list[torch.Tensor] = []
         tokens_seen = 0.0
+        objective = self.objective
+        temperature = self.trainer.datamodule.sampling.temperature or 1.0
         for mb_start in range(0, n_groups, per_mb):
             mb = slice(mb_start * g, min((mb_start + per_mb) * g, batch.num_rollouts))
             mb_mask = batch.response_mask[mb]
-            if hp.loss_agg == "token_mean":
-                normaliser = self._global_sum(float(mb_mask.sum())) / world
-            else:
-                normaliser = self._global_sum(float(mb_mask.shape[0])) / world
-            normaliser = max(normaliser, 1e-8)
+            normaliser = max(self._normaliser(mb_mask), 1e-8)
+            obj_normaliser = None  # the objective's term averages over its active rows' tokens
+            if objective.active is not None:
+                obj_normaliser = self._normaliser(mb_mask[objective.active[mb]])
             for rows in self._chunks(mb.stop - mb.start, hp.micro_batch_size):
                 rows = slice(mb.start + rows.start, mb.start + rows.stop)
                 m = batch.response_mask[rows]
@@ -382,11 +406,18 @@ class GRPOModule(L.LightningModule):
                     hp.c_dual,
                     None if is_weight is None else is_weight[rows],
                 )
+                if objective.pg_weight != 1.0:
+                    tok_loss = objective.pg_weight * tok_loss
                 if ref_logprobs is not None:
                     kl = torch.where(m, k3_kl(logp, ref_logprobs[rows]), torch.zeros_like(logp))
                     tok_loss = tok_loss + hp.kl_coef * kl
                     sums["kl"] += float((kl.detach()).sum())
                 loss = aggregate(tok_loss, m, hp.loss_agg, normaliser)
+                if obj_normaliser:
+                    extra = objective.token_loss(
+                        self, MicroBatch(batch, rows, logits, logp, old.detach(), m, temperature)
+                    )
+                    loss = loss + aggregate(extra, m, hp.loss_agg, obj_normaliser)
                 self.manual_backward(loss)
                 with torch.no_grad():
                     ntok = float(m.sum())

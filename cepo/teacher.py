@@ -180,26 +180,43 @@ class TeacherPass:
             ids = _truncate(ids, self.k, self.feedback == "first_k")
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def context_ids(self, prompt: str, feedback: str) -> list[int]:
-        text = self.format.format(prompt=prompt, feedback=feedback)
+    def context_ids(self, prompt: str, feedback: str, template: str | None = None) -> list[int]:
+        """Token ids of ``template`` (default: this pass's) filled with ``prompt``/``feedback``."""
+        text = (template or self.format).format(prompt=prompt, feedback=feedback)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     # -- scoring -----------------------------------------------------------------------
     @torch.no_grad()
     def score(self, contexts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> torch.Tensor:
         """``[M, T]`` log-probs of each response after its context (0 past its end)."""
-        model = self._model()
-        ids, attn, start, mask = pack(contexts, responses, self.tokenizer.pad_token_id)
-        device = next(self.policy.parameters()).device
-        ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-        out = torch.zeros(mask.shape, device=device)
+        ids, attn, start, mask = self._pack(contexts, responses)
+        out = torch.zeros(mask.shape, device=mask.device)
         step = self.micro_batch_size or len(contexts)
         with self._weights_context():
             for s in range(0, len(contexts), step):
                 rows = slice(s, s + step)
-                logits = response_logits(model, ids[rows], attn[rows], start, temperature)
+                logits = response_logits(self._model(), ids[rows], attn[rows], start, temperature)
                 out[rows] = token_logprobs(logits, ids[rows, start:])
         return torch.where(mask, out, torch.zeros_like(out))
+
+    @torch.no_grad()
+    def logits(self, contexts: list[list[int]], responses: list[list[int]], temperature: float = 1.0) -> torch.Tensor:
+        """``[M, T, V]`` temperature-scaled teacher logits at each response's positions (full
+        vocabulary, for distillation objectives; 0 past a response's end)."""
+        ids, attn, start, mask = self._pack(contexts, responses)
+        step = self.micro_batch_size or len(contexts)
+        parts = []
+        with self._weights_context():
+            for s in range(0, len(contexts), step):
+                rows = slice(s, s + step)
+                parts.append(response_logits(self._model(), ids[rows], attn[rows], start, temperature).float())
+        out = torch.cat(parts)
+        return torch.where(mask[..., None], out, torch.zeros_like(out))
+
+    def _pack(self, contexts: list[list[int]], responses: list[list[int]]):
+        ids, attn, start, mask = pack(contexts, responses, self.tokenizer.pad_token_id)
+        device = next(self.policy.parameters()).device
+        return ids.to(device), attn.to(device), start, mask.to(device)
 
     def _model(self) -> torch.nn.Module:
         return self.copy if self.copy is not None else self.policy

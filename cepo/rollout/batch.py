@@ -35,6 +35,11 @@ class RolloutBatch:
         response_ids: ``N`` response token-id lists.
         weight_version: the policy version the engine generated with.
         timings: seconds per stage so far (``generate``, ``score``).
+        row_weight: ``[N]`` float multiplying each row's advantage in the surrogate (None: all
+            1). Objectives that append rows set it (CIPO's correction weight; 0 keeps a row
+            out of the surrogate, as HDPO's privileged rollouts).
+        num_original: rows that came from the rollout engine on the task's own prompts
+            (appended rows follow them); None: all of them.
     """
 
     input_ids: torch.Tensor
@@ -54,6 +59,8 @@ class RolloutBatch:
     response_ids: list[list[int]]
     weight_version: int
     timings: dict[str, float] = field(default_factory=dict)
+    row_weight: torch.Tensor | None = None
+    num_original: int | None = None
 
     @property
     def num_rollouts(self) -> int:
@@ -66,6 +73,56 @@ class RolloutBatch:
             "attention_mask": self.attention_mask[index],
             "response_mask": self.response_mask[index],
         }
+
+
+def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0) -> RolloutBatch:
+    """``a``'s rows followed by ``b``'s, re-packed (both group-major with the same group size).
+
+    Args:
+        a: the rollout batch (its ``row_weight`` is kept, default 1).
+        b: appended rows (e.g. corrections), generated with the same weights.
+        pad_id: padding token id.
+        b_weight: ``row_weight`` of ``b``'s rows.
+    """
+    if a.group_size != b.group_size:
+        raise ValueError(f"cannot concatenate batches of group sizes {a.group_size} and {b.group_size}")
+    if a.weight_version != b.weight_version:
+        raise ValueError(f"cannot concatenate rollouts of weight versions {a.weight_version} and {b.weight_version}")
+    g = a.group_size
+    rows_prompt = [p for p in a.prompt_ids + b.prompt_ids for _ in range(g)]
+    response_ids = a.response_ids + b.response_ids
+    input_ids, attention, start, mask = pack(rows_prompt, response_ids, pad_id)
+    device = a.input_ids.device
+    engine_lp = None
+    if a.engine_logprobs is not None and b.engine_logprobs is not None:
+        width = mask.shape[1]
+        engine_lp = torch.cat(
+            [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (a.engine_logprobs, b.engine_logprobs)]
+        )
+    weight_a = a.row_weight if a.row_weight is not None else torch.ones(a.num_rollouts, device=device)
+    weight_b = torch.full((b.num_rollouts,), float(b_weight), device=device)
+    timings = dict(a.timings)  # the caller times building b
+    return RolloutBatch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        response_start=start,
+        response_mask=mask.to(device),
+        rewards=torch.cat([a.rewards, b.rewards]),
+        correct=torch.cat([a.correct, b.correct]),
+        engine_logprobs=engine_lp,
+        group_size=g,
+        prompts=a.prompts + b.prompts,
+        answers=a.answers + b.answers,
+        solutions=a.solutions + b.solutions,
+        responses=a.responses + b.responses,
+        extracted=a.extracted + b.extracted,
+        prompt_ids=a.prompt_ids + b.prompt_ids,
+        response_ids=response_ids,
+        weight_version=a.weight_version,
+        timings=timings,
+        row_weight=torch.cat([weight_a, weight_b]),
+        num_original=a.num_original if a.num_original is not None else a.num_rollouts,
+    )
 
 
 def pack(

@@ -251,14 +251,35 @@ class RolloutDataModule(L.LightningDataModule):
 
     def rollout(self, examples: list[Example], tokenizer) -> RolloutBatch:
         """Generate ``G`` rollouts per prompt with the current weights, then verify them."""
-        g = self.group_size
-        prompt_ids = self.encode_prompts(examples, tokenizer)
+        return self.sample(
+            self.encode_prompts(examples, tokenizer),
+            [e.prompt for e in examples],
+            [e.answer for e in examples],
+            [e.solution for e in examples],
+            tokenizer,
+        )
+
+    def sample(
+        self,
+        prompt_ids: list[list[int]],
+        prompts: list[str],
+        answers: list[str],
+        solutions: list[str],
+        tokenizer,
+        n: int | None = None,
+    ) -> RolloutBatch:
+        """``n`` (default ``group_size``) verified samples per already-encoded prompt.
+
+        Objectives that build extra samples (CIPO's corrections, HDPO's privileged rollouts)
+        call this with their own prompts: same engine, same weights, same verifier.
+        """
+        g = n or self.group_size
         t0 = time.perf_counter()
         gen = self.engine.generate(prompt_ids, g, self.sampling)
         t1 = time.perf_counter()
         responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
-        answers = [e.answer for e in examples for _ in range(g)]
-        rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, answers)], dtype=torch.float)
+        row_answers = [a for a in answers for _ in range(g)]
+        rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, row_answers)], dtype=torch.float)
         extracted = [self.task.extract_answer(r) for r in responses]
         t2 = time.perf_counter()
         rows_prompt = [p for p in prompt_ids for _ in range(g)]
@@ -276,12 +297,12 @@ class RolloutDataModule(L.LightningDataModule):
             correct=(rewards >= self.success_threshold).to(device),
             engine_logprobs=None if engine_lp is None else engine_lp.to(device),
             group_size=g,
-            prompts=[e.prompt for e in examples],
-            answers=[e.answer for e in examples],
-            solutions=[e.solution for e in examples],
+            prompts=list(prompts),
+            answers=list(answers),
+            solutions=list(solutions),
             responses=responses,
             extracted=extracted,
-            prompt_ids=prompt_ids,
+            prompt_ids=[list(p) for p in prompt_ids],
             response_ids=gen.response_ids,
             weight_version=gen.weight_version,
             timings={"generate": t1 - t0, "score": t2 - t1},

@@ -1,0 +1,106 @@
+"""The objective seam: loss terms and training samples beyond the clipped surrogate.
+
+A credit assigner decides *how much* each sampled token is pushed (token advantages). An
+:class:`Objective` decides *what else* the step optimizes: a per-token loss added to (or
+replacing) the clipped surrogate (OPSD, SDPO, HDPO), and extra rows appended to the rollout
+batch before advantages are computed (CIPO's corrections, HDPO's privileged rollouts). The
+module calls the hooks in this order every rollout step, with no knowledge of the method:
+
+1. :meth:`Objective.build_samples` -> the batch to train on (default: unchanged);
+2. :meth:`Objective.prepare` (no grad) -> per-row contexts, :attr:`Objective.active` rows;
+3. :meth:`Objective.token_loss` for each micro-batch, with grad, normalised by the
+   mini-batch's active tokens and added to ``pg_weight *`` the surrogate;
+4. :meth:`Objective.on_step_end` after the optimizer updates; :meth:`Objective.metrics`
+   is logged under ``train/<name>/``.
+
+Adding a method is a subclass, an export in ``cepo/objectives/__init__.py``, a
+``configs/method/*.yaml`` and tests: no edit to the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cepo.rollout.batch import RolloutBatch
+
+
+@dataclass
+class MicroBatch:
+    """What :meth:`Objective.token_loss` sees for one micro-batch.
+
+    Attributes:
+        batch: the (possibly extended) rollout batch.
+        rows: the micro-batch's rows of ``batch``.
+        logits: ``[n, T, V]`` temperature-scaled student logits (carry grad).
+        logp: ``[n, T]`` student log-probs of the sampled tokens (carry grad).
+        old_logp: ``[n, T]`` log-probs of the policy that sampled (no grad).
+        mask: ``[n, T]`` bool response tokens.
+        temperature: the sampling temperature (teacher logits are scaled alike).
+    """
+
+    batch: RolloutBatch
+    rows: slice
+    logits: torch.Tensor
+    logp: torch.Tensor
+    old_logp: torch.Tensor
+    mask: torch.Tensor
+    temperature: float = 1.0
+
+
+class Objective:
+    """Base class: the plain clipped surrogate with no extra term and no extra samples.
+
+    Attributes:
+        name: metric prefix (``train/<name>/...``).
+        pg_weight: weight of the clipped surrogate in the loss (0: the objective replaces it).
+        active: ``[N]`` bool rows whose tokens the extra term covers, set by :meth:`prepare`
+            (None: no extra term this step).
+    """
+
+    name: str = "objective"
+    pg_weight: float = 1.0
+
+    def __init__(self) -> None:
+        self.active: torch.Tensor | None = None
+        self._metrics: dict[str, float] = {}
+
+    def setup(self, module) -> None:
+        """Bind to the :class:`~cepo.module.GRPOModule` once its policy exists."""
+
+    def build_samples(self, module, batch: RolloutBatch) -> RolloutBatch:
+        """The batch to train on; may append rows (group-major, same group size)."""
+        return batch
+
+    @torch.no_grad()
+    def prepare(self, module, batch: RolloutBatch, advantages: torch.Tensor) -> None:
+        """No-grad work once per step; sets :attr:`active`."""
+        self.active = None
+
+    def token_loss(self, module, mb: MicroBatch) -> torch.Tensor:
+        """``[n, T]`` extra per-token loss (weighted, 0 off the mask and off active rows)."""
+        return torch.zeros_like(mb.logp)
+
+    def on_step_end(self, rl_step: int) -> None:
+        """After the step's optimizer updates (``rl_step`` is 1-based)."""
+
+    def metrics(self) -> dict[str, float]:
+        """This step's diagnostics (logged as ``train/<name>/<key>``); cleared after reading."""
+        out, self._metrics = self._metrics, {}
+        return out
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "active")
+        return f"{type(self).__name__}({fields})"
+
+
+def check_weight(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")

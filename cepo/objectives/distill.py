@@ -1,0 +1,338 @@
+"""Self-distillation objectives: OPSD, SDPO and HDPO (ALGORITHMS.md §4).
+
+Each matches the student's next-token distribution on its own rollouts to a *teacher*: the
+same model (live, base, synced or EMA weights, via :class:`~cepo.teacher.TeacherPass`) shown
+privileged context. They differ in which rows get the term, what the teacher sees, and the
+divergence:
+
+- :class:`OPSD`: every rollout; the reference solution; generalized JSD over the full
+  vocabulary; fixed teacher (the initial weights) by default.
+- :class:`SDPO`: rollouts whose group holds *another* success; that successful rollout;
+  JSD over the student's top-K tokens plus a tail bucket, each token weighted by
+  ``min(exp(logp - logp_old), is_cap)``; EMA teacher.
+- :class:`HDPO`: prompts where every rollout failed; the policy samples again with the
+  answer in context (privileged rollouts), and the correct ones are distilled into the plain
+  prompt; added to the GRPO loss.
+
+Unlike a credit rule, these terms move probability on tokens the student did not sample: the
+teacher's whole distribution is the target. That is the information leak the CEPO paper
+blames for OPSD/SDPO falling below the base (tests/test_objectives.py shows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from cepo.objectives.base import MicroBatch, Objective, check_weight
+from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
+from cepo.rollout.batch import RolloutBatch, concat
+from cepo.teacher import TeacherPass
+
+OPSD_TEMPLATE = (
+    "{prompt}\n\nHere is a reference solution to this problem:\n{feedback}\n\n"
+    "Reason step by step to reach the same final answer.\n"
+)
+"""ALGORITHMS.md §4: problem, reference solution, instruction to reach the same answer."""
+SDPO_TEMPLATE = "{prompt}\n\nCorrect solution:\n\n{feedback}\n\nCorrectly solve the original question.\n"
+"""ALGORITHMS.md §4: the problem and another successful attempt of the same group."""
+RAW_TEMPLATE = "{prompt} {feedback}"
+"""The feedback right after the prompt, the format the built-in base learned to read."""
+
+TeacherWeights = Literal["live", "base", "synced", "ema"]
+
+
+class SelfDistillation(Objective):
+    """Shared machinery: a teacher pass, per-row teacher contexts, a per-token divergence.
+
+    Subclasses choose the rows and their feedback (:meth:`feedback`) and the divergence
+    (:meth:`divergence`).
+
+    Args:
+        weight: coefficient of the distillation term.
+        pg_weight: coefficient of the clipped surrogate (0: distillation alone).
+        template: teacher context, a format string with ``{prompt}`` and ``{feedback}``.
+        teacher_weights: ``live`` (current actor), ``base`` (initial weights: LoRA adapter off,
+            or a frozen copy), ``synced`` (copy refreshed every ``sync_every`` steps), ``ema``.
+        ema_tau: EMA rate of ``ema`` teacher weights.
+        sync_every: refresh period of ``synced`` teacher weights (rollout steps).
+        micro_batch_size: rows per teacher forward (0: a micro-batch's rows at once).
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        pg_weight: float = 0.0,
+        template: str = RAW_TEMPLATE,
+        teacher_weights: TeacherWeights = "live",
+        ema_tau: float = 0.05,
+        sync_every: int = 25,
+        micro_batch_size: int = 0,
+    ) -> None:
+        super().__init__()
+        check_weight(f"{self.name}.weight", weight)
+        check_weight(f"{self.name}.pg_weight", pg_weight)
+        if "{prompt}" not in template or "{feedback}" not in template:
+            raise ValueError(f"{self.name}.template must contain {{prompt}} and {{feedback}}, got {template!r}")
+        self.weight = weight
+        self.pg_weight = pg_weight
+        self.template = template
+        self.teacher = TeacherPass(
+            weights=teacher_weights, ema_tau=ema_tau, sync_every=sync_every, micro_batch_size=micro_batch_size
+        )
+        self._contexts: dict[int, list[int]] = {}
+        self._loss_sum, self._loss_tokens = 0.0, 0.0
+
+    # -- hooks -------------------------------------------------------------------------
+    def setup(self, module) -> None:
+        self.teacher.setup(module.policy, module.tokenizer)
+
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+        """``row -> (prompt, feedback)`` for the rows that get the term."""
+        raise NotImplementedError
+
+    def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """``[m, T]`` per-token loss for micro-batch rows ``local`` (grad through ``mb``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def prepare(self, module, batch: RolloutBatch, advantages: torch.Tensor) -> None:
+        chosen = self.feedback(batch)
+        self._contexts = {
+            row: self.teacher.context_ids(prompt, fb, self.template) for row, (prompt, fb) in chosen.items()
+        }
+        active = torch.zeros(batch.num_rollouts, dtype=torch.bool, device=batch.rewards.device)
+        if chosen:
+            active[list(chosen)] = True
+        self.active = active
+        self._metrics = {"active_frac": float(active.float().mean())}
+        self._loss_sum, self._loss_tokens = 0.0, 0.0
+
+    def token_loss(self, module, mb: MicroBatch) -> torch.Tensor:
+        out = torch.zeros_like(mb.logp)
+        rows = [r for r in range(mb.rows.start, mb.rows.stop) if r in self._contexts]
+        if not rows or self.weight == 0:
+            return out
+        local = torch.tensor([r - mb.rows.start for r in rows], device=out.device)
+        teacher = self.teacher.logits(
+            [self._contexts[r] for r in rows], [mb.batch.response_ids[r] for r in rows], mb.temperature
+        )
+        width = out.shape[1]
+        teacher = torch.nn.functional.pad(teacher[:, :width], (0, 0, 0, width - min(teacher.shape[1], width)))
+        per_token = self.divergence(mb, local, teacher)
+        per_token = torch.where(mb.mask[local], per_token, torch.zeros_like(per_token))
+        out = out.index_put((local,), self.weight * per_token)
+        self._loss_sum += float(per_token.detach().sum())
+        self._loss_tokens += float(mb.mask[local].sum())
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        out = super().metrics()
+        if self._loss_tokens:
+            out["divergence"] = self._loss_sum / self._loss_tokens  # per active token, before weight
+        self._loss_sum, self._loss_tokens = 0.0, 0.0
+        return out
+
+    def on_step_end(self, rl_step: int) -> None:
+        self.teacher.on_step_end(rl_step)
+
+    def state_dict(self) -> dict:
+        return self.teacher.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state)
+
+
+def response_text(batch: RolloutBatch, row: int, tokenizer) -> str:
+    """Row ``row``'s response decoded without EOS/padding."""
+    return tokenizer.decode(batch.response_ids[row], skip_special_tokens=True).strip()
+
+
+class OPSD(SelfDistillation):
+    """On-policy self-distillation: per-token generalized JSD over the full vocabulary between
+    the student and the teacher shown the reference solution, on every rollout.
+
+    Args:
+        b: JSD coefficient (0: forward KL ``KL(p_T||p_S)``, 1: reverse KL, 0.5: JSD).
+        feedback_source: ``solution`` (the reference solution; the answer where a task has
+            none) or ``answer``.
+        weight, pg_weight: OPSD alone (``pg_weight: 0``, default) or added to GRPO with a weight.
+        template: the teacher context (default: the paper's wording, :data:`OPSD_TEMPLATE`).
+        teacher_weights: ``base`` by default (the paper's fixed teacher), or live/synced/ema.
+        ema_tau, sync_every, micro_batch_size: as :class:`SelfDistillation`.
+    """
+
+    name = "opsd"
+
+    def __init__(
+        self,
+        b: float = 0.5,
+        feedback_source: Literal["solution", "answer"] = "solution",
+        weight: float = 1.0,
+        pg_weight: float = 0.0,
+        template: str = OPSD_TEMPLATE,
+        teacher_weights: TeacherWeights = "base",
+        ema_tau: float = 0.05,
+        sync_every: int = 25,
+        micro_batch_size: int = 0,
+    ) -> None:
+        if not 0.0 <= b <= 1.0:
+            raise ValueError(f"opsd.b must be in [0, 1], got {b}")
+        super().__init__(weight, pg_weight, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
+        self.b = b
+        self.feedback_source = feedback_source
+
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+        g = batch.group_size
+        out = {}
+        for row in range(batch.num_original or batch.num_rollouts):
+            p = row // g
+            solution = batch.solutions[p].strip() if self.feedback_source == "solution" else ""
+            out[row] = (batch.prompts[p], solution or batch.answers[p])
+        return out
+
+    def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return full_vocab_jsd(mb.logits[local], teacher_logits, self.b)
+
+
+class SDPO(SelfDistillation):
+    """Self-distilled policy optimization: each rollout whose group holds another success is
+    distilled towards the teacher shown that successful attempt.
+
+    The per-token loss is ``min(exp(logp - logp_old), is_cap) * JSD_alpha`` on the student's
+    top-``top_k`` tokens plus a tail bucket. The demonstration for row ``i`` is the next
+    successful row of its group after ``i`` (cyclically), never ``i`` itself; a group whose only
+    success is ``i`` gives ``i`` no term (as ``dont_reprompt_on_self_success`` in the authors'
+    code).
+
+    Args:
+        alpha: JSD coefficient (0: forward KL, 1: reverse KL).
+        top_k: student top-K support (the paper: 100).
+        is_cap: cap of the per-token importance ratio.
+        weight, pg_weight: SDPO replaces the policy-gradient loss by default (``pg_weight: 0``).
+        template: the teacher context (default: the paper's, :data:`SDPO_TEMPLATE`).
+        teacher_weights: ``ema`` by default (rate ``ema_tau``).
+        ema_tau, sync_every, micro_batch_size: as :class:`SelfDistillation`.
+    """
+
+    name = "sdpo"
+
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        top_k: int = 100,
+        is_cap: float = 2.0,
+        weight: float = 1.0,
+        pg_weight: float = 0.0,
+        template: str = SDPO_TEMPLATE,
+        teacher_weights: TeacherWeights = "ema",
+        ema_tau: float = 0.05,
+        sync_every: int = 25,
+        micro_batch_size: int = 0,
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"sdpo.alpha must be in [0, 1], got {alpha}")
+        if top_k < 1:
+            raise ValueError(f"sdpo.top_k must be >= 1, got {top_k}")
+        if not is_cap > 0:
+            raise ValueError(f"sdpo.is_cap must be > 0, got {is_cap}")
+        super().__init__(weight, pg_weight, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
+        self.alpha = alpha
+        self.top_k = top_k
+        self.is_cap = is_cap
+
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+        g = batch.group_size
+        out = {}
+        tokenizer = self.teacher.tokenizer
+        for p in range((batch.num_original or batch.num_rollouts) // g):
+            wins = [p * g + j for j in range(g) if bool(batch.correct[p * g + j])]
+            for i in range(p * g, (p + 1) * g):
+                others = [w for w in wins if w != i]
+                if not others:
+                    continue
+                demo = min(others, key=lambda w: (w - i) % g)  # the next success after i
+                out[i] = (batch.prompts[p], response_text(batch, demo, tokenizer))
+        return out
+
+    def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        jsd = topk_tail_jsd(mb.logits[local], teacher_logits, self.top_k, self.alpha)
+        ratio = torch.exp((mb.logp[local] - mb.old_logp[local]).detach().clamp(-20, 20)).clamp(max=self.is_cap)
+        return ratio * jsd
+
+
+class HDPO(SelfDistillation):
+    """GRPO plus distillation on the prompts where every rollout failed.
+
+    For each such prompt the policy samples ``group_size`` *privileged* rollouts with the
+    answer in context (``template``), verified like any rollout. The correct ones are appended
+    to the batch under the plain prompt, kept out of the surrogate (``row_weight`` 0), and get
+    a full-vocabulary JSD towards the teacher that sees the privileged context, weighted by
+    ``weight`` (the paper's ``lam``). Choices the description leaves open: the privileged
+    context is the raw hint (the answer after the prompt), the teacher is the live policy, and
+    failed privileged rollouts are dropped.
+
+    Args:
+        b: JSD coefficient (0: forward KL, 1: reverse KL).
+        weight: ``lam``, the coefficient of the distillation term.
+        template: the privileged context, ``{prompt}`` and ``{feedback}`` (the answer).
+        teacher_weights, ema_tau, sync_every, micro_batch_size: as :class:`SelfDistillation`.
+    """
+
+    name = "hdpo"
+
+    def __init__(
+        self,
+        b: float = 0.5,
+        weight: float = 0.5,
+        template: str = RAW_TEMPLATE,
+        teacher_weights: TeacherWeights = "live",
+        ema_tau: float = 0.05,
+        sync_every: int = 25,
+        micro_batch_size: int = 0,
+    ) -> None:
+        if not 0.0 <= b <= 1.0:
+            raise ValueError(f"hdpo.b must be in [0, 1], got {b}")
+        super().__init__(weight, 1.0, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
+        self.b = b
+
+    def build_samples(self, module, batch: RolloutBatch) -> RolloutBatch:
+        g = batch.group_size
+        failed = [p for p in range(batch.num_rollouts // g) if not bool(batch.correct[p * g : (p + 1) * g].any())]
+        self._metrics = {"groups": float(len(failed))}
+        if not failed:
+            return batch
+        tokenizer = module.tokenizer
+        privileged = [self.teacher.context_ids(batch.prompts[p], batch.answers[p], self.template) for p in failed]
+        extra = module.trainer.datamodule.sample(
+            privileged,
+            [batch.prompts[p] for p in failed],
+            [batch.answers[p] for p in failed],
+            [batch.solutions[p] for p in failed],
+            tokenizer,
+            g,
+        )
+        self._metrics["privileged_success"] = float(extra.correct.float().mean())
+        # the student side: the same responses under the plain prompt
+        extra = dataclasses.replace(extra, prompt_ids=[batch.prompt_ids[p] for p in failed])
+        return concat(batch, extra, tokenizer.pad_token_id, b_weight=0.0)
+
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+        g = batch.group_size
+        start = batch.num_original if batch.num_original is not None else batch.num_rollouts
+        return {
+            row: (batch.prompts[row // g], batch.answers[row // g])
+            for row in range(start, batch.num_rollouts)
+            if bool(batch.correct[row])
+        }
+
+    @torch.no_grad()
+    def prepare(self, module, batch: RolloutBatch, advantages: torch.Tensor) -> None:
+        kept = dict(self._metrics)
+        super().prepare(module, batch, advantages)
+        self._metrics.update(kept)
+
+    def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return full_vocab_jsd(mb.logits[local], teacher_logits, self.b)
