@@ -16,7 +16,6 @@ counts optimizer updates; :attr:`GRPOModule.rl_step` counts rollout batches.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -181,6 +180,11 @@ class GRPOModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Built here, not lazily, so every DDP rank holds the metric even without val batches.
         datamodule = self.trainer.datamodule
+        if stage == "fit" and datamodule.prompts_per_step < self.hparams.num_minibatches:
+            raise ValueError(
+                f"model.num_minibatches ({self.hparams.num_minibatches}) must be <= data.prompts_per_step "
+                f"({datamodule.prompts_per_step}): each mini-batch holds whole groups"
+            )
         k = datamodule.eval_k
         if k and self.val_pass_k is None:
             self.val_pass_k = PassAtK(k).to(self.device)
@@ -358,6 +362,13 @@ class GRPOModule(L.LightningModule):
             return float(t.item())
         return value
 
+    def _global_max(self, value: int) -> int:
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([value], dtype=torch.long, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return int(t.item())
+        return value
+
     def _normaliser(self, mask: torch.Tensor) -> float:
         """The loss normaliser of a mini-batch (tokens or rows, summed over ranks, per rank)."""
         local = float(mask.sum()) if self.hparams.loss_agg == "token_mean" else float(mask.shape[0])
@@ -370,7 +381,10 @@ class GRPOModule(L.LightningModule):
         sched = self.lr_schedulers()
         g = batch.group_size
         n_groups = batch.num_rollouts // g
-        per_mb = math.ceil(n_groups / hp.num_minibatches)
+        k = hp.num_minibatches
+        # exactly k group-aligned mini-batches, so every DDP rank takes k optimizer steps even
+        # when objectives appended a different number of rows on each rank
+        bounds = [(i * n_groups) // k for i in range(k + 1)]
         sums = {
             "loss": 0.0,
             "clip_frac": 0.0,
@@ -383,14 +397,22 @@ class GRPOModule(L.LightningModule):
         tokens_seen = 0.0
         objective = self.objective
         temperature = self.trainer.datamodule.sampling.temperature or 1.0
-        for mb_start in range(0, n_groups, per_mb):
-            mb = slice(mb_start * g, min((mb_start + per_mb) * g, batch.num_rollouts))
+        for i in range(k):
+            mb = slice(bounds[i] * g, bounds[i + 1] * g)
             mb_mask = batch.response_mask[mb]
-            normaliser = max(self._normaliser(mb_mask), 1e-8)
+            # rows kept out of the surrogate (row_weight 0, e.g. HDPO's privileged rollouts) do
+            # not dilute its token mean
+            pg_mask = mb_mask if batch.row_weight is None else mb_mask[batch.row_weight[mb] != 0]
+            normaliser = max(self._normaliser(pg_mask), 1e-8)
             obj_normaliser = None  # the objective's term averages over its active rows' tokens
             if objective.active is not None:
                 obj_normaliser = self._normaliser(mb_mask[objective.active[mb]])
-            for rows in self._chunks(mb.stop - mb.start, hp.micro_batch_size):
+            chunks = self._chunks(mb.stop - mb.start, hp.micro_batch_size)
+            # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
+            # appended rows) run zero-loss backward passes to match the others
+            for _ in range(self._global_max(len(chunks)) - len(chunks)):
+                self.manual_backward(sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad))
+            for rows in chunks:
                 rows = slice(mb.start + rows.start, mb.start + rows.stop)
                 m = batch.response_mask[rows]
                 logits = self.policy_logits(batch, rows)
@@ -442,7 +464,7 @@ class GRPOModule(L.LightningModule):
             self.weight_version += 1
         if batch.engine_logprobs is not None and old_logprobs is not None:
             mismatch = [(old_logprobs - batch.engine_logprobs).abs()[batch.response_mask]]
-        updates = math.ceil(n_groups / per_mb)
+        updates = k
         tokens_seen = max(tokens_seen, 1.0)
         out = {
             "loss": sums["loss"] / updates,

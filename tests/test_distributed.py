@@ -1,14 +1,53 @@
 """DDP on CPU (gloo, 2 processes): the GPU code path that can run here."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch.distributed as dist
+
+from cepo.objectives import CIPO
+from cepo.tasks import Arithmetic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir):
+class SkewedCIPO(CIPO):
+    """CIPO that corrects one failed attempt on rank 0 and none on rank 1."""
+
+    def correction_prompts(self, batch, tokenizer):
+        rows, texts = super().correction_prompts(batch, tokenizer)
+        return (rows[:1], texts[:1]) if dist.get_rank() == 0 else ([], [])
+
+
+class AllWrong(Arithmetic):
+    def reward(self, response, answer):
+        return 0.0
+
+
+@pytest.mark.parametrize("skewed", [False, True], ids=["grpo", "uneven-rows"])
+def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
+    """With rows appended on one rank only, the ranks run different numbers of micro-batches:
+    zero-loss padding keeps the gradient all-reduces matched instead of deadlocking."""
+    extra = []
+    if skewed:
+        extra = [
+            "--model.objective",
+            "test_distributed.SkewedCIPO",
+            "--model.objective.init_args.max_share",
+            "0.5",
+            "--model.micro_batch_size",
+            "2",
+            "--model.num_minibatches",
+            "2",
+            "--trainer.max_steps",
+            "4",
+            "--data.task",
+            "test_distributed.AllWrong",
+        ]
     cmd = [
         sys.executable,
         "-m",
@@ -40,9 +79,16 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir):
         "v",
         "--export_hf",
         "false",
+        *extra,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "v" / "summary.json").read_text())
-    assert summary["rl_steps"] == 2 and summary["optimizer_steps"] == 2
+    updates = 2 if skewed else 1
+    assert summary["rl_steps"] == 2 and summary["optimizer_steps"] == 2 * updates
     assert "val/acc" in summary["final"]
+    if skewed:  # rank 0 logs: it appended one correction group per step
+        rows = (tmp_path / "ddp" / "v" / "metrics.csv").read_text().splitlines()
+        col = rows[0].split(",").index("train/cipo/attempts")
+        assert [r.split(",")[col] for r in rows[1:] if r.split(",")[col]] == ["1.0", "1.0"]

@@ -306,3 +306,10 @@ def test_method_config_trains_end_to_end(tmp_path, tiny_dir, method):
     header = (tmp_path / method / "v" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert f"train/{method}/" in ",".join(header), header
     assert "time/samples" in header
+
+
+def test_more_minibatches_than_prompts_is_refused(tmp_path, tiny_dir):
+    module = GRPOModule(model_path=str(tiny_dir), num_minibatches=4)
+    data = RolloutDataModule(task=TextParity(train_size=50, val_size=4, test_size=4), prompts_per_step=2, eval_size=4)
+    with pytest.raises(ValueError, match="model.num_minibatches"):
+        trainer(tmp_path, steps=1).fit(module, datamodule=data)
