@@ -1,0 +1,176 @@
+"""``cepo sweep``: run a grid of ``cepo fit`` runs, then tabulate and plot them.
+
+Usage::
+
+    cepo sweep GRID.yaml [--parallel N] [--dry_run] [--out DIR] [--set KEY=VALUE ...]
+
+The grid file::
+
+    name: clip_x_beta               # sweep name (default: the file's stem)
+    base: [configs/default.yaml, configs/credit/contrastive.yaml]   # --config files, in order
+    fixed: {trainer.max_steps: 40}  # overrides for every point
+    grid:                           # the cartesian product of these axes, in this order
+      model.credit.init_args.clip: [0.2, 0.5]
+      model.credit.init_args.beta: [0.25, 0.5]
+      seed_everything: [0, 1]
+
+Keys are ``cepo fit`` flags without the dashes; values are YAML (``.inf`` is infinity,
+``null`` is None). Three kinds of axis:
+
+- a **config key** (``model.credit.init_args.clip``): one ``--key value`` per point;
+- ``config``: each value is an overlay file (or a list of them) added after ``base``, e.g.
+  ``config: [configs/credit/uniform.yaml, configs/credit/contrastive.yaml]``;
+- a **bundle** (a name without dots whose values are mappings): each value sets several keys
+  together, e.g. ``schedule: [{beta_schedule.kind: constant},
+  {beta_schedule.kind: linear, beta_schedule.decay_steps: 25}]``.
+
+Relative paths are looked up next to the grid file, then in the repository root, then in the
+working directory. ``--set KEY=VALUE`` (repeatable) adds to ``fixed`` and wins over it.
+
+Every point runs as ``cepo fit ... --run_root OUT --run_name NAME --run_version SLUG`` with
+its output in ``OUT/NAME/SLUG/stdout.log``. The slug joins ``short=value`` per axis (short:
+the key's last dotted component, longer where two axes would clash; ``seed_everything`` is
+``seed``; a ``config`` axis contributes the file stem), e.g. ``clip=0.2_beta=0.5_seed=0``.
+
+Before anything runs, every pending point is parsed and instantiated, exactly as ``cepo fit``
+would, in one validation subprocess; an invalid point stops the sweep, named with its error.
+Points whose run directory already holds ``summary.json`` are skipped, so an interrupted
+sweep resumes by re-running the same command. A failed point does not stop the others; the
+exit code is non-zero if any failed. At the end ``OUT/NAME`` gets ``results.csv``,
+``results.md`` (with a mean ± std table over seeds when the grid has a ``seed_everything``
+axis), ``acc_vs_<axis>.png`` and ``learning_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess  # noqa: F401  (tests patch cepo.sweep.subprocess.run)
+from pathlib import Path
+
+import yaml
+
+from cepo.sweep.grid import (
+    Axis,
+    Grid,
+    Point,
+    cli_value,
+    expand,
+    fit_args,
+    fit_command,
+    load_grid,
+    parse_grid,
+    parse_set,
+    resolve_path,
+    run_flags,
+    short_names,
+    slugify,
+    value_label,
+)
+from cepo.sweep.report import write_results
+from cepo.sweep.run import RunResult, check_points, progress_line, read_curve, read_run, run_all, run_point
+
+__all__ = [
+    "Axis",
+    "Grid",
+    "Point",
+    "RunResult",
+    "check_points",
+    "cli_value",
+    "expand",
+    "fit_args",
+    "fit_command",
+    "load_grid",
+    "parse_grid",
+    "parse_set",
+    "read_curve",
+    "read_run",
+    "resolve_path",
+    "run_flags",
+    "run_point",
+    "short_names",
+    "slugify",
+    "sweep_main",
+    "value_label",
+    "write_results",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cepo sweep",
+        description="Run a grid of `cepo fit` runs, then write results tables and plots.",
+        epilog="The grid file format is described in the docstring of cepo/sweep.py.",
+    )
+    parser.add_argument("grid", type=Path, help="the grid YAML file")
+    parser.add_argument("--parallel", type=int, default=1, help="points run at once (default 1)")
+    parser.add_argument(
+        "--dry_run", action="store_true", help="expand and validate the grid, print the commands, run nothing"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/sweeps"), help="run root (default runs/sweeps)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra fixed override for every point (repeatable), e.g. --set model.model_path=/tmp/m",
+    )
+    return parser
+
+
+def validate_or_exit(pending: list[Point], arg_lists: dict[str, list[str]], total: int) -> None:
+    """Check every pending point (one subprocess); exit naming each invalid one and its error."""
+    print(f"validating {len(pending)} point(s) ...", flush=True)
+    try:
+        errors = check_points({p.slug: arg_lists[p.slug] for p in pending})
+    except RuntimeError as err:
+        raise SystemExit(f"cepo sweep: {err}") from None
+    if errors:
+        bad = [p for p in pending if p.slug in errors]
+        text = "\n\n".join(f"point {p.index}/{total} ({p.slug}):\n{errors[p.slug]}" for p in bad)
+        raise SystemExit(f"cepo sweep: {len(bad)} invalid point(s), nothing was run.\n\n{text}")
+
+
+def sweep_main(argv: list[str]) -> None:
+    """``cepo sweep``: expand, validate, run (skipping finished points), report."""
+    args = build_parser().parse_args(argv)
+    if args.parallel < 1:
+        raise SystemExit("cepo sweep: --parallel must be >= 1")
+    try:
+        grid = load_grid(args.grid, parse_set(args.overrides))
+        points = expand(grid)
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as err:
+        raise SystemExit(f"cepo sweep: {args.grid}: {err}") from None
+    out = args.out.resolve()
+    sweep_dir = out / grid.name
+    total = len(points)
+    done = {p.index for p in points if (sweep_dir / p.slug / "summary.json").is_file()}
+    pending = [p for p in points if p.index not in done]
+    print(f"sweep {grid.name}: {total} points ({len(done)} done) -> {sweep_dir}", flush=True)
+    arg_lists = {p.slug: fit_args(grid, p) + run_flags(grid, p) for p in points}
+
+    if pending:
+        validate_or_exit(pending, arg_lists, total)
+    if args.dry_run:
+        for p in points:
+            state = "done" if p.index in done else "valid"
+            cmd = fit_command([*arg_lists[p.slug], "--run_root", str(out)])
+            print(f"[{p.index}/{total}] {p.slug} ({state}): {shlex.join(cmd)}")
+        return
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    slug_width = max(len(p.slug) for p in points)
+    results: dict[int, RunResult] = {}
+    for p in points:
+        if p.index in done:
+            results[p.index] = read_run(sweep_dir / p.slug)
+            line = progress_line(p, total, "skip", results[p.index], sweep_dir / p.slug, slug_width)
+            print(line, flush=True)
+    jobs = [(p, fit_command([*arg_lists[p.slug], "--run_root", str(out)]), sweep_dir / p.slug) for p in pending]
+    results.update(run_all(jobs, total, args.parallel, lambda line: print(line, flush=True), slug_width))
+    for path in write_results(sweep_dir, grid, points, results):
+        print(f"wrote {path}")
+    failed = [p.slug for p in points if results[p.index].status != "ok"]
+    if failed:
+        raise SystemExit(f"cepo sweep: {len(failed)} of {total} point(s) failed: {', '.join(failed)}")
