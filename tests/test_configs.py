@@ -72,3 +72,16 @@ def test_dataset_row_without_answer_names_file_and_line(tmp_path):
     bad_json.write_text('{"question": "x", "answer": "1"}\n{oops\n')
     with pytest.raises(ValueError, match=r"broken\.jsonl:2: not valid JSON"):
         JsonlTask(train=str(bad_json)).validate()
+
+
+def test_objective_short_names_on_the_command_line(tmp_path):
+    cli = run_cli(tmp_path, "--model.objective", "SDPO", "--model.objective.top_k", "7")
+    assert type(cli.model.objective).__name__ == "SDPO" and cli.model.objective.top_k == 7
+    assert type(run_cli(tmp_path).model.objective).__name__ == "Objective"  # the surrogate alone
+
+
+def test_bad_objective_setting_names_the_field(tmp_path, capsys):
+    cipo = str(ROOT / "configs" / "method" / "cipo.yaml")
+    with pytest.raises((SystemExit, ValueError)) as err:
+        run_cli(tmp_path, "--config", cipo, "--model.objective.init_args.max_share", "1.5")
+    assert "cipo.max_share" in str(err.value) + capsys.readouterr().err
