@@ -142,6 +142,15 @@ def test_sdpo_demonstrations_are_other_successes(tok):
     assert all(fb[r][0] == batch.prompts[r // 4] for r in fb)
 
 
+def test_sdpo_answer_feedback_uses_the_demonstrations_answer(tok):
+    batch = group_batch(tok, [False, True, False, True, False, False, True, False])
+    batch.extracted = [None, "7", None, "9", None, None, "5", None]
+    obj = SDPO(feedback_source="answer")
+    obj.teacher.tokenizer = tok
+    fb = obj.feedback(batch)
+    assert fb[0][1] == "7" and fb[1][1] == "9" and fb[4][1] == "5" and 6 not in fb
+
+
 def test_sdpo_skips_groups_without_success(tok):
     obj = SDPO()
     obj.teacher.tokenizer = tok

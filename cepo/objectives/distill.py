@@ -209,6 +209,8 @@ class SDPO(SelfDistillation):
 
     Args:
         alpha: JSD coefficient (0: forward KL, 1: reverse KL).
+        feedback_source: what the teacher sees of the demonstration: ``rollout`` (its full text,
+            the paper) or ``answer`` (its extracted final answer only).
         top_k: student top-K support (the paper: 100).
         is_cap: cap of the per-token importance ratio.
         weight, pg_weight: SDPO replaces the policy-gradient loss by default (``pg_weight: 0``).
@@ -222,6 +224,7 @@ class SDPO(SelfDistillation):
     def __init__(
         self,
         alpha: float = 0.5,
+        feedback_source: Literal["rollout", "answer"] = "rollout",
         top_k: int = 100,
         is_cap: float = 2.0,
         weight: float = 1.0,
@@ -240,6 +243,7 @@ class SDPO(SelfDistillation):
             raise ValueError(f"sdpo.is_cap must be > 0, got {is_cap}")
         super().__init__(weight, pg_weight, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
         self.alpha = alpha
+        self.feedback_source = feedback_source
         self.top_k = top_k
         self.is_cap = is_cap
 
@@ -254,7 +258,10 @@ class SDPO(SelfDistillation):
                 if not others:
                     continue
                 demo = min(others, key=lambda w: (w - i) % g)  # the next success after i
-                out[i] = (batch.prompts[p], response_text(batch, demo, tokenizer))
+                if self.feedback_source == "answer" and batch.extracted[demo]:
+                    out[i] = (batch.prompts[p], batch.extracted[demo].strip())
+                else:
+                    out[i] = (batch.prompts[p], response_text(batch, demo, tokenizer))
         return out
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
