@@ -50,6 +50,12 @@ def response_logits(
     Returns:
         ``[N, T, V]`` with ``T = L - response_start``.
     """
+    # Drop the left-padding columns that every row shares (rows of one micro-batch may have
+    # shorter prompts than the batch's longest, e.g. next to CIPO's long correction prompts).
+    lead = int((attention_mask[:, : response_start - 1].sum(0) == 0).long().cumprod(0).sum())
+    if lead:
+        input_ids, attention_mask = input_ids[:, lead:], attention_mask[:, lead:]
+        response_start -= lead
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     logits = out.logits[:, response_start - 1 : -1]  # [N, T, V]

@@ -25,3 +25,21 @@ def test_response_logits_left_padding_invariant(tiny_model):
     a = response_logits(model, ids, mask, 3)
     b = response_logits(model, padded, pmask, 5)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_response_logits_drops_shared_left_padding(tiny_model):
+    model, _ = tiny_model
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, position_ids):
+            seen.append(input_ids.shape[1])
+            return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    # two rows whose prompts (3 and 2 tokens) sit in a 6-column prompt block: 3 shared pad columns
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9], [0, 0, 0, 0, 6, 7, 8, 0]])
+    mask = (ids != 0).long()
+    got = response_logits(Spy(), ids, mask, 6)
+    assert seen == [5]
+    assert torch.allclose(got, response_logits(model, ids, mask, 6), atol=1e-5)
+    assert torch.allclose(got[0], response_logits(model, ids[:1, 3:], mask[:1, 3:], 3)[0], atol=1e-5)

@@ -1,0 +1,98 @@
+"""GRPO step time on the built-in default with 1 vs 2 torch threads, side by side.
+
+Runs short ``cepo fit`` subprocesses (``CEPO_NUM_THREADS=n``), alternating the thread counts
+(1 2 1 2 ...) so machine noise hits both alike. Meaningful only on an otherwise idle machine:
+under load, two threads per process ran 10-30x slower here. Prints a table and writes it to
+``benchmarks/results/threads.{json,md}``.
+
+    .venv/bin/python benchmarks/threads.py [--steps 12] [--rounds 2] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["generate", "train", "total"]
+
+
+def run_once(threads: int, steps: int, root: Path, tag: str) -> list[dict[str, float]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "cepo.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "default.yaml"),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(10**6),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--report_base",
+        "false",
+        "--export_hf",
+        "false",
+        "--data.eval_size",
+        "10",
+        "--data.eval_k",
+        "0",
+        "--checkpoint.every_n_train_steps",
+        str(10**6),
+        "--checkpoint.save_last",
+        "false",
+        "--run_root",
+        str(root),
+        "--run_name",
+        f"t{threads}",
+        "--run_version",
+        tag,
+    ]
+    env = {**os.environ, "CEPO_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, env=env, check=True, capture_output=True)  # cepo.cli.main reads CEPO_NUM_THREADS
+    rows = list(csv.DictReader(open(root / f"t{threads}" / tag / "metrics.csv")))
+    out = [{s: float(r[f"time/{s}"]) for s in STAGES} for r in rows if r.get("time/total")]
+    return out[1:]  # the first step pays one-off costs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = p.parse_args()
+    samples: dict[int, list[dict[str, float]]] = {t: [] for t in a.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for t in a.threads:
+                samples[t] += run_once(t, a.steps, Path(tmp), f"round{r}")
+    table = {t: {s: statistics.mean(x[s] for x in v) for s in STAGES} for t, v in samples.items()}
+    base = table[a.threads[0]]["total"]
+    lines = [
+        "| threads | " + " | ".join(f"{s} (s/step)" for s in STAGES) + f" | speed-up vs {a.threads[0]} |",
+        "|---" * (len(STAGES) + 2) + "|",
+    ]
+    for t, row in table.items():
+        lines.append(f"| {t} | " + " | ".join(f"{row[s]:.3f}" for s in STAGES) + f" | {base / row['total']:.2f} |")
+    md = "\n".join(lines)
+    print(md)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "threads.json").write_text(
+        json.dumps({"steps_per_run": a.steps, "rounds": a.rounds, "mean_seconds": table}, indent=2)
+    )
+    (out / "threads.md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
