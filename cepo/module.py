@@ -24,13 +24,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics import MeanMetric
 
 from cepo.advantages import group_advantages, zero_variance_groups
 from cepo.credit import CreditAssigner, CreditInputs, CreditOutput, Uniform
+from cepo.evaluation import EvalMetrics
 from cepo.logprobs import response_logits, token_entropy, token_logprobs
 from cepo.loss import aggregate, clipped_surrogate, k3_kl
-from cepo.metrics import AvgAtK, PassAtK
 from cepo.objectives import MicroBatch, Objective
 from cepo.policy import LoraSettings, is_peft, load_policy
 from cepo.rollout.batch import RolloutBatch
@@ -144,14 +143,8 @@ class GRPOModule(L.LightningModule):
         self.weight_version = 0
         self.rl_step = 0
         self.last_credit: CreditRecord | None = None
-        self.val_acc = MeanMetric()
-        self.val_avg_k = AvgAtK()
-        self.val_pass_k: PassAtK | None = None  # built in setup: k comes from the DataModule
-        self.val_len = MeanMetric()
-        # Per benchmark (DataLoader order) when data.benchmarks is set: a ModuleDict of acc,
-        # len and, with eval_k, avg_k/pass_k. Built in setup; names in val_benchmark_names.
-        self.val_benchmarks: torch.nn.ModuleList | None = None
-        self.val_benchmark_names: list[str] = []
+        # built in setup: the benchmarks and k come from the DataModule
+        self.val_metrics: EvalMetrics | None = None
 
     def _check_optimizer(self) -> None:
         """Build the optimizer once on a dummy parameter so bad settings fail now."""
@@ -185,20 +178,9 @@ class GRPOModule(L.LightningModule):
                 f"model.num_minibatches ({self.hparams.num_minibatches}) must be <= data.prompts_per_step "
                 f"({datamodule.prompts_per_step}): each mini-batch holds whole groups"
             )
-        k = datamodule.eval_k
-        if k and self.val_pass_k is None:
-            self.val_pass_k = PassAtK(k).to(self.device)
-        names = list(getattr(datamodule, "benchmark_names", []))
-        if names and self.val_benchmarks is None:
-            # a list, not a dict keyed by name: names like "eval" would clash with Module attributes
-            self.val_benchmarks = torch.nn.ModuleList(
-                torch.nn.ModuleDict(
-                    {"acc": MeanMetric(), "len": MeanMetric()}
-                    | ({"avg_k": AvgAtK(), "pass_k": PassAtK(k)} if k else {})
-                )
-                for _ in names
-            ).to(self.device)
-            self.val_benchmark_names = names
+        if self.val_metrics is None:
+            names = list(getattr(datamodule, "benchmark_names", []))
+            self.val_metrics = EvalMetrics(names, datamodule.eval_k).to(self.device)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -522,44 +504,9 @@ class GRPOModule(L.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        metrics = self.val_benchmarks[dataloader_idx] if self.val_benchmarks is not None else None
-        acc = metrics["acc"] if metrics is not None else self.val_acc
-        length = metrics["len"] if metrics is not None else self.val_len
-        acc.update(batch.greedy_correct.float())
-        k = batch.sample_correct.shape[1]
-        if k:
-            n = torch.full((batch.sample_correct.shape[0],), k)
-            c = batch.sample_correct.sum(-1)
-            (metrics["avg_k"] if metrics is not None else self.val_avg_k).update(n, c)
-            (metrics["pass_k"] if metrics is not None else self.val_pass_k).update(n, c)
-        length.update(batch.response_lengths)
+        self.val_metrics.update(batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         # torchmetrics' compute() reduces across processes, so no sync_dist here
-        if self.val_benchmarks is not None:
-            # val/<name>/<key> per benchmark, and val/<key> averaged over benchmarks (equal weights)
-            metrics, per_key = {}, {}
-            for name, bench in zip(self.val_benchmark_names, self.val_benchmarks):
-                values = {"acc": bench["acc"].compute(), "response_len": bench["len"].compute()}
-                if "pass_k" in bench:
-                    k = bench["pass_k"].k
-                    values[f"avg@{k}"] = bench["avg_k"].compute()
-                    values[f"pass@{k}"] = bench["pass_k"].compute()
-                for key, value in values.items():
-                    metrics[f"val/{name}/{key}"] = value
-                    per_key.setdefault(key, []).append(value.float())
-            metrics.update({f"val/{key}": torch.stack(v).mean() for key, v in per_key.items()})
-            self.log_dict(metrics, sync_dist=False)
-            for bench in self.val_benchmarks:
-                for m in bench.values():
-                    m.reset()
-            return
-        metrics = {"val/acc": self.val_acc.compute(), "val/response_len": self.val_len.compute()}
-        if self.val_pass_k is not None:
-            k = self.val_pass_k.k
-            metrics[f"val/avg@{k}"] = self.val_avg_k.compute()
-            metrics[f"val/pass@{k}"] = self.val_pass_k.compute()
-        self.log_dict(metrics, sync_dist=False)
-        for m in (self.val_acc, self.val_avg_k, self.val_pass_k, self.val_len):
-            if m is not None:
-                m.reset()
+        self.log_dict(self.val_metrics.compute(), sync_dist=False)
+        self.val_metrics.reset()

@@ -249,5 +249,5 @@ def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, mon
 def test_validate_without_benchmarks_keeps_the_single_task_keys(tmp_path, tiny_dir):
     cli = _validate(tmp_path, tiny_dir)
     assert set(cli.trainer.callback_metrics) == {"val/acc", "val/avg@2", "val/pass@2", "val/response_len"}
-    assert cli.model.val_benchmarks is None
+    assert cli.model.val_metrics.names == []
     assert torch.is_tensor(cli.trainer.callback_metrics["val/acc"])
