@@ -12,7 +12,6 @@ Writes ``benchmarks/results/engines.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import step_rows, timing_args, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -92,44 +93,22 @@ def measure(engine: str, path: str, a) -> dict:
 
 
 def step_time(engine: str, path: str, steps: int, prompts: int, tmp: Path) -> float | str:
+    args = timing_args(tmp, engine, Path(path).name, steps, f"engine/{engine}.yaml", eval_size=4)
     cmd = [
         sys.executable,
         "-m",
         "cepo.cli",
         "fit",
-        "--config",
-        str(ROOT / "configs" / "default.yaml"),
-        "--config",
-        str(ROOT / "configs" / "engine" / f"{engine}.yaml"),
+        *args,
         "--model.model_path",
         path,
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.val_check_interval",
-        str(10**6),
-        "--report_base",
-        "false",
-        "--export_hf",
-        "false",
-        "--data.eval_size",
-        "4",
-        "--data.eval_k",
-        "0",
-        "--checkpoint.save_last",
-        "false",
-        "--run_root",
-        str(tmp),
-        "--run_name",
-        engine,
-        "--run_version",
-        Path(path).name,
+        "--data.prompts_per_step",
+        str(prompts),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         return "failed: " + (out.stderr.strip().splitlines() or ["?"])[-1]
-    rows = list(csv.DictReader(open(tmp / engine / Path(path).name / "metrics.csv")))
-    totals = [float(r["time/total"]) for r in rows if r.get("time/total")][1:]
-    return statistics.mean(totals)
+    return statistics.mean(r["total"] for r in step_rows(tmp / engine / Path(path).name / "metrics.csv", ["total"]))
 
 
 def main() -> None:
@@ -169,12 +148,7 @@ def main() -> None:
         step = r["grpo_step_s"]
         step = f"{step:.2f}" if isinstance(step, float) else step
         lines.append(f"| {m} | {e} | {r['tokens_per_sec']:.0f} | {r['peak_rss_mb']:.0f} | {step} |")
-    md = "\n".join(lines)
-    print(md)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "engines.json").write_text(json.dumps({"settings": vars(a), "results": results}, indent=2))
-    (out / "engines.md").write_text(md + "\n")
+    write_results(a.out, "engines", {"settings": vars(a), "results": results}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ Prints a table of seconds per stage and the ratio to uniform, and writes it to
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from common import step_rows, timing_args, write_results
 
 from cepo.cli import cli_main
 
@@ -26,47 +25,17 @@ STAGES = ["generate", "score", "old_logprobs", "teacher", "train", "total"]
 
 
 def run_once(credit: str, steps: int, root: Path, tag: str, extra: list[str]) -> list[dict[str, float]]:
-    args = [
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "default.yaml"),
-        "--config",
-        str(ROOT / "configs" / "credit" / f"{credit}.yaml"),
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.val_check_interval",
-        str(10**6),
-        "--beta_schedule.kind",
-        "constant",
-        "--token_weights.every_n_steps",
-        "0",
-        "--report_base",
-        "false",
-        "--export_hf",
-        "false",
-        "--data.eval_size",
-        "10",
-        "--data.eval_k",
-        "0",
-        "--checkpoint.every_n_train_steps",
-        str(10**6),
-        "--checkpoint.save_last",
-        "false",
-        "--run_root",
-        str(root),
-        "--run_name",
-        credit,
-        "--run_version",
-        tag,
-        *extra,
-    ]
-    cli_main(args)
-    rows = list(csv.DictReader(open(root / credit / tag / "metrics.csv")))
-    out = []
-    for r in rows:
-        if r.get("time/total"):
-            out.append({s: float(r[f"time/{s}"]) for s in STAGES} | {"tokens": float(r["train/response_len"])})
-    return out[1:]  # the first step pays one-off costs
+    # beta held constant so the teacher passes run on every step
+    cli_main(
+        [
+            "fit",
+            *timing_args(root, credit, tag, steps, f"credit/{credit}.yaml"),
+            "--beta_schedule.kind",
+            "constant",
+            *extra,
+        ]
+    )
+    return step_rows(root / credit / tag / "metrics.csv", STAGES)
 
 
 def main() -> None:
@@ -91,14 +60,8 @@ def main() -> None:
     ]
     for c, t in table.items():
         lines.append(f"| {c} | " + " | ".join(f"{t[s]:.3f}" for s in STAGES) + f" | {t['total'] / base:.2f} |")
-    md = "\n".join(lines)
-    print(md)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "step_time.json").write_text(
-        json.dumps({"steps_per_run": a.steps, "rounds": a.rounds, "mean_seconds": table}, indent=2)
-    )
-    (out / "step_time.md").write_text(md + "\n")
+    payload = {"steps_per_run": a.steps, "rounds": a.rounds, "mean_seconds": table}
+    write_results(a.out, "step_time", payload, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ under load, two threads per process ran 10-30x slower here. Prints a table and w
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import statistics
 import subprocess
@@ -20,48 +18,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import step_rows, timing_args, write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["generate", "train", "total"]
 
 
 def run_once(threads: int, steps: int, root: Path, tag: str) -> list[dict[str, float]]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cepo.cli",
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "default.yaml"),
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.val_check_interval",
-        str(10**6),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--report_base",
-        "false",
-        "--export_hf",
-        "false",
-        "--data.eval_size",
-        "10",
-        "--data.eval_k",
-        "0",
-        "--checkpoint.every_n_train_steps",
-        str(10**6),
-        "--checkpoint.save_last",
-        "false",
-        "--run_root",
-        str(root),
-        "--run_name",
-        f"t{threads}",
-        "--run_version",
-        tag,
-    ]
+    cmd = [sys.executable, "-m", "cepo.cli", "fit", *timing_args(root, f"t{threads}", tag, steps)]
     env = {**os.environ, "CEPO_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     subprocess.run(cmd, env=env, check=True, capture_output=True)  # cepo.cli.main reads CEPO_NUM_THREADS
-    rows = list(csv.DictReader(open(root / f"t{threads}" / tag / "metrics.csv")))
-    out = [{s: float(r[f"time/{s}"]) for s in STAGES} for r in rows if r.get("time/total")]
-    return out[1:]  # the first step pays one-off costs
+    return step_rows(root / f"t{threads}" / tag / "metrics.csv", STAGES)
 
 
 def main() -> None:
@@ -84,14 +51,8 @@ def main() -> None:
     ]
     for t, row in table.items():
         lines.append(f"| {t} | " + " | ".join(f"{row[s]:.3f}" for s in STAGES) + f" | {base / row['total']:.2f} |")
-    md = "\n".join(lines)
-    print(md)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "threads.json").write_text(
-        json.dumps({"steps_per_run": a.steps, "rounds": a.rounds, "mean_seconds": table}, indent=2)
-    )
-    (out / "threads.md").write_text(md + "\n")
+    payload = {"steps_per_run": a.steps, "rounds": a.rounds, "mean_seconds": table}
+    write_results(a.out, "threads", payload, "\n".join(lines))
 
 
 if __name__ == "__main__":

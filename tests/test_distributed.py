@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from fitargs import fit_args
 
 from cepo.objectives import CIPO
 from cepo.tasks import Arithmetic
@@ -32,9 +33,9 @@ class AllWrong(Arithmetic):
 def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
     """With rows appended on one rank only, the ranks run different numbers of micro-batches:
     zero-loss padding keeps the gradient all-reduces matched instead of deadlocking."""
-    extra = []
+    extra = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--export_hf", "false"]
     if skewed:
-        extra = [
+        extra += [
             "--model.objective",
             "test_distributed.SkewedCIPO",
             "--model.objective.init_args.max_share",
@@ -43,44 +44,12 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
             "2",
             "--model.num_minibatches",
             "2",
-            "--trainer.max_steps",
-            "4",
             "--data.task",
             "test_distributed.AllWrong",
         ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "cepo.cli",
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "default.yaml"),
-        "--model.model_path",
-        str(tiny_dir),
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.max_steps",
-        "2",
-        "--data.prompts_per_step",
-        "2",
-        "--data.group_size",
-        "4",
-        "--data.eval_size",
-        "8",
-        "--data.eval_k",
-        "2",
-        "--run_root",
-        str(tmp_path),
-        "--run_name",
-        "ddp",
-        "--run_version",
-        "v",
-        "--export_hf",
-        "false",
-        *extra,
-    ]
+    # with 2 mini-batches per rollout step, 4 optimizer updates are 2 rollout steps
+    steps = 4 if skewed else 2
+    cmd = [sys.executable, "-m", "cepo.cli", "fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

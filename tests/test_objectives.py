@@ -6,8 +6,9 @@ import math
 import lightning as L
 import pytest
 import torch
+from fitargs import fit_args
 from test_teacher import make_batch
-from test_training import DEFAULT, ROOT, TextParity, trainer
+from test_training import TextParity, trainer
 
 from cepo.cli import cli_main
 from cepo.credit import Contrastive, CreditInputs
@@ -282,34 +283,12 @@ def test_objective_gradient_is_exact_under_micro_batching(tmp_path, tiny_dir, ma
 
 @pytest.mark.parametrize("method", ["opsd", "sdpo", "cipo", "hdpo"])
 def test_method_config_trains_end_to_end(tmp_path, tiny_dir, method):
+    extra = ["--trainer.val_check_interval", "2", "--data.task", "test_training.TextParity"]
     args = [
         "fit",
-        "--config",
-        DEFAULT,
-        "--config",
-        str(ROOT / "configs" / "method" / f"{method}.yaml"),
-        "--model.model_path",
-        str(tiny_dir),
-        "--trainer.max_steps",
-        "2",
-        "--trainer.val_check_interval",
-        "2",
-        "--data.prompts_per_step",
-        "4",
-        "--data.group_size",
-        "2",
-        "--data.eval_size",
-        "4",
-        "--data.eval_k",
-        "0",
-        "--data.task",
-        "test_training.TextParity",
-        "--run_root",
-        str(tmp_path),
-        "--run_name",
-        method,
-        "--run_version",
-        "v",
+        *fit_args(
+            tiny_dir, tmp_path, method, f"method/{method}.yaml", prompts=4, group=2, eval_size=4, eval_k=0, extra=extra
+        ),
     ]
     cli_main(args)
     header = (tmp_path / method / "v" / "metrics.csv").read_text().splitlines()[0].split(",")

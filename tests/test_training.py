@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from fitargs import fit_args
 
 from cepo.cli import cli_main
 from cepo.module import GRPOModule
@@ -98,40 +99,27 @@ def test_stale_batch_is_refused(tmp_path, tiny_dir):
 def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
     args = [
         "fit",
-        "--config",
-        DEFAULT,
-        "--config",
-        str(ROOT / "configs" / "credit" / f"{credit}.yaml"),
-        "--model.model_path",
-        str(tiny_dir),
-        "--trainer.max_steps",
-        "2",
-        "--trainer.val_check_interval",
-        "2",
-        "--data.prompts_per_step",
-        "2",
-        "--data.group_size",
-        "4",
-        "--data.eval_size",
-        "6",
-        "--data.eval_k",
-        "2",
-        "--run_root",
-        str(tmp_path),
-        "--run_name",
-        credit,
-        "--run_version",
-        "v",
-        "--token_weights.every_n_steps",
-        "1",
-        "--checkpoint.every_n_train_steps",
-        "1",
-        # rewards that vary within groups even for a random model, so tokens receive credit
-        "--data.task",
-        "test_training.TextParity",
-        # beta reaches 0 at the second step: the teacher passes stop and training goes on as GRPO
-        "--beta_schedule.decay_steps",
-        "1",
+        *fit_args(
+            tiny_dir,
+            tmp_path,
+            credit,
+            f"credit/{credit}.yaml",
+            eval_size=6,
+            extra=[
+                "--trainer.val_check_interval",
+                "2",
+                "--token_weights.every_n_steps",
+                "1",
+                "--checkpoint.every_n_train_steps",
+                "1",
+                # rewards that vary within groups even for a random model, so tokens receive credit
+                "--data.task",
+                "test_training.TextParity",
+                # beta reaches 0 at the second step: the teacher passes stop and training goes on as GRPO
+                "--beta_schedule.decay_steps",
+                "1",
+            ],
+        ),
     ]
     cli_main(args)
     run = tmp_path / credit / "v"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fitargs import fit_args
 
 from cepo.logprobs import response_logits, token_logprobs
 from cepo.rollout.batch import pack
@@ -108,37 +109,13 @@ def test_failed_sync_is_detected(setup):
 
 def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
+    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3"]
     cmd = [
         sys.executable,
         "-m",
         "cepo.cli",
         "fit",
-        "--config",
-        str(ROOT / "configs" / "default.yaml"),
-        "--config",
-        str(ROOT / "configs" / "engine" / "vllm.yaml"),
-        "--model.model_path",
-        str(tiny_dir),
-        "--trainer.max_steps",
-        "3",
-        "--data.prompts_per_step",
-        "4",
-        "--data.group_size",
-        "4",
-        "--data.eval_size",
-        "8",
-        "--data.eval_k",
-        "2",
-        "--run_root",
-        str(tmp_path),
-        "--run_name",
-        "vllm",
-        "--run_version",
-        "v",
-        "--export_hf",
-        "false",
-        "--model.mismatch_stop",
-        "1e-3",
+        *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,0 +1,62 @@
+"""Shared pieces of the benchmark scripts: short timing runs and result files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timing_args(run_root: Path, run_name: str, run_version: str, steps: int, *overlays: str, eval_size: int = 10):
+    """``cepo fit`` arguments (after ``fit``) for a timing run of the built-in default plus
+    ``overlays`` (paths under ``configs/``): no base evaluation, no mid-run evaluation, no
+    checkpoints, no export, no token-weight logging."""
+    configs = [arg for overlay in overlays for arg in ("--config", str(ROOT / "configs" / overlay))]
+    return [
+        "--config",
+        str(ROOT / "configs" / "default.yaml"),
+        *configs,
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(10**6),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--token_weights.every_n_steps",
+        "0",
+        "--report_base",
+        "false",
+        "--export_hf",
+        "false",
+        "--data.eval_size",
+        str(eval_size),
+        "--data.eval_k",
+        "0",
+        "--checkpoint.every_n_train_steps",
+        str(10**6),
+        "--checkpoint.save_last",
+        "false",
+        "--run_root",
+        str(run_root),
+        "--run_name",
+        run_name,
+        "--run_version",
+        run_version,
+    ]
+
+
+def step_rows(metrics_csv: Path, keys: list[str]) -> list[dict[str, float]]:
+    """``time/<key>`` of every training step but the first (which pays one-off costs)."""
+    rows = list(csv.DictReader(open(metrics_csv)))
+    return [{k: float(r[f"time/{k}"]) for k in keys} for r in rows if r.get("time/total")][1:]
+
+
+def write_results(out: str | Path, name: str, payload: dict, md: str) -> None:
+    """Print the Markdown table and write ``<out>/<name>.json`` and ``<out>/<name>.md``."""
+    print(md)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{name}.md").write_text(md + "\n")
