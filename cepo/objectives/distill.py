@@ -107,7 +107,7 @@ class SelfDistillation(Objective):
         if chosen:
             active[list(chosen)] = True
         self.active = active
-        self._metrics = {"active_frac": float(active.float().mean())}
+        self._metrics["active_frac"] = float(active.float().mean())  # next to build_samples' metrics
         self._loss_sum, self._loss_tokens = 0.0, 0.0
 
     def token_loss(self, module, mb: MicroBatch) -> torch.Tensor:
@@ -334,12 +334,6 @@ class HDPO(SelfDistillation):
             for row in range(start, batch.num_rollouts)
             if bool(batch.correct[row])
         }
-
-    @torch.no_grad()
-    def prepare(self, module, batch: RolloutBatch, advantages: torch.Tensor) -> None:
-        kept = dict(self._metrics)
-        super().prepare(module, batch, advantages)
-        self._metrics.update(kept)
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return full_vocab_jsd(mb.logits[local], teacher_logits, self.b)
