@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from cepo import microbatch
 from cepo.advantages import group_advantages, zero_variance_groups
 from cepo.credit import CreditAssigner, CreditInputs, CreditOutput, Uniform
 from cepo.evaluation import EvalMetrics
@@ -75,7 +76,12 @@ class GRPOModule(L.LightningModule):
         loss_agg: ``token_mean`` over the mini-batch, or ``seq_mean``.
         advantage_scale: ``std`` (GRPO) or ``none`` (Dr.GRPO).
         num_minibatches: optimizer updates per rollout batch (the paper uses 2).
-        micro_batch_size: rollouts per forward pass (0: a whole mini-batch at once).
+        micro_batch_size: rollouts per forward pass (0: a whole mini-batch at once). Rows are
+            grouped by length and each pass is trimmed to its longest row (``cepo.microbatch``).
+        skip_zero_loss_rows: leave rows whose loss is identically zero (zero token advantages,
+            no KL, outside the objective's term) out of the forward/backward passes. The
+            gradient is unchanged; ``entropy`` and the clip and log-prob-gap statistics then
+            cover the trained rows only.
         grad_clip: max gradient norm (None: no clipping).
         kl_coef: coefficient of the k3 KL penalty to the initial policy (0: off).
         tis_cap: truncated importance-sampling correction for engine/trainer mismatch:
@@ -103,6 +109,7 @@ class GRPOModule(L.LightningModule):
         advantage_scale: Literal["std", "none"] = "std",
         num_minibatches: int = 1,
         micro_batch_size: int = 0,
+        skip_zero_loss_rows: bool = True,
         grad_clip: float | None = 1.0,
         kl_coef: float = 0.0,
         tis_cap: float | None = None,
@@ -220,18 +227,21 @@ class GRPOModule(L.LightningModule):
         save_tokenizer(self.tokenizer, path)
 
     # -- log-probs ---------------------------------------------------------------------
-    def _chunks(self, n: int, size: int) -> list[slice]:
-        size = size or n
-        if n == 0:
-            return []
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    def _plan(self, batch: RolloutBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Length-sorted micro-batches of ``rows`` (``micro_batch_size`` rows each)."""
+        return microbatch.plan(rows, batch.attention_mask, batch.response_start, self.hparams.micro_batch_size)
 
-    def policy_logits(self, batch: RolloutBatch, rows: slice | torch.Tensor) -> torch.Tensor:
-        """``[n, T, V]`` temperature-scaled logits of the current policy for ``rows``."""
+    def policy_logits(self, batch: RolloutBatch, rows: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """``[n, width, V]`` temperature-scaled logits of the current policy for ``rows``.
+
+        ``width`` response columns are computed (default all); columns past every row's
+        response are padding, so :func:`cepo.microbatch.response_width` is enough.
+        """
+        end = batch.input_ids.shape[1] if width is None else batch.response_start + width
         return response_logits(
             self.policy,
-            batch.input_ids[rows],
-            batch.attention_mask[rows],
+            batch.input_ids[rows, :end],
+            batch.attention_mask[rows, :end],
             batch.response_start,
             self.trainer.datamodule.sampling.temperature or 1.0,
         )
@@ -246,16 +256,17 @@ class GRPOModule(L.LightningModule):
         """
         out = torch.zeros(batch.response_mask.shape, device=self.device)
         index = torch.arange(batch.num_rollouts, device=self.device) if rows is None else rows
-        for chunk in self._chunks(index.numel(), self.hparams.micro_batch_size):
-            r = index[chunk]
+        start = batch.response_start
+        for r in self._plan(batch, index):
+            width = microbatch.response_width(batch.response_mask, r)
             logits = response_logits(
                 model or self.policy,
-                batch.input_ids[r],
-                batch.attention_mask[r],
-                batch.response_start,
+                batch.input_ids[r, : start + width],
+                batch.attention_mask[r, : start + width],
+                start,
                 self.trainer.datamodule.sampling.temperature or 1.0,
             )
-            out[r] = token_logprobs(logits, batch.input_ids[r, batch.response_start :])
+            out[r, :width] = token_logprobs(logits, batch.input_ids[r, start : start + width])
         return out
 
     # -- training ----------------------------------------------------------------------
@@ -356,6 +367,23 @@ class GRPOModule(L.LightningModule):
         local = float(mask.sum()) if self.hparams.loss_agg == "token_mean" else float(mask.shape[0])
         return self._global_sum(local) / self.trainer.world_size
 
+    def _loss_rows(self, mb: slice, token_adv: torch.Tensor, kl: bool) -> torch.Tensor:
+        """Indices of the rows of mini-batch ``mb`` whose loss is not identically zero.
+
+        A row with zero token advantages everywhere (a group whose rewards are all equal,
+        under every credit rule) and no KL or objective term contributes exactly zero
+        gradient; with ``skip_zero_loss_rows`` it is not run at all.
+        """
+        rows = torch.arange(mb.start, mb.stop, device=token_adv.device)
+        if not self.hparams.skip_zero_loss_rows or kl:
+            return rows
+        keep = token_adv[mb].ne(0).any(1)
+        if self.objective.pg_weight == 0:
+            keep = torch.zeros_like(keep)
+        if self.objective.active is not None:
+            keep |= self.objective.active[mb]
+        return rows[keep]
+
     def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
         """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
         hp = self.hparams
@@ -389,31 +417,31 @@ class GRPOModule(L.LightningModule):
             obj_normaliser = None  # the objective's term averages over its active rows' tokens
             if objective.active is not None:
                 obj_normaliser = self._normaliser(mb_mask[objective.active[mb]])
-            chunks = self._chunks(mb.stop - mb.start, hp.micro_batch_size)
+            chunks = self._plan(batch, self._loss_rows(mb, token_adv, ref_logprobs is not None))
             # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
-            # appended rows) run zero-loss backward passes to match the others
+            # appended or fewer loss-carrying rows) run zero-loss backward passes to match
             for _ in range(self._global_max(len(chunks)) - len(chunks)):
                 self.manual_backward(sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad))
             for rows in chunks:
-                rows = slice(mb.start + rows.start, mb.start + rows.stop)
-                m = batch.response_mask[rows]
-                logits = self.policy_logits(batch, rows)
-                logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :])
-                old = old_logprobs[rows] if old_logprobs is not None else logp.detach()
+                w = microbatch.response_width(batch.response_mask, rows)
+                m = batch.response_mask[rows, :w]
+                logits = self.policy_logits(batch, rows, w)
+                logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :][:, :w])
+                old = old_logprobs[rows, :w] if old_logprobs is not None else logp.detach()
                 tok_loss, st = clipped_surrogate(
                     logp,
                     old,
-                    token_adv[rows],
+                    token_adv[rows, :w],
                     m,
                     hp.eps_low,
                     hp.eps_high,
                     hp.c_dual,
-                    None if is_weight is None else is_weight[rows],
+                    None if is_weight is None else is_weight[rows, :w],
                 )
                 if objective.pg_weight != 1.0:
                     tok_loss = objective.pg_weight * tok_loss
                 if ref_logprobs is not None:
-                    kl = torch.where(m, k3_kl(logp, ref_logprobs[rows]), torch.zeros_like(logp))
+                    kl = torch.where(m, k3_kl(logp, ref_logprobs[rows, :w]), torch.zeros_like(logp))
                     tok_loss = tok_loss + hp.kl_coef * kl
                     sums["kl"] += float((kl.detach()).sum())
                 loss = aggregate(tok_loss, m, hp.loss_agg, normaliser)
@@ -432,7 +460,7 @@ class GRPOModule(L.LightningModule):
                     ent = token_entropy(logits.detach())
                     sums["entropy"] += float((ent * m).sum())
                     if batch.engine_logprobs is not None and old_logprobs is None:
-                        gap = (logp.detach() - batch.engine_logprobs[rows]).abs()
+                        gap = (logp.detach() - batch.engine_logprobs[rows, :w]).abs()
                         mismatch.append(gap[m])
             if hp.grad_clip is not None:
                 norm = torch.nn.utils.clip_grad_norm_(

@@ -32,8 +32,10 @@ class MicroBatch:
 
     Attributes:
         batch: the (possibly extended) rollout batch.
-        rows: the micro-batch's rows of ``batch``.
-        logits: ``[n, T, V]`` temperature-scaled student logits (carry grad).
+        rows: ``[n]`` indices of the micro-batch's rows in ``batch`` (grouped by length, not
+            necessarily ascending or contiguous).
+        logits: ``[n, T, V]`` temperature-scaled student logits (carry grad); ``T`` is the
+            micro-batch's longest response, at most the batch's response width.
         logp: ``[n, T]`` student log-probs of the sampled tokens (carry grad).
         old_logp: ``[n, T]`` log-probs of the policy that sampled (no grad).
         mask: ``[n, T]`` bool response tokens.
@@ -41,7 +43,7 @@ class MicroBatch:
     """
 
     batch: RolloutBatch
-    rows: slice
+    rows: torch.Tensor
     logits: torch.Tensor
     logp: torch.Tensor
     old_logp: torch.Tensor

@@ -112,10 +112,11 @@ class SelfDistillation(Objective):
 
     def token_loss(self, module, mb: MicroBatch) -> torch.Tensor:
         out = torch.zeros_like(mb.logp)
-        rows = [r for r in range(mb.rows.start, mb.rows.stop) if r in self._contexts]
-        if not rows or self.weight == 0:
+        picked = [(i, r) for i, r in enumerate(mb.rows.tolist()) if r in self._contexts]
+        if not picked or self.weight == 0:
             return out
-        local = torch.tensor([r - mb.rows.start for r in rows], device=out.device)
+        local = torch.tensor([i for i, _ in picked], device=out.device)
+        rows = [r for _, r in picked]
         teacher = self.teacher.logits(
             [self._contexts[r] for r in rows], [mb.batch.response_ids[r] for r in rows], mb.temperature
         )

@@ -1,0 +1,58 @@
+"""Micro-batch planning: which rows go through one forward pass together, and how wide it is.
+
+The trainer's forward and backward passes are compute-bound on the sequence tokens they are
+given, padding included. Rows of one rollout batch differ in length (a few rollouts run to
+``max_new_tokens`` while most stop early), so grouping rows of similar length and trimming each
+micro-batch to its own longest row removes most of the padding. Rows whose loss is identically
+zero (a zero token advantage everywhere and no other loss term) can be left out altogether:
+their gradient is exactly zero.
+
+None of this changes the gradient of a mini-batch: the loss is a sum over rows whose
+normaliser is computed from the masks of the whole mini-batch, not from the micro-batches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def row_lengths(attention_mask: torch.Tensor, response_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([N] prompt lengths, [N] response lengths)`` of ``[left-padded prompt | response]`` rows."""
+    prompt = attention_mask[:, :response_start].sum(1)
+    response = attention_mask[:, response_start:].sum(1)
+    return prompt, response
+
+
+def plan(
+    rows: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    size: int,
+    sort: bool = True,
+) -> list[torch.Tensor]:
+    """Split ``rows`` into micro-batches of at most ``size`` rows (0: one micro-batch).
+
+    Args:
+        rows: ``[n]`` row indices to run (e.g. the rows of a mini-batch that carry a loss).
+        attention_mask: ``[N, L]`` the batch's attention mask.
+        response_start: column where responses begin.
+        size: rows per micro-batch (0: all of ``rows`` at once).
+        sort: order rows by total length first so that each micro-batch pads little.
+
+    Returns:
+        ``[n_i]`` index tensors covering ``rows`` exactly once.
+    """
+    if rows.numel() == 0:
+        return []
+    if sort:
+        prompt, response = row_lengths(attention_mask[rows], response_start)
+        rows = rows[torch.argsort(prompt + response, stable=True)]
+    size = size or rows.numel()
+    return list(torch.split(rows, size))
+
+
+def response_width(response_mask: torch.Tensor, index: torch.Tensor) -> int:
+    """Response columns the rows ``index`` need (their longest response; at least 1)."""
+    if index.numel() == 0:
+        return 1
+    return max(int(response_mask[index].sum(1).max()), 1)
