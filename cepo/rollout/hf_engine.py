@@ -1,10 +1,11 @@
-"""Rollouts with transformers ``generate`` on the live policy (no copy, no weight transfer)."""
+"""Rollouts on the live policy with transformers (no copy, no weight transfer)."""
 
 from __future__ import annotations
 
 import torch
 
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
+from cepo.rollout.sampler import sample
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,10 +27,14 @@ class HFEngine(RolloutEngine):
 
     Args:
         batch_size: prompts per ``generate`` call (bounds memory; 0 = all at once).
+        compact: decode with :func:`cepo.rollout.sampler.sample`, which drops rows from the
+            batch as they finish (same draws as ``generate``, fewer tokens computed); False,
+            or stop strings in the sampling settings, use ``model.generate``.
     """
 
-    def __init__(self, batch_size: int = 0) -> None:
+    def __init__(self, batch_size: int = 0, compact: bool = True) -> None:
         self.batch_size = batch_size
+        self.compact = compact
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
         self._calls = 0
@@ -71,6 +76,20 @@ class HFEngine(RolloutEngine):
         for start in range(0, len(prompt_ids), step):
             chunk = prompt_ids[start : start + step]
             ids, mask = left_pad(chunk, tok.pad_token_id)
+            if self.compact and not sampling.stop:
+                gen = torch.Generator(device=device).manual_seed(sampling.seed + self._calls)
+                self._calls += 1
+                rows, lps = sample(
+                    policy,
+                    ids.repeat_interleave(n, 0).to(device),
+                    mask.repeat_interleave(n, 0).to(device),
+                    sampling,
+                    tok.eos_token_id,
+                    gen,
+                )
+                responses += rows
+                logprobs += lps or []
+                continue
             # transformers samples from the global RNG: seed it per call so runs repeat, inside a
             # fork so the rest of the run (data order, ...) keeps its own stream.
             with torch.random.fork_rng(devices=[]):
