@@ -1,5 +1,7 @@
 """Rollout throughput and peak memory of the transformers and vLLM engines, side by side.
 
+Engines: ``hf`` (``HFEngine`` with cepo's row-dropping sampling loop, the default),
+``hf-generate`` (``HFEngine(compact=False)``: transformers ``generate``) and ``vllm``.
 For each model (the built-in ~1M base and a ~25M random Llama of the same family) and each
 engine, a fresh subprocess generates the same prompts with the same sampling and reports
 response tokens per second and its peak resident memory; then a short GRPO ``cepo fit`` with
@@ -25,6 +27,12 @@ from pathlib import Path
 from common import step_rows, timing_args, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
+# engine name -> (config overlay, extra `cepo fit` flags)
+ENGINES = {
+    "hf": ("engine/hf.yaml", []),  # cepo's row-dropping sampling loop
+    "hf-generate": ("engine/hf.yaml", ["--data.engine.init_args.compact", "false"]),  # model.generate
+    "vllm": ("engine/vllm.yaml", []),
+}
 MODELS = {
     "tiny-1M": {},
     "llama-25M": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376),
@@ -60,7 +68,7 @@ def child(engine: str, path: str, prompts: int, n: int, max_new: int) -> None:
     else:
         from cepo.rollout.hf_engine import HFEngine
 
-        eng = HFEngine()
+        eng = HFEngine(compact=engine == "hf")
     eng.setup(policy, tok, path)
     eng.sync_weights(policy, 0)
     ids = [tok(e.prompt, add_special_tokens=False).input_ids for e in Arithmetic().split("val")[:prompts]]
@@ -93,13 +101,15 @@ def measure(engine: str, path: str, a) -> dict:
 
 
 def step_time(engine: str, path: str, steps: int, prompts: int, tmp: Path) -> float | str:
-    args = timing_args(tmp, engine, Path(path).name, steps, f"engine/{engine}.yaml", eval_size=4)
+    overlay, extra = ENGINES[engine]
+    args = timing_args(tmp, engine, Path(path).name, steps, overlay, eval_size=4)
     cmd = [
         sys.executable,
         "-m",
         "cepo.cli",
         "fit",
         *args,
+        *extra,
         "--model.model_path",
         path,
         "--data.prompts_per_step",
@@ -128,7 +138,7 @@ def main() -> None:
         return
     from cepo.rollout.vllm_engine import vllm_available
 
-    engines = ["hf"] + (["vllm"] if vllm_available()[0] else [])
+    engines = ["hf", "hf-generate"] + (["vllm"] if vllm_available()[0] else [])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -35,17 +35,11 @@ class LoraSettings:
 
 
 def resolve_model_path(model_path: str) -> str:
-    """``builtin`` (or ``builtin:<recipe>``) becomes the cached warm-up folder (built on first
-    use); anything else must be a model folder."""
-    if model_path == BUILTIN or model_path.startswith(BUILTIN + ":"):
-        from cepo.warmup import builtin_base, recipe
+    """``builtin`` becomes the cached warm-up folder (built on first use); else the path."""
+    if model_path == BUILTIN:
+        from cepo.warmup import builtin_base
 
-        name = model_path.partition(":")[2] or None
-        try:
-            cfg = recipe(name)
-        except ValueError as e:
-            raise ValueError(f"model.model_path: {e}") from None
-        return str(builtin_base(cfg))
+        return str(builtin_base())
     if not Path(model_path).is_dir():
         raise FileNotFoundError(
             f"model.model_path: {model_path!r} is not a folder (cepo never downloads weights; "

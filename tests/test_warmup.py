@@ -1,20 +1,18 @@
-"""The built-in base: warm-up recipes, the cache key, the schedule, and a short real run."""
+"""The built-in base: the cache key, the learning-rate schedule, and a short real run."""
 
 import json
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cepo.policy import resolve_model_path
-from cepo.warmup import RECIPES, WarmupConfig, builtin_base, lr_factor, recipe, warmup_key
+from cepo.warmup import WarmupConfig, builtin_base, lr_factor, warmup_key
 
 
-def test_published_base_keeps_its_cache_key():
-    # experiments/README.md's tables were measured on base-60ab4eb45adb: recipe v1 must still
-    # name (and so rebuild) exactly that folder
-    assert warmup_key(recipe("v1")) == "60ab4eb45adb"
-    assert warmup_key(recipe()) != warmup_key(recipe("v1"))
-    assert len({warmup_key(c) for c in RECIPES.values()}) == len(RECIPES)
+def test_default_base_keeps_its_cache_key():
+    # experiments/README.md's tables were measured on base-60ab4eb45adb: settings added since
+    # must leave the default's key (its cache folder) unchanged
+    assert warmup_key(WarmupConfig()) == "60ab4eb45adb"
+    assert warmup_key(WarmupConfig(lr_decay_steps=550)) != warmup_key(WarmupConfig())
 
 
 def test_lr_factor_ramps_then_decays_to_a_tenth():
@@ -25,11 +23,6 @@ def test_lr_factor_ramps_then_decays_to_a_tenth():
     assert lr_factor(cfg, 109) == lr_factor(cfg, 500) == pytest.approx(0.1)
     constant = WarmupConfig(lr_warmup_steps=10, lr_decay_steps=0)
     assert lr_factor(constant, 500) == 1.0
-
-
-def test_unknown_recipe_names_the_field():
-    with pytest.raises(ValueError, match="model.model_path.*v9.*known: v1, v2"):
-        resolve_model_path("builtin:v9")
 
 
 def test_short_warmup_writes_a_loadable_cached_base(tmp_path, monkeypatch):
