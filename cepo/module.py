@@ -81,7 +81,7 @@ class GRPOModule(L.LightningModule):
         skip_zero_loss_rows: leave rows whose loss is identically zero (zero token advantages,
             no KL, outside the objective's term) out of the forward/backward passes. The
             gradient is unchanged; ``entropy`` and the clip and log-prob-gap statistics then
-            cover the trained rows only.
+            cover the trained rows only (a step that trains no row logs none of them).
         grad_clip: max gradient norm (None: no clipping).
         kl_coef: coefficient of the k3 KL penalty to the initial policy (0: off).
         tis_cap: truncated importance-sampling correction for engine/trainer mismatch:
@@ -419,8 +419,9 @@ class GRPOModule(L.LightningModule):
                 obj_normaliser = self._normaliser(mb_mask[objective.active[mb]])
             chunks = self._plan(batch, self._loss_rows(mb, token_adv, ref_logprobs is not None))
             # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
-            # appended or fewer loss-carrying rows) run zero-loss backward passes to match
-            for _ in range(self._global_max(len(chunks)) - len(chunks)):
+            # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
+            # an update with no loss-carrying row anywhere still runs one
+            for _ in range(max(self._global_max(len(chunks)), 1) - len(chunks)):
                 self.manual_backward(sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad))
             for rows in chunks:
                 w = microbatch.response_width(batch.response_mask, rows)
@@ -475,16 +476,10 @@ class GRPOModule(L.LightningModule):
         if batch.engine_logprobs is not None and old_logprobs is not None:
             mismatch = [(old_logprobs - batch.engine_logprobs).abs()[batch.response_mask]]
         updates = k
-        tokens_seen = max(tokens_seen, 1.0)
-        out = {
-            "loss": sums["loss"] / updates,
-            "clip_frac": sums["clip_frac"] / tokens_seen,
-            "dual_clip_frac": sums["dual_clip_frac"] / tokens_seen,
-            "entropy": sums["entropy"] / tokens_seen,
-            "grad_norm": sums["grad_norm"] / updates,
-        }
-        if ref_logprobs is not None:
-            out["kl"] = sums["kl"] / tokens_seen
+        out = {"loss": sums["loss"] / updates, "grad_norm": sums["grad_norm"] / updates}
+        if tokens_seen:  # per-token statistics of the trained rows (none: not logged)
+            for key in ("clip_frac", "dual_clip_frac", "entropy") + (("kl",) if ref_logprobs is not None else ()):
+                out[key] = sums[key] / tokens_seen
         if mismatch:
             gaps = torch.cat(mismatch)
             out["logprob_gap_mean"] = float(gaps.mean()) if gaps.numel() else 0.0

@@ -5,6 +5,7 @@ the whole module: vLLM keeps process-global state, and deleting one engine break
 """
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,8 @@ def test_failed_sync_is_detected(setup):
 
 def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
-    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3"]
+    # rewards that vary within a group, so every step trains rows and the weights really move
+    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3", "--data.task", "test_training.TextParity"]
     cmd = [
         sys.executable,
         "-m",
@@ -117,7 +119,8 @@ def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
         "fit",
         *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     import csv
 
