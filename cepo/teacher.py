@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from cepo import microbatch
 from cepo.credit.base import CreditAssigner, CreditInputs
 from cepo.logprobs import response_logits, token_logprobs
 from cepo.rollout.batch import RolloutBatch, pack
@@ -80,7 +81,8 @@ class TeacherPass:
             as ``theta_T <- (1-tau) theta_T + tau theta_S`` every step).
         sync_every: refresh period of ``synced`` weights, in rollout steps.
         ema_tau: EMA rate of ``ema`` weights.
-        micro_batch_size: rows per teacher forward (0: both teachers in one pass).
+        micro_batch_size: rows per teacher forward, grouped by length and trimmed to the
+            longest (``cepo.microbatch``; 0: both teachers in one pass).
         raw_template: the ``raw`` format string (``{prompt}``, ``{feedback}``).
         hint_template: the ``hint`` format string.
     """
@@ -93,7 +95,7 @@ class TeacherPass:
         weights: Literal["live", "base", "synced", "ema"] = "live",
         sync_every: int = 25,
         ema_tau: float = 0.05,
-        micro_batch_size: int = 0,
+        micro_batch_size: int = 64,
         raw_template: str = RAW_TEMPLATE,
         hint_template: str = HINT_TEMPLATE,
     ) -> None:
@@ -191,12 +193,12 @@ class TeacherPass:
         """``[M, T]`` log-probs of each response after its context (0 past its end)."""
         ids, attn, start, mask = self._pack(contexts, responses)
         out = torch.zeros(mask.shape, device=mask.device)
-        step = self.micro_batch_size or len(contexts)
         with self._weights_context():
-            for s in range(0, len(contexts), step):
-                rows = slice(s, s + step)
-                logits = response_logits(self._model(), ids[rows], attn[rows], start, temperature)
-                out[rows] = token_logprobs(logits, ids[rows, start:])
+            for rows, w in self._plan(attn, start, mask):
+                logits = response_logits(
+                    self._model(), ids[rows, : start + w], attn[rows, : start + w], start, temperature
+                )
+                out[rows, :w] = token_logprobs(logits, ids[rows, start : start + w])
         return torch.where(mask, out, torch.zeros_like(out))
 
     @torch.no_grad()
@@ -204,14 +206,22 @@ class TeacherPass:
         """``[M, T, V]`` temperature-scaled teacher logits at each response's positions (full
         vocabulary, for distillation objectives; 0 past a response's end)."""
         ids, attn, start, mask = self._pack(contexts, responses)
-        step = self.micro_batch_size or len(contexts)
-        parts = []
+        out = None
         with self._weights_context():
-            for s in range(0, len(contexts), step):
-                rows = slice(s, s + step)
-                parts.append(response_logits(self._model(), ids[rows], attn[rows], start, temperature).float())
-        out = torch.cat(parts)
+            for rows, w in self._plan(attn, start, mask):
+                part = response_logits(
+                    self._model(), ids[rows, : start + w], attn[rows, : start + w], start, temperature
+                )
+                if out is None:
+                    out = torch.zeros(*mask.shape, part.shape[-1], device=mask.device)
+                out[rows, :w] = part.float()
         return torch.where(mask[..., None], out, torch.zeros_like(out))
+
+    def _plan(self, attn: torch.Tensor, start: int, mask: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """Micro-batches of the packed rows, grouped by length, with their response widths."""
+        index = torch.arange(attn.shape[0], device=attn.device)
+        chunks = microbatch.plan(index, attn, start, self.micro_batch_size)
+        return [(rows, microbatch.response_width(mask, rows)) for rows in chunks]
 
     def _pack(self, contexts: list[list[int]], responses: list[list[int]]):
         ids, attn, start, mask = pack(contexts, responses, self.tokenizer.pad_token_id)

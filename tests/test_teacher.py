@@ -139,3 +139,28 @@ def test_subset_of_rows_with_shorter_responses(tiny_model):
     assert inputs.pos_logprobs.shape == batch.response_mask.shape
     assert torch.equal(inputs.pos_logprobs[1], torch.zeros(batch.response_mask.shape[1]))
     assert inputs.pos_logprobs[0, :2].ne(0).all()
+
+
+def test_length_grouped_teacher_passes_equal_one_pass(tiny_model):
+    """Micro-batches grouped by length and trimmed give the same scores and logits as one pass."""
+    model, tok = tiny_model
+    contexts = [tok(t, add_special_tokens=False).input_ids for t in ("1+2= 3", "12+30-4= 38", "7= 7", "5+5= 10")]
+    responses = [tok(t, add_special_tokens=False).input_ids for t in (" 3", " 42-4 = 38 and more", " 7", " 10 =")]
+    whole, grouped = TeacherPass(micro_batch_size=0), TeacherPass(micro_batch_size=2)
+    for t in (whole, grouped):
+        t.setup(model, tok)
+    a, b = whole.score(contexts, responses), grouped.score(contexts, responses)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    assert bool((a != 0).any(1).all())  # every row was scored
+    la, lb = whole.logits(contexts, responses, 0.7), grouped.logits(contexts, responses, 0.7)
+    assert la.shape == lb.shape and torch.allclose(la, lb, atol=1e-5)
+    # the two longest rows share a pass; the short ones are trimmed to their own width
+    assert [(r.tolist(), w) for r, w in grouped._plan(*_packed(grouped, contexts, responses))] == [
+        ([2, 0], 2),
+        ([3, 1], 19),  # " 42-4 = 38 and more" is 19 characters
+    ]
+
+
+def _packed(teacher, contexts, responses):
+    ids, attn, start, mask = teacher._pack(contexts, responses)
+    return attn, start, mask
