@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +63,17 @@ def write_results(out: str | Path, name: str, payload: dict, md: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (out / f"{name}.md").write_text(md + "\n")
+
+
+def alternate(names: list, rounds: int, stages: list[str], run: Callable[[object, Path, str], list[dict]]) -> dict:
+    """Mean seconds per stage of each variant, measured side by side.
+
+    ``run(name, tmp_dir, tag)`` runs one variant and returns its step rows (``step_rows``); the
+    variants alternate (A B A B ...) for ``rounds`` rounds so machine noise hits them alike.
+    """
+    samples: dict = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for n in names:
+                samples[n] += run(n, Path(tmp), f"round{r}")
+    return {n: {s: statistics.mean(x[s] for x in rows) for s in stages} for n, rows in samples.items()}

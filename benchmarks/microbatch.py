@@ -14,12 +14,10 @@ one process so machine noise hits both alike. Prints a table and writes it to
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 from pathlib import Path
 
 import torch
-from common import step_rows, timing_args, write_results
+from common import alternate, step_rows, timing_args, write_results
 
 from cepo.cli import cli_main
 
@@ -44,13 +42,12 @@ def main() -> None:
     p.add_argument("extra", nargs="*", help="extra `cepo fit` flags, after --")
     a = p.parse_args()
     flags = variants(a.micro)
-    samples: dict[str, list[dict[str, float]]] = {v: [] for v in flags}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            for name, extra in flags.items():
-                cli_main(["fit", *timing_args(Path(tmp), name, f"round{r}", a.steps), *extra, *a.extra])
-                samples[name] += step_rows(Path(tmp) / name / f"round{r}" / "metrics.csv", STAGES)
-    table = {v: {s: statistics.mean(x[s] for x in rows) for s in STAGES} for v, rows in samples.items()}
+
+    def run(name: str, tmp: Path, tag: str) -> list[dict[str, float]]:
+        cli_main(["fit", *timing_args(tmp, name, tag, a.steps), *flags[name], *a.extra])
+        return step_rows(tmp / name / tag / "metrics.csv", STAGES)
+
+    table = alternate(list(flags), a.rounds, STAGES, run)
     lines = [
         "| variant | " + " | ".join(f"{s} (s/step)" for s in STAGES) + " | train speed-up | step speed-up |",
         "|---" * (len(STAGES) + 3) + "|",

@@ -11,12 +11,10 @@ Prints a table of seconds per stage and the ratio to uniform, and writes it to
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 from pathlib import Path
 
 import torch
-from common import step_rows, timing_args, write_results
+from common import alternate, step_rows, timing_args, write_results
 
 from cepo.cli import cli_main
 
@@ -47,12 +45,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("extra", nargs="*", help="extra `cepo fit` flags, after --")
     a = p.parse_args()
-    samples: dict[str, list[dict[str, float]]] = {c: [] for c in a.credits}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            for c in a.credits:
-                samples[c] += run_once(c, a.steps, Path(tmp), f"round{r}", a.extra)
-    table = {c: {s: statistics.mean(x[s] for x in v) for s in STAGES} for c, v in samples.items()}
+    table = alternate(a.credits, a.rounds, STAGES, lambda c, tmp, tag: run_once(c, a.steps, tmp, tag, a.extra))
     base = table[a.credits[0]]["total"]
     lines = [
         "| credit | " + " | ".join(f"{s} (s)" for s in STAGES) + f" | x {a.credits[0]} |",

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from common import step_rows, timing_args, write_results
+from common import alternate, step_rows, timing_args, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["generate", "train", "total"]
@@ -38,12 +36,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args()
-    samples: dict[int, list[dict[str, float]]] = {t: [] for t in a.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            for t in a.threads:
-                samples[t] += run_once(t, a.steps, Path(tmp), f"round{r}")
-    table = {t: {s: statistics.mean(x[s] for x in v) for s in STAGES} for t, v in samples.items()}
+    table = alternate(a.threads, a.rounds, STAGES, lambda t, tmp, tag: run_once(t, a.steps, tmp, tag))
     base = table[a.threads[0]]["total"]
     lines = [
         "| threads | " + " | ".join(f"{s} (s/step)" for s in STAGES) + f" | speed-up vs {a.threads[0]} |",

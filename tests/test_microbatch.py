@@ -4,12 +4,11 @@ leave the gradient exactly as it was."""
 import lightning as L
 import pytest
 import torch
-from test_training import TextParity, trainer
+from test_training import TextParity, one_sgd_step
 
 from cepo import microbatch
 from cepo.credit import Contrastive, Uniform
 from cepo.module import GRPOModule
-from cepo.rollout.datamodule import RolloutDataModule
 
 
 def test_plan_covers_rows_once_grouped_by_length():
@@ -44,22 +43,7 @@ class HalfConstant(TextParity):
 
 
 def _one_step(tmp_path, tiny_dir, credit, micro_batch_size, skip):
-    L.seed_everything(0)
-    module = GRPOModule(
-        model_path=str(tiny_dir),
-        credit=credit,
-        micro_batch_size=micro_batch_size,
-        skip_zero_loss_rows=skip,
-        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
-        grad_clip=None,
-    )
-    data = RolloutDataModule(
-        task=HalfConstant(train_size=200, val_size=8, test_size=8),
-        prompts_per_step=8,
-        group_size=4,
-        eval_size=8,
-        eval_k=0,
-    )
+    """One SGD step; also returns how many rows went through grad-enabled forward passes."""
     trained_rows = []
 
     class Count(L.Callback):
@@ -70,10 +54,16 @@ def _one_step(tmp_path, tiny_dir, credit, micro_batch_size, skip):
 
             pl_module.policy.register_forward_pre_hook(hook, with_kwargs=True)
 
-    tr = trainer(tmp_path, steps=1)
-    tr.callbacks.append(Count())
-    tr.fit(module, datamodule=data)
-    state = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
+    state, module = one_sgd_step(
+        tmp_path,
+        tiny_dir,
+        task=HalfConstant(train_size=200, val_size=8, test_size=8),
+        prompts=8,
+        callbacks=[Count()],
+        credit=credit,
+        micro_batch_size=micro_batch_size,
+        skip_zero_loss_rows=skip,
+    )
     return state, sum(trained_rows), module
 
 

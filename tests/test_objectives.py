@@ -3,12 +3,11 @@ prompts, and exact gradient accumulation through the module."""
 
 import math
 
-import lightning as L
 import pytest
 import torch
 from fitargs import fit_args
 from test_teacher import make_batch
-from test_training import TextParity, trainer
+from test_training import TextParity, one_sgd_step, trainer
 
 from cepo.cli import cli_main
 from cepo.credit import Contrastive, CreditInputs
@@ -235,23 +234,15 @@ def test_bad_settings_name_the_field(make, match):
 
 # -- through the module ---------------------------------------------------------------------
 def _one_step(tmp_path, tiny_dir, objective, micro_batch_size, group_size=4):
-    L.seed_everything(0)
-    module = GRPOModule(
-        model_path=str(tiny_dir),
+    prompts = 8 if group_size == 2 else 2
+    return one_sgd_step(
+        tmp_path,
+        tiny_dir,
+        prompts=prompts,
+        group_size=group_size,
         objective=objective,
         micro_batch_size=micro_batch_size,
-        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
-        grad_clip=None,
     )
-    data = RolloutDataModule(
-        task=TextParity(train_size=200, val_size=8, test_size=8),
-        prompts_per_step=8 if group_size == 2 else 2,
-        group_size=group_size,
-        eval_size=8,
-        eval_k=0,
-    )
-    trainer(tmp_path, steps=1).fit(module, datamodule=data)
-    return {k: v.detach().clone() for k, v in module.policy.state_dict().items()}, module
 
 
 @pytest.mark.parametrize(

@@ -58,13 +58,37 @@ def trainer(tmp_path, steps):
     )
 
 
+def one_sgd_step(tmp_path, tiny_dir, task=None, prompts=2, group_size=4, callbacks=(), **module_kw):
+    """One rollout step of plain SGD (lr 1, no clipping), for exact gradient comparisons.
+
+    Returns the policy's state dict after the step, and the module.
+    """
+    L.seed_everything(0)
+    module = GRPOModule(
+        model_path=str(tiny_dir), optimizer=lambda p: torch.optim.SGD(p, lr=1.0), grad_clip=None, **module_kw
+    )
+    data = RolloutDataModule(
+        task=task or TextParity(train_size=200, val_size=8, test_size=8),
+        prompts_per_step=prompts,
+        group_size=group_size,
+        eval_size=8,
+        eval_k=0,
+    )
+    tr = trainer(tmp_path, steps=1)
+    tr.callbacks.extend(callbacks)
+    tr.fit(module, datamodule=data)
+    return {k: v.detach().clone() for k, v in module.policy.state_dict().items()}, module
+
+
 @pytest.mark.parametrize("num_minibatches", [1, 2])
 def test_rollouts_are_on_policy(tmp_path, tiny_dir, num_minibatches):
+    L.seed_everything(0)  # data order and rewards must not depend on the tests that ran before
     engine = RecordingEngine()
     module = GRPOModule(
         model_path=str(tiny_dir),
         num_minibatches=num_minibatches,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
+        # weight decay moves the weights at every update, even one whose groups all tie
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.5, weight_decay=0.1),
     )
     seen = []
 
