@@ -106,7 +106,7 @@ def step_time(engine: str, path: str, steps: int, prompts: int, tmp: Path) -> fl
     cmd = [
         sys.executable,
         "-m",
-        "cepo.cli",
+        "cepo",
         "fit",
         *args,
         *extra,

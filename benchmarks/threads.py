@@ -23,9 +23,9 @@ STAGES = ["generate", "train", "total"]
 
 
 def run_once(threads: int, steps: int, root: Path, tag: str) -> list[dict[str, float]]:
-    cmd = [sys.executable, "-m", "cepo.cli", "fit", *timing_args(root, f"t{threads}", tag, steps)]
+    cmd = [sys.executable, "-m", "cepo", "fit", *timing_args(root, f"t{threads}", tag, steps)]
     env = {**os.environ, "CEPO_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    subprocess.run(cmd, env=env, check=True, capture_output=True)  # cepo.cli.main reads CEPO_NUM_THREADS
+    subprocess.run(cmd, env=env, check=True, capture_output=True)  # cepo.__main__ reads CEPO_NUM_THREADS
     return step_rows(root / f"t{threads}" / tag / "metrics.csv", STAGES)
 
 

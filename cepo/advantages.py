@@ -1,4 +1,4 @@
-"""Group-relative advantages (ALGORITHMS.md §1).
+"""Group-relative advantages (docs/algorithms.md §1).
 
 Rollouts are laid out group-major: the ``G`` samples of prompt ``p`` sit at rows
 ``p*G .. p*G+G-1``. Every function here is pure and works on detached tensors.

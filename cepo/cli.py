@@ -1,4 +1,5 @@
-"""The ``cepo`` command: LightningCLI ``fit``/``validate``, plus ``warmup`` and ``sweep``.
+"""LightningCLI for ``cepo fit`` / ``cepo validate`` (the ``cepo`` command dispatches here, see
+``cepo/__main__.py``).
 
 ``cepo fit --config configs/default.yaml [--config configs/credit/contrastive.yaml] [--key value]``
 composes YAML files left to right; later files and flags override earlier ones.
@@ -7,22 +8,15 @@ composes YAML files left to right; later files and flags override earlier ones.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 import time
-import warnings
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from cepo.callbacks import BetaSchedule, TokenWeightLogger
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
-
-log = logging.getLogger("cepo")
 
 
 class CepoCLI(LightningCLI):
@@ -139,28 +133,3 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
         subclass_mode_model=False,
         auto_configure_optimizers=False,
     )
-
-
-def main() -> None:
-    """``cepo`` console script."""
-    # One intra-op thread per process: on 2 cores, two threads ran 10-30x slower under load.
-    torch.set_num_threads(int(os.environ.get("CEPO_NUM_THREADS", "1")))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Checkpoints are taken after the step's optimizer updates, which is what cepo wants.
-    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-    argv = sys.argv[1:]
-    if argv and argv[0] == "warmup":
-        from cepo.warmup import warmup_main
-
-        warmup_main(argv[1:])
-        return
-    if argv and argv[0] == "sweep":
-        from cepo.sweep import sweep_main
-
-        sweep_main(argv[1:])
-        return
-    cli_main(None)  # LightningCLI reads sys.argv itself
-
-
-if __name__ == "__main__":
-    main()

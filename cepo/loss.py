@@ -1,4 +1,4 @@
-"""The clipped policy-gradient surrogate (ALGORITHMS.md §1).
+"""The clipped policy-gradient surrogate (docs/algorithms.md §1).
 
 Pure functions over ``[N, T]`` tensors. ``mask`` marks response tokens. The caller picks
 the normaliser so that gradient accumulation over micro-batches reproduces the gradient

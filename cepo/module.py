@@ -3,8 +3,8 @@
 One training step is one rollout batch (from :class:`~cepo.rollout.datamodule.RolloutDataModule`):
 
 1. group advantages ``A_i`` from the verified rewards (``cepo.advantages``);
-2. token advantages from the pluggable :class:`~cepo.credit.CreditAssigner`, after the
-   teacher passes it asks for (``cepo.teacher``);
+2. token advantages from the pluggable :class:`~cepo.credit.CreditAssigner`, from the
+   evidence it asks for (``cepo.evidence``: student log-probs, entropies, teacher passes);
 3. ``num_minibatches`` optimizer updates of the clipped surrogate (``cepo.loss``), each
    accumulated over micro-batches so that the gradient equals the full mini-batch's.
 
@@ -15,38 +15,29 @@ counts optimizer updates; :attr:`GRPOModule.rl_step` counts rollout batches.
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from cepo import microbatch
-from cepo.advantages import group_advantages, zero_variance_groups
-from cepo.credit import CreditAssigner, CreditInputs, CreditOutput, Uniform
+from cepo import distributed, evidence
+from cepo.advantages import group_advantages
+from cepo.credit import CreditAssigner, MixedCredit
+from cepo.credit.uniform import Uniform
 from cepo.evaluation import EvalMetrics
-from cepo.logprobs import response_logits, token_entropy, token_logprobs
+from cepo.evidence import CreditRecord
+from cepo.logprobs import token_entropy, token_logprobs
+from cepo.lora import LoraSettings
 from cepo.loss import aggregate, clipped_surrogate, k3_kl
 from cepo.objectives import MicroBatch, Objective
-from cepo.policy import LoraSettings, is_peft, load_policy
+from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
-from cepo.teacher import TeacherPass
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class CreditRecord:
-    """The last step's credit assignment, kept for callbacks (token-weight logging)."""
-
-    batch: RolloutBatch
-    inputs: CreditInputs
-    output: CreditOutput
-    credit: CreditAssigner
+from cepo.scoring import Scorer
+from cepo.step_stats import UpdateStats, check_mismatch, step_metrics
+from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
+from cepo.warmup import resolve_model_path
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -61,7 +52,10 @@ class GRPOModule(L.LightningModule):
             arithmetic base (made by the cached supervised warm-up on first use).
         credit: the credit rule (``Uniform`` = GRPO, ``EvidenceRatio`` = RLSD,
             ``Contrastive`` = CEPO, or any :class:`~cepo.credit.CreditAssigner`).
-        teacher: how teacher contexts and weights are built for rules that need them.
+        teacher: the teacher contexts (``c+``/``c-``, template, feedback) of rules that read
+            teacher evidence.
+        teacher_weights: the weights the teachers run with (``cepo.teacher.Live``, default;
+            ``Base``, ``Synced``, ``EMA``).
         objective: loss terms and samples beyond the clipped surrogate (``cepo.objectives``:
             OPSD, SDPO, HDPO, CIPO); default none, i.e. the surrogate alone.
         optimizer: optimizer factory (default AdamW, lr 1e-4, weight decay 0.01).
@@ -70,14 +64,15 @@ class GRPOModule(L.LightningModule):
             (``auto``: LoRA from 50M parameters up, so the tiny built-in model trains fully).
         lora_settings: LoRA rank, alpha, dropout and target modules.
         dtype: parameter dtype, ``float32`` or ``bfloat16`` (GPU).
-        eps_low: lower ratio clip bound (ALGORITHMS §1).
+        eps_low: lower ratio clip bound (docs/algorithms.md §1).
         eps_high: upper ratio clip bound.
         c_dual: dual-clip constant for negative advantages (None disables it).
         loss_agg: ``token_mean`` over the mini-batch, or ``seq_mean``.
         advantage_scale: ``std`` (GRPO) or ``none`` (Dr.GRPO).
         num_minibatches: optimizer updates per rollout batch (the paper uses 2).
-        micro_batch_size: rollouts per forward pass (0: a whole mini-batch at once). Rows are
-            grouped by length and each pass is trimmed to its longest row (``cepo.microbatch``).
+        micro_batch_size: rows per forward pass (0: a whole mini-batch at once), for training and
+            for every no-grad pass (old log-probs, evidence, teachers, distillation logits). Rows
+            are grouped by length and each pass is trimmed to its longest row (``cepo.microbatch``).
         skip_zero_loss_rows: leave rows whose loss is identically zero (zero token advantages,
             no KL, outside the objective's term) out of the forward/backward passes. The
             gradient is unchanged; ``entropy`` and the clip and log-prob-gap statistics then
@@ -95,7 +90,8 @@ class GRPOModule(L.LightningModule):
         self,
         model_path: str = "builtin",
         credit: CreditAssigner | None = None,
-        teacher: TeacherPass | None = None,
+        teacher: TeacherContexts | None = None,
+        teacher_weights: TeacherWeights | None = None,
         objective: Objective | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -133,21 +129,23 @@ class GRPOModule(L.LightningModule):
         if tis_cap is not None and not tis_cap > 0:
             raise ValueError(f"model.tis_cap must be > 0 (or null), got {tis_cap}")
         self.save_hyperparameters(
-            ignore=["credit", "teacher", "objective", "optimizer", "lr_scheduler", "lora_settings"]
+            ignore=["credit", "teacher", "teacher_weights", "objective", "optimizer", "lr_scheduler", "lora_settings"]
         )
         self.automatic_optimization = False
         self.model_path = model_path
         self.credit = credit if credit is not None else Uniform()
-        self.teacher = teacher if teacher is not None else TeacherPass()
+        self.teacher = teacher if teacher is not None else TeacherContexts()
+        self.teacher_weights = teacher_weights if teacher_weights is not None else Live()
         self.objective = objective if objective is not None else Objective()
+        self.scorer = Scorer(micro_batch_size)
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = lr_scheduler
         self._check_optimizer()
         self.lora_settings = lora_settings
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
-        self.reference: torch.nn.Module | None = None
-        self.weight_version = 0
+        self.ref: PolicyRef | None = None  # shared with the rollout sampler and the objective
+        self.reference: TeacherWeights | None = None  # the KL reference (initial weights)
         self.rl_step = 0
         self.last_credit: CreditRecord | None = None
         # built in setup: the benchmarks and k come from the DataModule
@@ -160,21 +158,35 @@ class GRPOModule(L.LightningModule):
         except (ValueError, TypeError) as err:
             raise ValueError(f"model.optimizer: {err}") from None
 
+    @property
+    def weight_version(self) -> int:
+        """Optimizer updates applied to the policy so far (kept in the shared :class:`PolicyRef`)."""
+        return self.ref.version if self.ref is not None else 0
+
+    @weight_version.setter
+    def weight_version(self, value: int) -> None:
+        self.ref.version = value
+
     # -- model -------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.policy is not None:  # Lightning calls this hook once per fit/validate
             return
-        self.policy, self.tokenizer, self.model_path = load_policy(
-            self.model_path,
-            self.hparams.lora,
-            self.lora_settings,
-            self.hparams.dtype,
-            self.hparams.gradient_checkpointing,
+        hp = self.hparams
+        self.model_path = resolve_model_path(self.model_path)
+        self.policy, self.tokenizer = load_policy(
+            self.model_path, hp.lora, self.lora_settings, hp.dtype, hp.gradient_checkpointing
         )
-        if self.hparams.kl_coef > 0 and not is_peft(self.policy):
-            self.reference = self.teacher.frozen_copy(self.policy)
-        self.teacher.setup(self.policy, self.tokenizer)
-        self.objective.setup(self)
+        self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path)
+        if hp.kl_coef > 0:
+            self.reference = Base()
+            self.reference.setup(self.policy)
+        self.teacher.setup(self.tokenizer)
+        self.teacher_weights.setup(self.policy)
+        # connect the rollout sampler to the policy once (the engine binds to it)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "connect"):
+            datamodule.connect(self.ref)
+        self.objective.setup(self.ref, getattr(datamodule, "sampler", None), self.scorer)
         self.policy.train()  # from_pretrained returns eval mode; Lightning expects train mode
 
     def setup(self, stage: str) -> None:
@@ -203,71 +215,27 @@ class GRPOModule(L.LightningModule):
         checkpoint["cepo"] = {
             "weight_version": self.weight_version,
             "rl_step": self.rl_step,
-            "teacher": self.teacher.state_dict(),
+            "teacher": self.teacher_weights.state_dict(),
             "objective": self.objective.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("cepo", {})
-        self.weight_version = state.get("weight_version", 0)
+        self.weight_version = state.get("weight_version", 0)  # configure_model ran first
         self.rl_step = state.get("rl_step", 0)
-        self.teacher.load_state_dict(state.get("teacher", {}))  # configure_model ran first
+        self.teacher_weights.load_state_dict(state.get("teacher", {}))
         self.objective.load_state_dict(state.get("objective", {}))
 
     def export_hf(self, path) -> None:
         """Save the policy (LoRA merged into a copy) and tokenizer as a Hugging Face folder."""
-        from cepo.tiny import save_tokenizer
-
-        model = self.policy
-        if is_peft(model):
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(path)
-        save_tokenizer(self.tokenizer, path)
-
-    # -- log-probs ---------------------------------------------------------------------
-    def _plan(self, batch: RolloutBatch, rows: torch.Tensor) -> list[torch.Tensor]:
-        """Length-sorted micro-batches of ``rows`` (``micro_batch_size`` rows each)."""
-        return microbatch.plan(rows, batch.attention_mask, batch.response_start, self.hparams.micro_batch_size)
-
-    def policy_logits(self, batch: RolloutBatch, rows: torch.Tensor, width: int | None = None) -> torch.Tensor:
-        """``[n, width, V]`` temperature-scaled logits of the current policy for ``rows``.
-
-        ``width`` response columns are computed (default all); columns past every row's
-        response are padding, so :func:`cepo.microbatch.response_width` is enough.
-        """
-        end = batch.input_ids.shape[1] if width is None else batch.response_start + width
-        return response_logits(
-            self.policy,
-            batch.input_ids[rows, :end],
-            batch.attention_mask[rows, :end],
-            batch.response_start,
-            self.trainer.datamodule.sampling.temperature or 1.0,
-        )
+        export_hf(self.policy, self.tokenizer, path)
 
     @torch.no_grad()
     def policy_logprobs(
         self, batch: RolloutBatch, model: torch.nn.Module | None = None, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``[N, T]`` no-grad log-probs of the sampled tokens (micro-batched).
-
-        With ``rows`` (``[n]`` indices) only those rows are computed; the others stay 0.
-        """
-        out = torch.zeros(batch.response_mask.shape, device=self.device)
-        index = torch.arange(batch.num_rollouts, device=self.device) if rows is None else rows
-        start = batch.response_start
-        for r in self._plan(batch, index):
-            width = microbatch.response_width(batch.response_mask, r)
-            logits = response_logits(
-                model or self.policy,
-                batch.input_ids[r, : start + width],
-                batch.attention_mask[r, : start + width],
-                start,
-                self.trainer.datamodule.sampling.temperature or 1.0,
-            )
-            out[r, :width] = token_logprobs(logits, batch.input_ids[r, start : start + width])
-        return out
+        """``[N, T]`` no-grad log-probs of the sampled tokens (only ``rows``, default all)."""
+        return self.scorer.logprobs(model or self.policy, batch.packed(), rows)[0]
 
     # -- training ----------------------------------------------------------------------
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
@@ -279,45 +247,28 @@ class GRPOModule(L.LightningModule):
         t_start = time.perf_counter()
         hp = self.hparams
         original = batch
-        batch = self.objective.build_samples(self, batch)  # e.g. CIPO's corrections
+        batch = self.objective.build_samples(batch)  # e.g. CIPO's corrections
         t_samples = time.perf_counter()
-        mask = batch.response_mask
         advantages = group_advantages(batch.rewards, batch.group_size, hp.advantage_scale)
         if batch.row_weight is not None:
             advantages = advantages * batch.row_weight
-        multi_update = hp.num_minibatches > 1
-        teacher = self.credit.needs_teacher()
-        # Rows with A_i = 0 get zero token advantages whatever the evidence, so the teacher and
-        # student passes for credit skip them.
-        active = torch.nonzero(advantages != 0).flatten()
         old_logprobs = None
-        if multi_update or hp.tis_cap is not None:
+        if hp.num_minibatches > 1 or hp.tis_cap is not None:
             old_logprobs = self.policy_logprobs(batch)  # the ratio needs every row
-        student = old_logprobs
-        if student is None and teacher and self.credit.needs_student:
-            student = self.policy_logprobs(batch, rows=active)
         t_old = time.perf_counter()
-
-        inputs = CreditInputs(advantages=advantages, mask=mask, student_logprobs=student, rewards=batch.rewards)
-        if teacher:
-            if inputs.student_logprobs is None:
-                inputs.student_logprobs = torch.zeros(mask.shape, device=self.device)
-            self.teacher.fill(
-                inputs,
-                batch,
-                self.credit,
-                self.trainer.datamodule.sampling.temperature or 1.0,
-                rows=active,
-                student_fn=None if student is not None else lambda r: self.policy_logprobs(batch, rows=r)[r],
-            )
+        needs = self.credit.needs()
+        inputs = evidence.gather(
+            needs, batch, advantages, self.policy, self.scorer, self.teacher, self.teacher_weights, old_logprobs
+        )
         t_teacher = time.perf_counter()
         credit = self.credit.assign(inputs)
         self.last_credit = CreditRecord(batch, inputs, credit, self.credit)
-        self.objective.prepare(self, batch, advantages)
+        self.objective.prepare(batch, advantages)
 
         ref_logprobs = None
         if hp.kl_coef > 0:
-            ref_logprobs = self.reference_logprobs(batch)
+            with self.reference.model() as reference:
+                ref_logprobs = self.policy_logprobs(batch, reference)
         is_weight = None
         if hp.tis_cap is not None and batch.engine_logprobs is not None:
             is_weight = torch.exp(old_logprobs - batch.engine_logprobs).clamp(max=hp.tis_cap)
@@ -325,47 +276,22 @@ class GRPOModule(L.LightningModule):
         stats = self._update(batch, credit.token_advantages, old_logprobs, ref_logprobs, is_weight)
         t_end = time.perf_counter()
         self.rl_step += 1
-        self.teacher.on_step_end(self.rl_step)
+        self.teacher_weights.on_step_end(self.rl_step)
         self.objective.on_step_end(self.rl_step)
         stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
-        self._log_step(
-            original,
-            advantages[: original.num_rollouts],
-            stats,
-            {
-                **batch.timings,
-                "samples": t_samples - t_start,
-                "old_logprobs": t_old - t_samples,
-                "teacher": t_teacher - t_old,
-                "train": t_end - t_teacher,
-            },
-        )
-
-    @torch.no_grad()
-    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        if self.reference is not None:
-            return self.policy_logprobs(batch, self.reference)
-        with self.policy.disable_adapter():
-            return self.policy_logprobs(batch)
-
-    def _global_sum(self, value: float) -> float:
-        if dist.is_available() and dist.is_initialized():
-            t = torch.tensor([value], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t)
-            return float(t.item())
-        return value
-
-    def _global_max(self, value: int) -> int:
-        if dist.is_available() and dist.is_initialized():
-            t = torch.tensor([value], dtype=torch.long, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            return int(t.item())
-        return value
+        timings = {
+            **batch.timings,
+            "samples": t_samples - t_start,
+            "old_logprobs": t_old - t_samples,
+            "teacher": t_teacher - t_old,
+            "train": t_end - t_teacher,
+        }
+        self._log_step(original, advantages[: original.num_rollouts], stats, timings)
 
     def _normaliser(self, mask: torch.Tensor) -> float:
         """The loss normaliser of a mini-batch (tokens or rows, summed over ranks, per rank)."""
         local = float(mask.sum()) if self.hparams.loss_agg == "token_mean" else float(mask.shape[0])
-        return self._global_sum(local) / self.trainer.world_size
+        return distributed.global_sum(local, self.device) / self.trainer.world_size
 
     def _loss_rows(self, mb: slice, token_adv: torch.Tensor, kl: bool) -> torch.Tensor:
         """Indices of the rows of mini-batch ``mb`` whose loss is not identically zero.
@@ -387,26 +313,14 @@ class GRPOModule(L.LightningModule):
     def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
         """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
         hp = self.hparams
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
         g = batch.group_size
         n_groups = batch.num_rollouts // g
         k = hp.num_minibatches
         # exactly k group-aligned mini-batches, so every DDP rank takes k optimizer steps even
         # when objectives appended a different number of rows on each rank
         bounds = [(i * n_groups) // k for i in range(k + 1)]
-        sums = {
-            "loss": 0.0,
-            "clip_frac": 0.0,
-            "dual_clip_frac": 0.0,
-            "entropy": 0.0,
-            "kl": 0.0,
-            "grad_norm": 0.0,
-        }
-        mismatch: list[torch.Tensor] = []
-        tokens_seen = 0.0
+        stats = UpdateStats(k, ref_logprobs is not None, self.device)
         objective = self.objective
-        temperature = self.trainer.datamodule.sampling.temperature or 1.0
         for i in range(k):
             mb = slice(bounds[i] * g, bounds[i + 1] * g)
             mb_mask = batch.response_mask[mb]
@@ -417,113 +331,64 @@ class GRPOModule(L.LightningModule):
             obj_normaliser = None  # the objective's term averages over its active rows' tokens
             if objective.active is not None:
                 obj_normaliser = self._normaliser(mb_mask[objective.active[mb]])
-            chunks = self._plan(batch, self._loss_rows(mb, token_adv, ref_logprobs is not None))
+            packed = batch.packed()
+            chunks = self.scorer.plan(packed, self._loss_rows(mb, token_adv, ref_logprobs is not None))
             # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
             # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
             # an update with no loss-carrying row anywhere still runs one
-            for _ in range(max(self._global_max(len(chunks)), 1) - len(chunks)):
+            for _ in range(max(distributed.global_max(len(chunks), self.device), 1) - len(chunks)):
                 self.manual_backward(sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad))
-            for rows in chunks:
-                w = microbatch.response_width(batch.response_mask, rows)
+            for rows, w, logits in self.scorer.passes(self.policy, packed, chunks):
                 m = batch.response_mask[rows, :w]
-                logits = self.policy_logits(batch, rows, w)
                 logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :][:, :w])
                 old = old_logprobs[rows, :w] if old_logprobs is not None else logp.detach()
+                tis = None if is_weight is None else is_weight[rows, :w]
                 tok_loss, st = clipped_surrogate(
-                    logp,
-                    old,
-                    token_adv[rows, :w],
-                    m,
-                    hp.eps_low,
-                    hp.eps_high,
-                    hp.c_dual,
-                    None if is_weight is None else is_weight[rows, :w],
+                    logp, old, token_adv[rows, :w], m, hp.eps_low, hp.eps_high, hp.c_dual, tis
                 )
                 if objective.pg_weight != 1.0:
                     tok_loss = objective.pg_weight * tok_loss
+                kl = None
                 if ref_logprobs is not None:
                     kl = torch.where(m, k3_kl(logp, ref_logprobs[rows, :w]), torch.zeros_like(logp))
                     tok_loss = tok_loss + hp.kl_coef * kl
-                    sums["kl"] += float((kl.detach()).sum())
                 loss = aggregate(tok_loss, m, hp.loss_agg, normaliser)
                 if obj_normaliser:
-                    extra = objective.token_loss(
-                        self, MicroBatch(batch, rows, logits, logp, old.detach(), m, temperature)
-                    )
+                    temperature = batch.temperature
+                    extra = objective.token_loss(MicroBatch(batch, rows, logits, logp, old.detach(), m, temperature))
                     loss = loss + aggregate(extra, m, hp.loss_agg, obj_normaliser)
                 self.manual_backward(loss)
-                with torch.no_grad():
-                    ntok = float(m.sum())
-                    tokens_seen += ntok
-                    sums["loss"] += float(loss.detach())
-                    sums["clip_frac"] += float(st.clip_frac) * ntok
-                    sums["dual_clip_frac"] += float(st.dual_clip_frac) * ntok
-                    ent = token_entropy(logits.detach())
-                    sums["entropy"] += float((ent * m).sum())
-                    if batch.engine_logprobs is not None and old_logprobs is None:
-                        gap = (logp.detach() - batch.engine_logprobs[rows, :w]).abs()
-                        mismatch.append(gap[m])
-            if hp.grad_clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.policy.parameters() if p.requires_grad], hp.grad_clip
-                )
-                sums["grad_norm"] += float(norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if sched is not None:
-                sched.step()
-            self.weight_version += 1
+                stats.micro_batch(loss, st, m, token_entropy(logits.detach()), kl)
+                if batch.engine_logprobs is not None and old_logprobs is None:
+                    stats.gap((logp.detach() - batch.engine_logprobs[rows, :w]).abs()[m])
+            self._step(stats)
         if batch.engine_logprobs is not None and old_logprobs is not None:
-            mismatch = [(old_logprobs - batch.engine_logprobs).abs()[batch.response_mask]]
-        updates = k
-        out = {"loss": sums["loss"] / updates, "grad_norm": sums["grad_norm"] / updates}
-        if tokens_seen:  # per-token statistics of the trained rows (none: not logged)
-            for key in ("clip_frac", "dual_clip_frac", "entropy") + (("kl",) if ref_logprobs is not None else ()):
-                out[key] = sums[key] / tokens_seen
-        if mismatch:
-            gaps = torch.cat(mismatch)
-            out["logprob_gap_mean"] = float(gaps.mean()) if gaps.numel() else 0.0
-            out["logprob_gap_max"] = float(gaps.max()) if gaps.numel() else 0.0
-            self._check_mismatch(out["logprob_gap_mean"])
+            stats.gap((old_logprobs - batch.engine_logprobs).abs()[batch.response_mask])
+        out = stats.result()
+        if "logprob_gap_mean" in out and check_mismatch(out["logprob_gap_mean"], hp.mismatch_warn, hp.mismatch_stop):
+            self.trainer.should_stop = True
         return out
 
-    def _check_mismatch(self, gap: float) -> None:
-        hp = self.hparams
-        if hp.mismatch_stop is not None and gap > hp.mismatch_stop:
-            log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, hp.mismatch_stop)
-            self.trainer.should_stop = True
-        elif gap > hp.mismatch_warn:
-            log.warning(
-                "engine/trainer log-prob gap %.2e > mismatch_warn %.2e: stale weights or "
-                "numerics differ (consider model.tis_cap)",
-                gap,
-                hp.mismatch_warn,
-            )
+    def _step(self, stats: UpdateStats) -> None:
+        """Clip, step the optimizer and scheduler, and bump the weight version."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        if self.hparams.grad_clip is not None:
+            params = [p for p in self.policy.parameters() if p.requires_grad]
+            stats.grad_norm(torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+        self.ref.version += 1
 
     def _log_step(self, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
-        rewards = batch.rewards
-        mask = batch.response_mask
-        n_tokens = float(mask.sum())
-        total = sum(timings.values())
-        metrics = {
-            "train/reward_mean": rewards.mean(),
-            "train/reward_std": rewards.std() if rewards.numel() > 1 else 0.0,
-            "train/acc": batch.correct.float().mean(),
-            "train/zero_var_frac": zero_variance_groups(rewards, batch.group_size).float().mean(),
-            "train/response_len": mask.sum(-1).float().mean(),
-            "train/adv_abs_mean": advantages.abs().mean(),
-            "train/beta": float(getattr(self.credit, "beta", 0.0)),
-            "train/lr": self.optimizers().param_groups[0]["lr"],
-            "train/rl_step": float(self.rl_step),
-            **{f"train/{k}": v for k, v in stats.items()},
-            **{f"time/{k}": v for k, v in timings.items()},
-            "time/total": total,
-            "time/tokens_per_sec": n_tokens / max(total, 1e-9),
-            "time/gen_tokens_per_sec": n_tokens / max(timings.get("generate", 0.0), 1e-9),
-        }
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.num_rollouts)
-        self.log("reward", rewards.mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
-        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=batch.num_rollouts)
+        beta = self.credit.beta if isinstance(self.credit, MixedCredit) else None
+        lr = self.optimizers().param_groups[0]["lr"]
+        metrics = step_metrics(batch, advantages, stats, timings, self.rl_step, lr, beta)
+        n = batch.num_rollouts
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
+        self.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
+        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)
 
     # -- evaluation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -35,7 +35,7 @@ from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.tasks import Arithmetic, Example
-from cepo.teacher import RAW_TEMPLATE
+from cepo.templates import RAW_TEMPLATE, fill
 from cepo.tiny import build_tiny, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class SFTModule(L.LightningModule):
         tok = self.tokenizer
         contexts = [
             tok(
-                RAW_TEMPLATE.format(prompt=e.prompt, feedback=e.answer) if h else e.prompt,
+                fill(RAW_TEMPLATE, prompt=e.prompt, feedback=e.answer) if h else e.prompt,
                 add_special_tokens=False,
             ).input_ids
             for e, h in zip(examples, hinted)
@@ -215,6 +215,22 @@ def builtin_base(cfg: WarmupConfig | None = None) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         run_warmup(out, cfg)
     return out
+
+
+BUILTIN = "builtin"
+"""The ``model.model_path`` that names the built-in base."""
+
+
+def resolve_model_path(model_path: str) -> str:
+    """``builtin`` becomes the cached warm-up folder (built on first use); else the folder as is."""
+    if model_path == BUILTIN:
+        return str(builtin_base())
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(
+            f"model.model_path: {model_path!r} is not a folder (cepo never downloads weights; "
+            "point it at a Hugging Face model folder, or use 'builtin')"
+        )
+    return model_path
 
 
 def warmup_main(argv: list[str]) -> None:

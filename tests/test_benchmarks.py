@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from cepo.cli import cli_main
-from cepo.rollout.datamodule import RolloutDataModule, truncate_left
+from cepo.policy import PolicyRef
+from cepo.rollout.datamodule import RolloutDataModule
+from cepo.rollout.rollout_sampler import truncate_left
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
 from cepo.tasks import Arithmetic, Example, JsonlTask
 from cepo.tasks import jsonl as jsonl_module
@@ -171,6 +173,9 @@ class FixedEngine(RolloutEngine):
         self.response = tokenizer(text, add_special_tokens=False).input_ids
         self.prompts = []
 
+    def setup(self, policy, tokenizer, model_path):
+        pass
+
     def generate(self, prompt_ids, n, sampling):
         self.prompts.append(prompt_ids)
         return Generation([list(self.response) for _ in prompt_ids for _ in range(n)], None, 0)
@@ -182,12 +187,12 @@ def test_evaluate_verifies_with_the_given_task_and_cuts_long_prompts():
     tok = char_tokenizer()
     engine = FixedEngine(tok, "so 0.5")
     dm = RolloutDataModule(engine=engine, eval_k=2, sampling=SamplingConfig(max_new_tokens=4))
-    dm.trainer = None  # no policy: the engine's max_model_len (12) is the context
+    dm.connect(PolicyRef(None, tok, ""))  # no model: the engine's max_model_len (12) is the context
     rows = [Example("Question: a long question?\nAnswer:", "\\frac{1}{2}"), Example("Q: 1?", "1")]
-    batch = dm.evaluate(rows, tok, JsonlTask())
+    batch = dm.evaluate(rows, JsonlTask())
     assert batch.greedy_correct.tolist() == [True, False]
     assert batch.sample_correct.tolist() == [[True, True], [False, False]]
-    assert not dm.evaluate(rows, tok, Arithmetic()).greedy_correct.any()  # exact match after "="
+    assert not dm.evaluate(rows, Arithmetic()).greedy_correct.any()  # exact match after "="
     assert [tok.decode(p) for p in engine.prompts[0]] == ["\nAnswer:", "Q: 1?"]  # 12 - 4 = 8 tokens kept
 
 

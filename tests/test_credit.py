@@ -1,4 +1,4 @@
-"""Hand-computed cases and the guarantees of ALGORITHMS.md §2-§3 for each credit rule."""
+"""Hand-computed cases and the guarantees of docs/algorithms.md §2-§3 for each credit rule."""
 
 import math
 
@@ -148,5 +148,5 @@ def test_beta_zero_needs_no_teacher_tensors(rule):
     inp = _random_inputs(8)
     inp.pos_logprobs = inp.neg_logprobs = None
     r = rule(clip=0.5, beta=0.0)
-    assert not r.needs_teacher()
+    assert r.needs() == frozenset()
     assert torch.equal(r(inp), Uniform()(inp))

@@ -49,7 +49,7 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
         ]
     # with 2 mini-batches per rollout step, 4 optimizer updates are 2 rollout steps
     steps = 4 if skewed else 2
-    cmd = [sys.executable, "-m", "cepo.cli", "fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)]
+    cmd = [sys.executable, "-m", "cepo", "fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

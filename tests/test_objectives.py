@@ -16,6 +16,7 @@ from cepo.module import GRPOModule
 from cepo.objectives import CIPO, HDPO, OPSD, SDPO, MicroBatch
 from cepo.objectives.cipo import choose_failures
 from cepo.objectives.divergence import full_vocab_jsd, generalized_jsd, topk_tail_jsd
+from cepo.policy import PolicyRef
 from cepo.rollout.batch import concat
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.tiny import char_tokenizer
@@ -134,7 +135,7 @@ def test_sdpo_demonstrations_are_other_successes(tok):
     # group 0: rows 1 and 3 succeed; group 1: only row 6 succeeds
     batch = group_batch(tok, [False, True, False, True, False, False, True, False])
     obj = SDPO()
-    obj.teacher.tokenizer = tok
+    obj.policy = PolicyRef(None, tok, "")
     fb = obj.feedback(batch)
     assert fb[0][1] == "ok1" and fb[1][1] == "ok3" and fb[2][1] == "ok3" and fb[3][1] == "ok1"
     assert 6 not in fb  # its only success is itself
@@ -146,14 +147,14 @@ def test_sdpo_answer_feedback_uses_the_demonstrations_answer(tok):
     batch = group_batch(tok, [False, True, False, True, False, False, True, False])
     batch.extracted = [None, "7", None, "9", None, None, "5", None]
     obj = SDPO(feedback_source="answer")
-    obj.teacher.tokenizer = tok
+    obj.policy = PolicyRef(None, tok, "")
     fb = obj.feedback(batch)
     assert fb[0][1] == "7" and fb[1][1] == "9" and fb[4][1] == "5" and 6 not in fb
 
 
 def test_sdpo_skips_groups_without_success(tok):
     obj = SDPO()
-    obj.teacher.tokenizer = tok
+    obj.policy = PolicyRef(None, tok, "")
     assert obj.feedback(group_batch(tok, [False] * 8)) == {}
 
 

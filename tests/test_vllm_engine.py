@@ -115,7 +115,7 @@ def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     cmd = [
         sys.executable,
         "-m",
-        "cepo.cli",
+        "cepo",
         "fit",
         *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra),
     ]

@@ -7,6 +7,8 @@ from typing import Literal
 
 import lightning as L
 
+from cepo.credit import MixedCredit
+
 
 def beta_at(step: int, beta0: float, kind: str, decay_steps: int) -> float:
     """Beta at rollout step ``step`` (0-based).
@@ -28,8 +30,10 @@ def beta_at(step: int, beta0: float, kind: str, decay_steps: int) -> float:
 class BetaSchedule(L.Callback):
     """Sets ``pl_module.credit.beta`` before every rollout step and logs it.
 
-    The start value is read from the credit rule (``model.credit.init_args.beta``), so it has
-    one home. When beta reaches 0 the module skips the teacher passes.
+    Only rules with a mixing coefficient (:class:`~cepo.credit.MixedCredit`: RLSD, CEPO) take
+    part; for any other rule the callback does nothing. The start value is read from the rule
+    (``model.credit.init_args.beta``), so it has one home. When beta reaches 0 the rule needs no
+    evidence and the module skips the teacher passes.
 
     Args:
         kind: ``linear`` (default), ``cosine`` or ``constant``.
@@ -45,16 +49,19 @@ class BetaSchedule(L.Callback):
         self.beta0: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.beta0 is None:
-            self.beta0 = float(getattr(pl_module.credit, "beta", 0.0))
+        if self.beta0 is None and isinstance(pl_module.credit, MixedCredit):
+            self.beta0 = float(pl_module.credit.beta)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if not isinstance(pl_module.credit, MixedCredit):
+            return
         beta = beta_at(pl_module.rl_step, self.beta0, self.kind, self.decay_steps)
         pl_module.credit.beta = beta
         pl_module.log("train/beta_schedule", beta, on_step=True, on_epoch=False, batch_size=1)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        pl_module.credit.beta = self.beta0  # leave the rule as configured
+        if isinstance(pl_module.credit, MixedCredit):
+            pl_module.credit.beta = self.beta0  # leave the rule as configured
 
     def state_dict(self) -> dict:
         return {"beta0": self.beta0}

@@ -1,12 +1,14 @@
 """Token-weight logging: what the credit rule did to each token, as numbers and as a picture.
 
-Per step (whenever the teacher passes ran): mean and quantiles of ``Delta`` and of the weight,
-the fraction of tokens clipped, and the fraction with ``|Delta|`` above a threshold, for
-correct and wrong rollouts separately; and, for tasks that label token roles (the built-in
-arithmetic: decisive / copied / filler), the mean ``|Delta|`` per role. Every ``every_n_steps``
-steps: a self-contained HTML page and a PNG in ``<run dir>/token_weights/`` showing sampled
-rollouts with each token coloured by its weight (``Delta``, ``w`` and ``Â`` on hover), correct
-and wrong side by side; the PNG also goes to TensorBoard.
+Whatever the credit rule, it shows what the rule's :class:`~cepo.credit.CreditOutput` carries:
+per step (whenever the rule applied a per-token weight) the mean and quantiles of the weight and
+of the evidence ``Delta`` behind it, the fraction of tokens at a bound, and the fraction with
+``|Delta|`` above a threshold, for correct and wrong rollouts separately; and, for tasks that
+label token roles (the built-in arithmetic: decisive / copied / filler), the mean ``|Delta|`` per
+role. Every ``every_n_steps`` steps: a self-contained HTML page and a PNG in
+``<run dir>/token_weights/`` showing sampled rollouts with each token coloured by its weight
+(``Delta``, ``w`` and ``Â`` on hover), correct and wrong side by side, with the rule's own legend;
+the PNG also goes to TensorBoard.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ class TokenWeightLogger(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_credit
-        if record is None or record.inputs.pos_logprobs is None:
-            return  # no teacher pass this step (uniform credit, or beta == 0)
+        if record is None or record.output.weight is None:
+            return  # no per-token weight this step (uniform credit, or beta == 0)
         metrics = self.step_metrics(record, trainer.datamodule.task, pl_module.tokenizer)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         step = pl_module.rl_step
@@ -92,24 +94,24 @@ class TokenWeightLogger(L.Callback):
         batch, out = record.batch, record.output
         mask = batch.response_mask
         metrics: dict[str, float] = {}
-        clip = getattr(record.credit, "clip", float("inf"))
-        # rows with A = 0 get no credit and skip the teacher passes: leave them out
+        # rows with A = 0 get no credit and no evidence: leave them out
         credited = record.inputs.advantages != 0
         for name, rows in (("correct", batch.correct), ("wrong", ~batch.correct)):
             m = mask & (rows & credited)[:, None]
             if not m.any():
                 continue
-            delta, weight = out.delta[m], out.weight[m]
-            metrics.update(summarise(delta, f"credit/{name}/delta"))
-            metrics.update(summarise(weight, f"credit/{name}/weight"))
-            metrics[f"credit/{name}/abs_delta_mean"] = float(delta.abs().mean())
-            metrics[f"credit/{name}/clip_frac"] = float(out.clipped[m].float().mean())
-            metrics[f"credit/{name}/big_delta_frac"] = float((delta.abs() > self.delta_threshold).float().mean())
+            metrics.update(summarise(out.weight[m], f"credit/{name}/weight"))
+            if out.clipped is not None:
+                metrics[f"credit/{name}/clip_frac"] = float(out.clipped[m].float().mean())
+            if out.delta is not None:
+                delta = out.delta[m]
+                metrics.update(summarise(delta, f"credit/{name}/delta"))
+                metrics[f"credit/{name}/abs_delta_mean"] = float(delta.abs().mean())
+                metrics[f"credit/{name}/big_delta_frac"] = float((delta.abs() > self.delta_threshold).float().mean())
         if record.inputs.has_negative is not None:
             metrics["credit/has_negative_frac"] = float(record.inputs.has_negative.float().mean())
-        metrics["credit/clip_bound"] = clip
         role_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for i, ids in enumerate(batch.response_ids):
+        for i, ids in enumerate(batch.response_ids if out.delta is not None else []):
             if not credited[i]:
                 continue
             roles = token_roles_of(task, tokenizer, ids)
@@ -140,8 +142,7 @@ class TokenWeightLogger(L.Callback):
         out_dir.mkdir(parents=True, exist_ok=True)
         batch, out = record.batch, record.output
         tok = pl_module.tokenizer
-        clip = getattr(record.credit, "clip", float("inf"))
-        lo, hi = (1 - clip, 1 + clip) if clip != float("inf") else (0.0, 3.0)
+        lo, hi = out.weight_range
         columns = {}
         for label, correct in (("correct", True), ("wrong", False)):
             items = []
@@ -149,11 +150,8 @@ class TokenWeightLogger(L.Callback):
                 ids = batch.response_ids[i]
                 cells = []
                 for t, piece in enumerate(token_texts(tok, ids)):
-                    w, d, a = (
-                        float(out.weight[i, t]),
-                        float(out.delta[i, t]),
-                        float(out.token_advantages[i, t]),
-                    )
+                    w, a = float(out.weight[i, t]), float(out.token_advantages[i, t])
+                    d = float(out.delta[i, t]) if out.delta is not None else 0.0
                     cells.append((piece, w, d, a))
                 items.append(
                     {
@@ -166,7 +164,7 @@ class TokenWeightLogger(L.Callback):
                 )
             columns[label] = items
         page = out_dir / f"step_{step:05d}.html"
-        page.write_text(self.html_page(columns, step, record.credit, lo, hi), encoding="utf-8")
+        page.write_text(self.html_page(columns, step, record.credit, out.legend, lo, hi), encoding="utf-8")
         (out_dir / f"step_{step:05d}.json").write_text(json.dumps(columns))
         png = out_dir / f"step_{step:05d}.png"
         fig = self.figure(columns, step, lo, hi)
@@ -180,7 +178,7 @@ class TokenWeightLogger(L.Callback):
         plt.close(fig)
         return page
 
-    def html_page(self, columns, step, credit, lo, hi) -> str:
+    def html_page(self, columns, step, credit, legend, lo, hi) -> str:
         def render_item(item) -> str:
             spans = []
             for piece, w, d, a in item["tokens"]:
@@ -205,9 +203,8 @@ class TokenWeightLogger(L.Callback):
 .r{{margin:.6em 0;padding:.4em;border:1px solid #ddd}} .p{{color:#555;font-size:90%}}
 .t{{font-family:monospace;font-size:130%;line-height:1.6}} .t span{{padding:1px 0}}</style></head>
 <body><h1>Token weights at step {step}</h1>
-<p>{html.escape(repr(credit))}. Colour: weight w = exp(sign(A) Delta), green above 1 (more credit or
-blame), red below 1 (less), saturated at the clip bounds [{lo:.2f}, {hi:.2f}]. Hover a token for w, Delta and
-its token advantage.</p><div class="w">{cols}</div></body></html>"""
+<p>{html.escape(repr(credit))}. Colour: {html.escape(legend)} (saturated at [{lo:.2f}, {hi:.2f}]).
+Hover a token for w, Delta and its token advantage.</p><div class="w">{cols}</div></body></html>"""
 
     def figure(self, columns, step, lo, hi):
         import matplotlib

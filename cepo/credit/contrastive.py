@@ -1,18 +1,21 @@
-"""Contrastive evidence credit (CEPO, ALGORITHMS.md §3): ``Delta_t = log P_T+ - log P_T-``."""
+"""Contrastive evidence credit (CEPO, docs/algorithms.md §3): ``Delta_t = log P_T+ - log P_T-``."""
 
 from __future__ import annotations
 
 from cepo.credit.base import (
-    CreditAssigner,
+    EVIDENCE_LEGEND,
+    NEG,
+    POS,
     CreditInputs,
     CreditOutput,
+    MixedCredit,
     check_clip_beta,
     evidence_weighted,
     uniform_output,
 )
 
 
-class Contrastive(CreditAssigner):
+class Contrastive(MixedCredit):
     """CEPO: credit by how much a token favours the right answer over a wrong one.
 
     The student prior cancels. Where a group has no wrong answer, ``neg_logprobs`` holds
@@ -21,11 +24,10 @@ class Contrastive(CreditAssigner):
     Args:
         clip: weight clip bound ``eps_w`` (paper default 0.5; ``float("inf")`` unbounded).
         beta: mixing coefficient (the paper's lambda); 0 is GRPO exactly. The beta schedule
-            callback overwrites it every step.
+            callback sets it every step.
     """
 
-    needs_pos = True
-    needs_neg = True
+    reads = frozenset({POS, NEG})
 
     def __init__(self, clip: float = 0.5, beta: float = 0.5) -> None:
         check_clip_beta(clip, beta)
@@ -38,4 +40,5 @@ class Contrastive(CreditAssigner):
         if inputs.pos_logprobs is None or inputs.neg_logprobs is None:
             raise ValueError("Contrastive needs pos_logprobs and neg_logprobs (teacher passes)")
         delta = inputs.pos_logprobs - inputs.neg_logprobs
-        return evidence_weighted(inputs, delta, self.clip, self.beta)
+        legend = EVIDENCE_LEGEND.format(delta="log P_T+(y_t) - log P_T-(y_t)")
+        return evidence_weighted(inputs, delta, self.clip, self.beta, legend)

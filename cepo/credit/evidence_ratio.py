@@ -1,29 +1,31 @@
-"""Evidence-ratio credit (RLSD, ALGORITHMS.md §2): ``Delta_t = log P_T+ - log P_S``."""
+"""Evidence-ratio credit (RLSD, docs/algorithms.md §2): ``Delta_t = log P_T+ - log P_S``."""
 
 from __future__ import annotations
 
 from cepo.credit.base import (
-    CreditAssigner,
+    EVIDENCE_LEGEND,
+    POS,
+    STUDENT,
     CreditInputs,
     CreditOutput,
+    MixedCredit,
     check_clip_beta,
     evidence_weighted,
     uniform_output,
 )
 
 
-class EvidenceRatio(CreditAssigner):
+class EvidenceRatio(MixedCredit):
     """RLSD: tokens that the answer-conditioned teacher likes more than the student get more credit.
 
     Args:
         clip: weight clip bound ``eps_w``; the weight lives in ``[1-clip, 1+clip]``.
             ``float("inf")`` leaves it unbounded.
         beta: mixing coefficient (the paper's lambda); 0 is GRPO exactly. The beta schedule
-            callback overwrites it every step.
+            callback sets it every step.
     """
 
-    needs_pos = True
-    needs_student = True
+    reads = frozenset({POS, STUDENT})
 
     def __init__(self, clip: float = 0.5, beta: float = 0.5) -> None:
         check_clip_beta(clip, beta)
@@ -33,7 +35,8 @@ class EvidenceRatio(CreditAssigner):
     def assign(self, inputs: CreditInputs) -> CreditOutput:
         if self.beta == 0.0:  # GRPO exactly; the module skips the teacher passes then
             return uniform_output(inputs)
-        if inputs.pos_logprobs is None:
-            raise ValueError("EvidenceRatio needs pos_logprobs (the c+ teacher pass)")
+        if inputs.pos_logprobs is None or inputs.student_logprobs is None:
+            raise ValueError("EvidenceRatio needs pos_logprobs and student_logprobs")
         delta = inputs.pos_logprobs - inputs.student_logprobs
-        return evidence_weighted(inputs, delta, self.clip, self.beta)
+        legend = EVIDENCE_LEGEND.format(delta="log P_T+(y_t) - log P_S(y_t)")
+        return evidence_weighted(inputs, delta, self.clip, self.beta, legend)

@@ -4,19 +4,7 @@
 """
 
 from cepo.objectives.base import MicroBatch, Objective
-from cepo.objectives.cipo import CIPO, CIPO_TEMPLATE
-from cepo.objectives.distill import HDPO, OPSD, OPSD_TEMPLATE, RAW_TEMPLATE, SDPO, SDPO_TEMPLATE, SelfDistillation
+from cepo.objectives.cipo import CIPO
+from cepo.objectives.distill import HDPO, OPSD, SDPO, SelfDistillation
 
-__all__ = [
-    "CIPO",
-    "CIPO_TEMPLATE",
-    "HDPO",
-    "MicroBatch",
-    "OPSD",
-    "OPSD_TEMPLATE",
-    "Objective",
-    "RAW_TEMPLATE",
-    "SDPO",
-    "SDPO_TEMPLATE",
-    "SelfDistillation",
-]
+__all__ = ["CIPO", "HDPO", "MicroBatch", "OPSD", "Objective", "SDPO", "SelfDistillation"]

@@ -6,6 +6,9 @@ replacing) the clipped surrogate (OPSD, SDPO, HDPO), and extra rows appended to 
 batch before advantages are computed (CIPO's corrections, HDPO's privileged rollouts). The
 module calls the hooks in this order every rollout step, with no knowledge of the method:
 
+0. :meth:`Objective.setup` once the policy exists: the shared :class:`~cepo.policy.PolicyRef`,
+   the :class:`~cepo.rollout.rollout_sampler.RolloutSampler` (same engine, weights and
+   verifier as the rollouts) and the micro-batched :class:`~cepo.scoring.Scorer`;
 1. :meth:`Objective.build_samples` -> the batch to train on (default: unchanged);
 2. :meth:`Objective.prepare` (no grad) -> per-row contexts, :attr:`Objective.active` rows;
 3. :meth:`Objective.token_loss` for each micro-batch, with grad, normalised by the
@@ -23,7 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from cepo.policy import PolicyRef
 from cepo.rollout.batch import RolloutBatch
+from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.scoring import Scorer
 
 
 @dataclass
@@ -67,20 +73,25 @@ class Objective:
     def __init__(self) -> None:
         self.active: torch.Tensor | None = None
         self._metrics: dict[str, float] = {}
+        self.policy: PolicyRef | None = None
+        self.sampler: RolloutSampler | None = None
+        self.scorer: Scorer | None = None
 
-    def setup(self, module) -> None:
-        """Bind to the :class:`~cepo.module.GRPOModule` once its policy exists."""
+    def setup(self, policy: PolicyRef, sampler: RolloutSampler | None, scorer: Scorer) -> None:
+        """Connect to the policy, the rollout sampler (None outside ``fit``) and the scorer."""
+        self.policy, self.sampler, self.scorer = policy, sampler, scorer
 
-    def build_samples(self, module, batch: RolloutBatch) -> RolloutBatch:
-        """The batch to train on; may append rows (group-major, same group size)."""
+    def build_samples(self, batch: RolloutBatch) -> RolloutBatch:
+        """The batch to train on; may append rows (group-major, same group size) with
+        ``cepo.rollout.batch.concat(batch, self.sampler.sample(...), pad_id, b_weight)``."""
         return batch
 
     @torch.no_grad()
-    def prepare(self, module, batch: RolloutBatch, advantages: torch.Tensor) -> None:
+    def prepare(self, batch: RolloutBatch, advantages: torch.Tensor) -> None:
         """No-grad work once per step; sets :attr:`active`."""
         self.active = None
 
-    def token_loss(self, module, mb: MicroBatch) -> torch.Tensor:
+    def token_loss(self, mb: MicroBatch) -> torch.Tensor:
         """``[n, T]`` extra per-token loss (weighted, 0 off the mask and off active rows)."""
         return torch.zeros_like(mb.logp)
 
@@ -99,7 +110,8 @@ class Objective:
         pass
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "active")
+        hidden = ("active", "policy", "sampler", "scorer")
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in hidden)
         return f"{type(self).__name__}({fields})"
 
 

@@ -1,4 +1,4 @@
-"""CIPO: correction-oriented policy optimization (ALGORITHMS.md §5, the second seed paper).
+"""CIPO: correction-oriented policy optimization (docs/algorithms.md §5, the second seed paper).
 
 Failed rollouts become correction prompts: the original prompt, the model's own failed
 attempt, an instruction to find and fix the error. The policy samples corrections on-policy
@@ -13,7 +13,7 @@ Choices the paper leaves open, made here (each a constructor argument):
 - **How many corrections.** ``group_size`` per failed attempt, so each attempt is a GRPO group
   of its own and advantages compare corrections of the same attempt.
 - **Share cap.** Correction rows are at most ``max_share`` of the combined batch.
-- **Template.** :data:`CIPO_TEMPLATE`, which restates the problem at the end so the model
+- **Template.** ``cepo.templates.CIPO_TEMPLATE``, which restates the problem at the end so the model
   answers in the task's own format. The reference answer never enters the prompt.
 - **Weight.** The corrections' advantages are multiplied by ``weight`` (0.5 by default).
 """
@@ -26,11 +26,7 @@ import torch
 
 from cepo.objectives.base import Objective, check_weight
 from cepo.rollout.batch import RolloutBatch, concat
-
-CIPO_TEMPLATE = (
-    "{prompt}{attempt}\n\nThe attempt above is wrong. Find the error and solve the problem again.\n\n{prompt}"
-)
-"""``{prompt}`` (the original prompt) and ``{attempt}`` (the failed response)."""
+from cepo.templates import CIPO_TEMPLATE, check, fill
 
 
 def choose_failures(correct: torch.Tensor, rewards: torch.Tensor, group_size: int, limit: int) -> list[int]:
@@ -73,11 +69,9 @@ class CIPO(Objective):
         check_weight("cipo.weight", weight)
         if not 0 < max_share < 1:
             raise ValueError(f"cipo.max_share must be in (0, 1), got {max_share}")
-        if "{prompt}" not in template or "{attempt}" not in template:
-            raise ValueError(f"cipo.template must contain {{prompt}} and {{attempt}}, got {template!r}")
         self.weight = weight
         self.max_share = max_share
-        self.template = template
+        self.template = check(template, "cipo.template", ("prompt", "attempt"))
         self.pg_weight = 1.0
         self.last_prompts: list[str] = []
 
@@ -89,11 +83,11 @@ class CIPO(Objective):
         texts = []
         for row in rows:
             attempt = tokenizer.decode(batch.response_ids[row], skip_special_tokens=True)
-            texts.append(self.template.format(prompt=batch.prompts[row // batch.group_size], attempt=attempt))
+            texts.append(fill(self.template, prompt=batch.prompts[row // batch.group_size], attempt=attempt))
         return rows, texts
 
-    def build_samples(self, module, batch: RolloutBatch) -> RolloutBatch:
-        tokenizer = module.tokenizer
+    def build_samples(self, batch: RolloutBatch) -> RolloutBatch:
+        tokenizer = self.policy.tokenizer
         rows, texts = self.correction_prompts(batch, tokenizer)
         self.last_prompts = texts
         self._metrics = {"attempts": float(len(rows))}
@@ -101,12 +95,11 @@ class CIPO(Objective):
             return batch
         g = batch.group_size
         groups = [row // g for row in rows]
-        extra = module.trainer.datamodule.sample(
-            [tokenizer(t, add_special_tokens=False).input_ids for t in texts],
+        extra = self.sampler.sample(
+            self.sampler.encode(texts),
             texts,
             [batch.answers[p] for p in groups],
             [batch.solutions[p] for p in groups],
-            tokenizer,
             g,
         )
         self._metrics["success_rate"] = float(extra.correct.float().mean())

@@ -1,8 +1,8 @@
-"""Self-distillation objectives: OPSD, SDPO and HDPO (ALGORITHMS.md §4).
+"""Self-distillation objectives: OPSD, SDPO and HDPO (docs/algorithms.md §4).
 
 Each matches the student's next-token distribution on its own rollouts to a *teacher*: the
-same model (live, base, synced or EMA weights, via :class:`~cepo.teacher.TeacherPass`) shown
-privileged context. They differ in which rows get the term, what the teacher sees, and the
+same model (live, base, synced or EMA weights, a :class:`~cepo.teacher.TeacherWeights`
+strategy) shown privileged context. They differ in which rows get the term, what the teacher sees, and the
 divergence:
 
 - :class:`OPSD`: every rollout; the reference solution; generalized JSD over the full
@@ -28,20 +28,12 @@ import torch
 
 from cepo.objectives.base import MicroBatch, Objective, check_weight
 from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
+from cepo.policy import PolicyRef
 from cepo.rollout.batch import RolloutBatch, concat
-from cepo.teacher import TeacherPass
-
-OPSD_TEMPLATE = (
-    "{prompt}\n\nHere is a reference solution to this problem:\n{feedback}\n\n"
-    "Reason step by step to reach the same final answer.\n"
-)
-"""ALGORITHMS.md §4: problem, reference solution, instruction to reach the same answer."""
-SDPO_TEMPLATE = "{prompt}\n\nCorrect solution:\n\n{feedback}\n\nCorrectly solve the original question.\n"
-"""ALGORITHMS.md §4: the problem and another successful attempt of the same group."""
-RAW_TEMPLATE = "{prompt} {feedback}"
-"""The feedback right after the prompt, the format the built-in base learned to read."""
-
-TeacherWeights = Literal["live", "base", "synced", "ema"]
+from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.scoring import Scorer
+from cepo.teacher import EMA, Base, Live, TeacherWeights, pack_contexts
+from cepo.templates import OPSD_TEMPLATE, RAW_TEMPLATE, SDPO_TEMPLATE, check, fill
 
 
 class SelfDistillation(Objective):
@@ -53,41 +45,39 @@ class SelfDistillation(Objective):
     Args:
         weight: coefficient of the distillation term.
         pg_weight: coefficient of the clipped surrogate (0: distillation alone).
-        template: teacher context, a format string with ``{prompt}`` and ``{feedback}``.
-        teacher_weights: ``live`` (current actor), ``base`` (initial weights: LoRA adapter off,
-            or a frozen copy), ``synced`` (copy refreshed every ``sync_every`` steps), ``ema``.
-        ema_tau: EMA rate of ``ema`` teacher weights.
-        sync_every: refresh period of ``synced`` teacher weights (rollout steps).
-        micro_batch_size: rows per teacher forward (0: a micro-batch's rows at once).
+        template: teacher context with ``{prompt}`` and ``{feedback}``.
+        teacher_weights: the teacher's weights (``cepo.teacher.Live``, ``Base``, ``Synced``,
+            ``EMA``); default: the subclass's.
     """
+
+    default_weights: type[TeacherWeights] = Live
 
     def __init__(
         self,
         weight: float = 1.0,
         pg_weight: float = 0.0,
         template: str = RAW_TEMPLATE,
-        teacher_weights: TeacherWeights = "live",
-        ema_tau: float = 0.05,
-        sync_every: int = 25,
-        micro_batch_size: int = 0,
+        teacher_weights: TeacherWeights | None = None,
     ) -> None:
         super().__init__()
         check_weight(f"{self.name}.weight", weight)
         check_weight(f"{self.name}.pg_weight", pg_weight)
-        if "{prompt}" not in template or "{feedback}" not in template:
-            raise ValueError(f"{self.name}.template must contain {{prompt}} and {{feedback}}, got {template!r}")
         self.weight = weight
         self.pg_weight = pg_weight
-        self.template = template
-        self.teacher = TeacherPass(
-            weights=teacher_weights, ema_tau=ema_tau, sync_every=sync_every, micro_batch_size=micro_batch_size
-        )
+        self.template = check(template, f"{self.name}.template")
+        self.teacher_weights = teacher_weights if teacher_weights is not None else self.default_weights()
         self._contexts: dict[int, list[int]] = {}
         self._loss_sum, self._loss_tokens = 0.0, 0.0
 
     # -- hooks -------------------------------------------------------------------------
-    def setup(self, module) -> None:
-        self.teacher.setup(module.policy, module.tokenizer)
+    def setup(self, policy: PolicyRef, sampler: RolloutSampler | None, scorer: Scorer) -> None:
+        super().setup(policy, sampler, scorer)
+        self.teacher_weights.setup(policy.model)
+
+    def context_ids(self, prompt: str, feedback: str) -> list[int]:
+        """Token ids of the teacher context for ``prompt`` with ``feedback``."""
+        text = fill(self.template, prompt=prompt, feedback=feedback)
+        return self.policy.tokenizer(text, add_special_tokens=False).input_ids
 
     def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
         """``row -> (prompt, feedback)`` for the rows that get the term."""
@@ -98,11 +88,9 @@ class SelfDistillation(Objective):
         raise NotImplementedError
 
     @torch.no_grad()
-    def prepare(self, module, batch: RolloutBatch, advantages: torch.Tensor) -> None:
+    def prepare(self, batch: RolloutBatch, advantages: torch.Tensor) -> None:
         chosen = self.feedback(batch)
-        self._contexts = {
-            row: self.teacher.context_ids(prompt, fb, self.template) for row, (prompt, fb) in chosen.items()
-        }
+        self._contexts = {row: self.context_ids(prompt, fb) for row, (prompt, fb) in chosen.items()}
         active = torch.zeros(batch.num_rollouts, dtype=torch.bool, device=batch.rewards.device)
         if chosen:
             active[list(chosen)] = True
@@ -110,16 +98,22 @@ class SelfDistillation(Objective):
         self._metrics["active_frac"] = float(active.float().mean())  # next to build_samples' metrics
         self._loss_sum, self._loss_tokens = 0.0, 0.0
 
-    def token_loss(self, module, mb: MicroBatch) -> torch.Tensor:
+    def token_loss(self, mb: MicroBatch) -> torch.Tensor:
         out = torch.zeros_like(mb.logp)
         picked = [(i, r) for i, r in enumerate(mb.rows.tolist()) if r in self._contexts]
         if not picked or self.weight == 0:
             return out
         local = torch.tensor([i for i, _ in picked], device=out.device)
         rows = [r for _, r in picked]
-        teacher = self.teacher.logits(
-            [self._contexts[r] for r in rows], [mb.batch.response_ids[r] for r in rows], mb.temperature
+        packed = pack_contexts(
+            [self._contexts[r] for r in rows],
+            [mb.batch.response_ids[r] for r in rows],
+            self.policy.tokenizer.pad_token_id,
+            mb.temperature,
+            out.device,
         )
+        with self.teacher_weights.model() as model:
+            teacher = self.scorer.logits(model, packed)
         width = out.shape[1]
         teacher = torch.nn.functional.pad(teacher[:, :width], (0, 0, 0, width - min(teacher.shape[1], width)))
         per_token = self.divergence(mb, local, teacher)
@@ -137,13 +131,13 @@ class SelfDistillation(Objective):
         return out
 
     def on_step_end(self, rl_step: int) -> None:
-        self.teacher.on_step_end(rl_step)
+        self.teacher_weights.on_step_end(rl_step)
 
     def state_dict(self) -> dict:
-        return self.teacher.state_dict()
+        return self.teacher_weights.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.teacher.load_state_dict(state)
+        self.teacher_weights.load_state_dict(state)
 
 
 def response_text(batch: RolloutBatch, row: int, tokenizer) -> str:
@@ -160,12 +154,12 @@ class OPSD(SelfDistillation):
         feedback_source: ``solution`` (the reference solution; the answer where a task has
             none) or ``answer``.
         weight, pg_weight: OPSD alone (``pg_weight: 0``, default) or added to GRPO with a weight.
-        template: the teacher context (default: the paper's wording, :data:`OPSD_TEMPLATE`).
-        teacher_weights: ``base`` by default (the paper's fixed teacher), or live/synced/ema.
-        ema_tau, sync_every, micro_batch_size: as :class:`SelfDistillation`.
+        template: the teacher context (default: the paper's wording, ``cepo.templates.OPSD_TEMPLATE``).
+        teacher_weights: ``Base`` by default (the paper's fixed teacher), or Live/Synced/EMA.
     """
 
     name = "opsd"
+    default_weights = Base
 
     def __init__(
         self,
@@ -174,14 +168,11 @@ class OPSD(SelfDistillation):
         weight: float = 1.0,
         pg_weight: float = 0.0,
         template: str = OPSD_TEMPLATE,
-        teacher_weights: TeacherWeights = "base",
-        ema_tau: float = 0.05,
-        sync_every: int = 25,
-        micro_batch_size: int = 0,
+        teacher_weights: TeacherWeights | None = None,
     ) -> None:
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"opsd.b must be in [0, 1], got {b}")
-        super().__init__(weight, pg_weight, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
+        super().__init__(weight, pg_weight, template, teacher_weights)
         self.b = b
         self.feedback_source = feedback_source
 
@@ -215,12 +206,12 @@ class SDPO(SelfDistillation):
         top_k: student top-K support (the paper: 100).
         is_cap: cap of the per-token importance ratio.
         weight, pg_weight: SDPO replaces the policy-gradient loss by default (``pg_weight: 0``).
-        template: the teacher context (default: the paper's, :data:`SDPO_TEMPLATE`).
-        teacher_weights: ``ema`` by default (rate ``ema_tau``).
-        ema_tau, sync_every, micro_batch_size: as :class:`SelfDistillation`.
+        template: the teacher context (default: the paper's, ``cepo.templates.SDPO_TEMPLATE``).
+        teacher_weights: ``EMA`` (tau 0.05) by default.
     """
 
     name = "sdpo"
+    default_weights = EMA
 
     def __init__(
         self,
@@ -231,10 +222,7 @@ class SDPO(SelfDistillation):
         weight: float = 1.0,
         pg_weight: float = 0.0,
         template: str = SDPO_TEMPLATE,
-        teacher_weights: TeacherWeights = "ema",
-        ema_tau: float = 0.05,
-        sync_every: int = 25,
-        micro_batch_size: int = 0,
+        teacher_weights: TeacherWeights | None = None,
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"sdpo.alpha must be in [0, 1], got {alpha}")
@@ -242,7 +230,7 @@ class SDPO(SelfDistillation):
             raise ValueError(f"sdpo.top_k must be >= 1, got {top_k}")
         if not is_cap > 0:
             raise ValueError(f"sdpo.is_cap must be > 0, got {is_cap}")
-        super().__init__(weight, pg_weight, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
+        super().__init__(weight, pg_weight, template, teacher_weights)
         self.alpha = alpha
         self.feedback_source = feedback_source
         self.top_k = top_k
@@ -251,7 +239,7 @@ class SDPO(SelfDistillation):
     def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
         g = batch.group_size
         out = {}
-        tokenizer = self.teacher.tokenizer
+        tokenizer = self.policy.tokenizer
         for p in range((batch.num_original or batch.num_rollouts) // g):
             wins = [p * g + j for j in range(g) if bool(batch.correct[p * g + j])]
             for i in range(p * g, (p + 1) * g):
@@ -286,7 +274,7 @@ class HDPO(SelfDistillation):
         b: JSD coefficient (0: forward KL, 1: reverse KL).
         weight: ``lam``, the coefficient of the distillation term.
         template: the privileged context, ``{prompt}`` and ``{feedback}`` (the answer).
-        teacher_weights, ema_tau, sync_every, micro_batch_size: as :class:`SelfDistillation`.
+        teacher_weights: ``Live`` by default.
     """
 
     name = "hdpo"
@@ -296,30 +284,26 @@ class HDPO(SelfDistillation):
         b: float = 0.5,
         weight: float = 0.5,
         template: str = RAW_TEMPLATE,
-        teacher_weights: TeacherWeights = "live",
-        ema_tau: float = 0.05,
-        sync_every: int = 25,
-        micro_batch_size: int = 0,
+        teacher_weights: TeacherWeights | None = None,
     ) -> None:
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"hdpo.b must be in [0, 1], got {b}")
-        super().__init__(weight, 1.0, template, teacher_weights, ema_tau, sync_every, micro_batch_size)
+        super().__init__(weight, 1.0, template, teacher_weights)
         self.b = b
 
-    def build_samples(self, module, batch: RolloutBatch) -> RolloutBatch:
+    def build_samples(self, batch: RolloutBatch) -> RolloutBatch:
         g = batch.group_size
         failed = [p for p in range(batch.num_rollouts // g) if not bool(batch.correct[p * g : (p + 1) * g].any())]
         self._metrics = {"groups": float(len(failed))}
         if not failed:
             return batch
-        tokenizer = module.tokenizer
-        privileged = [self.teacher.context_ids(batch.prompts[p], batch.answers[p], self.template) for p in failed]
-        extra = module.trainer.datamodule.sample(
+        tokenizer = self.policy.tokenizer
+        privileged = [self.context_ids(batch.prompts[p], batch.answers[p]) for p in failed]
+        extra = self.sampler.sample(
             privileged,
             [batch.prompts[p] for p in failed],
             [batch.answers[p] for p in failed],
             [batch.solutions[p] for p in failed],
-            tokenizer,
             g,
         )
         self._metrics["privileged_success"] = float(extra.correct.float().mean())

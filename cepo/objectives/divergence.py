@@ -1,6 +1,6 @@
 """Per-token divergences between the student's and a teacher's next-token distributions.
 
-Pure functions over ``[..., V]`` logits or log-probs (ALGORITHMS.md §4). The generalized JSD
+Pure functions over ``[..., V]`` logits or log-probs (docs/algorithms.md §4). The generalized JSD
 with coefficient ``b`` mixes ``M = (1-b) p_S + b p_T`` and returns
 ``b KL(p_T || M) + (1-b) KL(p_S || M)``; at the end points, where that expression vanishes,
 the conventional limits are used instead: ``b = 0`` is the forward KL ``KL(p_T || p_S)`` and

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cepo.scoring import Packed
+
 
 @dataclass
 class RolloutBatch:
@@ -40,6 +42,8 @@ class RolloutBatch:
             out of the surrogate, as HDPO's privileged rollouts).
         num_original: rows that came from the rollout engine on the task's own prompts
             (appended rows follow them); None: all of them.
+        temperature: the sampling temperature (log-prob passes divide logits by it, so they
+            score the distribution that was sampled).
     """
 
     input_ids: torch.Tensor
@@ -61,18 +65,15 @@ class RolloutBatch:
     timings: dict[str, float] = field(default_factory=dict)
     row_weight: torch.Tensor | None = None
     num_original: int | None = None
+    temperature: float = 1.0
 
     @property
     def num_rollouts(self) -> int:
         return self.input_ids.shape[0]
 
-    def rows(self, index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
-        """The tensors a forward pass needs, for a subset of rows."""
-        return {
-            "input_ids": self.input_ids[index],
-            "attention_mask": self.attention_mask[index],
-            "response_mask": self.response_mask[index],
-        }
+    def packed(self) -> Packed:
+        """The rows as :class:`~cepo.scoring.Packed`, for the scoring loop."""
+        return Packed(self.input_ids, self.attention_mask, self.response_start, self.response_mask, self.temperature)
 
 
 def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0) -> RolloutBatch:
@@ -86,6 +87,8 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
     """
     if a.group_size != b.group_size:
         raise ValueError(f"cannot concatenate batches of group sizes {a.group_size} and {b.group_size}")
+    if a.temperature != b.temperature:
+        raise ValueError(f"cannot concatenate rollouts sampled at temperatures {a.temperature} and {b.temperature}")
     if a.weight_version != b.weight_version:
         raise ValueError(f"cannot concatenate rollouts of weight versions {a.weight_version} and {b.weight_version}")
     g = a.group_size
@@ -122,6 +125,7 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
         timings=timings,
         row_weight=torch.cat([weight_a, weight_b]),
         num_original=a.num_original if a.num_original is not None else a.num_rollouts,
+        temperature=a.temperature,
     )
 
 

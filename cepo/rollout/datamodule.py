@@ -4,7 +4,10 @@ The train DataLoader yields plain prompt batches from a *sized* dataset. Generat
 in :meth:`RolloutDataModule.on_after_batch_transfer`, which Lightning calls for each batch
 right before ``training_step``, i.e. after the previous optimizer step: prefetching a
 batch of prompts is harmless, and every rollout batch is generated with the current
-weights. Before generating, the engine is synced if the policy's weight version moved.
+weights. The DataModule owns a :class:`~cepo.rollout.rollout_sampler.RolloutSampler`
+(engine, verifier, sampling, packing) that the module connects to the policy once
+(:meth:`RolloutDataModule.connect`); before generating, the sampler re-syncs the engine if
+the policy's weight version moved.
 
 Evaluation scores the task's held-out split, or, when ``benchmarks`` are named, one
 validation DataLoader per benchmark, each verified by its own task.
@@ -13,40 +16,17 @@ validation DataLoader per benchmark, each verified by its own task.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-import time
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from cepo.rollout.batch import RolloutBatch, pack, pad_right
+from cepo.policy import PolicyRef
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
+from cepo.rollout.rollout_sampler import EvalBatch, RolloutSampler
 from cepo.tasks import Arithmetic, Example, Task
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalBatch:
-    """Greedy and sampled verification of a batch of held-out prompts.
-
-    Attributes:
-        greedy_correct: ``[P]`` bool.
-        sample_correct: ``[P, k]`` bool (``k`` may be 0).
-        response_lengths: ``[P]`` greedy response lengths in tokens.
-        prompts: the prompts, for logging.
-        greedy_responses: the greedy responses, for logging.
-    """
-
-    greedy_correct: torch.Tensor
-    sample_correct: torch.Tensor
-    response_lengths: torch.Tensor
-    prompts: list[str]
-    greedy_responses: list[str]
 
 
 def _collate(rows: list[Example]) -> list[Example]:
@@ -62,31 +42,6 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Example:
         return self.rows[i]
-
-
-def truncate_left(prompt_ids: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
-    """Keep at most the last ``limit`` tokens of every prompt.
-
-    Args:
-        prompt_ids: token ids per prompt.
-        limit: the longest prompt kept (at least 1).
-
-    Returns:
-        The prompts (the tail of each, where the answer cue is) and how many were cut.
-    """
-    limit = max(int(limit), 1)
-    cut = sum(len(p) > limit for p in prompt_ids)
-    return [p[-limit:] if len(p) > limit else p for p in prompt_ids], cut
-
-
-def context_length(policy: torch.nn.Module | None, engine: RolloutEngine) -> int | None:
-    """Tokens (prompt + response) the model and the engine accept, or None when unknown."""
-    limits = [
-        getattr(getattr(policy, "config", None), "max_position_embeddings", None),
-        getattr(engine, "max_model_len", None),
-    ]
-    limits = [int(n) for n in limits if isinstance(n, int) and n > 0]
-    return min(limits) if limits else None
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -164,7 +119,9 @@ class RolloutDataModule(L.LightningDataModule):
             stop=list(self.sampling.stop),
             seed=self.sampling.seed + 10_000_019,
         )
-        self._engine_bound = False
+        self.sampler = RolloutSampler(
+            self.engine, self.task, self.sampling, self.eval_sampling, group_size, success_threshold
+        )
 
     # -- data -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -212,120 +169,16 @@ class RolloutDataModule(L.LightningDataModule):
         return loaders if self.benchmarks else loaders[0]
 
     # -- generation -------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0):
-        module = self.trainer.lightning_module
-        self.bind(module)
-        if self.engine.weight_version != module.weight_version:
-            self.engine.sync_weights(module.policy, module.weight_version)
+    def connect(self, policy: PolicyRef) -> None:
+        """Connect the rollout sampler to the policy (the module calls this once it exists)."""
+        self.sampler.connect(policy)
+
+    def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0) -> object:
+        self.sampler.sync()
         if self.trainer.training:
-            return self.rollout(batch, module.tokenizer)
-        return self.evaluate(batch, module.tokenizer, self.eval_task(dataloader_idx))
+            return self.sampler.rollout(batch)
+        return self.evaluate(batch, self.eval_task(dataloader_idx))
 
-    def bind(self, module) -> None:
-        """Attach the engine to the module's policy (once)."""
-        if not self._engine_bound:
-            self.engine.setup(module.policy, module.tokenizer, module.model_path)
-            self._engine_bound = True
-
-    def encode_prompts(self, examples: list[Example], tokenizer) -> list[list[int]]:
-        return [tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
-
-    def encode_eval_prompts(self, examples: list[Example], tokenizer) -> list[list[int]]:
-        """Evaluation prompts, each cut to its last tokens if it and ``max_new_tokens`` would
-        not fit the model's (and engine's) context; a warning counts the cut prompts."""
-        prompt_ids = self.encode_prompts(examples, tokenizer)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        context = context_length(getattr(module, "policy", None), self.engine)
-        if context is None:
-            return prompt_ids
-        prompt_ids, cut = truncate_left(prompt_ids, context - self.sampling.max_new_tokens)
-        if cut:
-            log.warning(
-                "%d of %d evaluation prompts exceed the context (%d tokens less %d new); kept their last tokens",
-                cut,
-                len(prompt_ids),
-                context,
-                self.sampling.max_new_tokens,
-            )
-        return prompt_ids
-
-    def rollout(self, examples: list[Example], tokenizer) -> RolloutBatch:
-        """Generate ``G`` rollouts per prompt with the current weights, then verify them."""
-        return self.sample(
-            self.encode_prompts(examples, tokenizer),
-            [e.prompt for e in examples],
-            [e.answer for e in examples],
-            [e.solution for e in examples],
-            tokenizer,
-        )
-
-    def sample(
-        self,
-        prompt_ids: list[list[int]],
-        prompts: list[str],
-        answers: list[str],
-        solutions: list[str],
-        tokenizer,
-        n: int | None = None,
-    ) -> RolloutBatch:
-        """``n`` (default ``group_size``) verified samples per already-encoded prompt.
-
-        Objectives that build extra samples (CIPO's corrections, HDPO's privileged rollouts)
-        call this with their own prompts: same engine, same weights, same verifier.
-        """
-        g = n or self.group_size
-        t0 = time.perf_counter()
-        gen = self.engine.generate(prompt_ids, g, self.sampling)
-        t1 = time.perf_counter()
-        responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
-        row_answers = [a for a in answers for _ in range(g)]
-        rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, row_answers)], dtype=torch.float)
-        extracted = [self.task.extract_answer(r) for r in responses]
-        t2 = time.perf_counter()
-        rows_prompt = [p for p in prompt_ids for _ in range(g)]
-        input_ids, attention, start, resp_mask = pack(rows_prompt, gen.response_ids, tokenizer.pad_token_id)
-        engine_lp = None
-        if gen.logprobs is not None:
-            engine_lp = pad_right(gen.logprobs, resp_mask.shape[1])
-        device = self.trainer.lightning_module.device
-        return RolloutBatch(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            response_start=start,
-            response_mask=resp_mask.to(device),
-            rewards=rewards.to(device),
-            correct=(rewards >= self.success_threshold).to(device),
-            engine_logprobs=None if engine_lp is None else engine_lp.to(device),
-            group_size=g,
-            prompts=list(prompts),
-            answers=list(answers),
-            solutions=list(solutions),
-            responses=responses,
-            extracted=extracted,
-            prompt_ids=[list(p) for p in prompt_ids],
-            response_ids=gen.response_ids,
-            weight_version=gen.weight_version,
-            timings={"generate": t1 - t0, "score": t2 - t1},
-        )
-
-    def evaluate(self, examples: list[Example], tokenizer, task: Task | None = None) -> EvalBatch:
-        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``
-        (default: the training task). Prompts too long for the context keep their tail."""
-        task = task if task is not None else self.task
-        prompt_ids = self.encode_eval_prompts(examples, tokenizer)
-        greedy = self.engine.generate(
-            prompt_ids,
-            1,
-            SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)),
-        )
-        texts = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-        greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(texts, examples)])
-        k = self.eval_k
-        sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
-        if k:
-            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
-            stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
-            answers = [e.answer for e in examples for _ in range(k)]
-            sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)
-        lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
-        return EvalBatch(greedy_ok, sample_ok, lengths, [e.prompt for e in examples], texts)
+    def evaluate(self, examples: list[Example], task: Task | None = None) -> EvalBatch:
+        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``."""
+        return self.sampler.evaluate(examples, task, self.eval_k)

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from cepo.lora import is_peft
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ def hf_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     leaving the trainable adapter as it was. ``lm_head.weight`` is kept even when tied: vLLM
     would otherwise keep stale logits without an error.
     """
-    from cepo.policy import is_peft
-
     with torch.no_grad():
         if not is_peft(policy):
             return [(k, v.detach().clone()) for k, v in policy.state_dict().items()]

@@ -272,4 +272,4 @@ def run_flags(grid: Grid, point: Point) -> list[str]:
 
 
 def fit_command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "cepo.cli", "fit", *args]
+    return [sys.executable, "-m", "cepo", "fit", *args]

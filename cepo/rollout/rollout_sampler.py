@@ -1,0 +1,223 @@
+"""The rollout sampler: prompts in, verified and packed rollouts out.
+
+One object owns everything that turns prompts into a :class:`~cepo.rollout.batch.RolloutBatch`:
+the engine, the verifier (the task), the sampling settings and the packing. It is connected to
+the policy once (:meth:`RolloutSampler.connect`, with the :class:`~cepo.policy.PolicyRef` the
+module shares) and re-syncs the engine whenever the policy's weight version moved. The
+DataModule uses it for every training and evaluation batch; objectives that build extra
+samples (CIPO's corrections, HDPO's privileged rollouts) receive it in their ``setup``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cepo.policy import PolicyRef
+from cepo.rollout.batch import RolloutBatch, pack, pad_right
+from cepo.rollout.engine import RolloutEngine, SamplingConfig
+from cepo.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalBatch:
+    """Greedy and sampled verification of a batch of held-out prompts.
+
+    Attributes:
+        greedy_correct: ``[P]`` bool.
+        sample_correct: ``[P, k]`` bool (``k`` may be 0).
+        response_lengths: ``[P]`` greedy response lengths in tokens.
+        prompts: the prompts, for logging.
+        greedy_responses: the greedy responses, for logging.
+    """
+
+    greedy_correct: torch.Tensor
+    sample_correct: torch.Tensor
+    response_lengths: torch.Tensor
+    prompts: list[str]
+    greedy_responses: list[str]
+
+
+def truncate_left(prompt_ids: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
+    """Keep at most the last ``limit`` tokens of every prompt.
+
+    Args:
+        prompt_ids: token ids per prompt.
+        limit: the longest prompt kept (at least 1).
+
+    Returns:
+        The prompts (the tail of each, where the answer cue is) and how many were cut.
+    """
+    limit = max(int(limit), 1)
+    cut = sum(len(p) > limit for p in prompt_ids)
+    return [p[-limit:] if len(p) > limit else p for p in prompt_ids], cut
+
+
+def context_length(policy: torch.nn.Module | None, engine: RolloutEngine) -> int | None:
+    """Tokens (prompt + response) the model and the engine accept, or None when unknown."""
+    limits = [
+        getattr(getattr(policy, "config", None), "max_position_embeddings", None),
+        getattr(engine, "max_model_len", None),
+    ]
+    limits = [int(n) for n in limits if isinstance(n, int) and n > 0]
+    return min(limits) if limits else None
+
+
+class RolloutSampler:
+    """Generates, verifies and packs rollouts with the connected policy's current weights.
+
+    Args:
+        engine: the rollout engine.
+        task: the verifier (and reward) of training rollouts.
+        sampling: rollout sampling settings.
+        eval_sampling: settings of the held-out avg@k samples.
+        group_size: rollouts per prompt ``G``.
+        success_threshold: a rollout with reward at or above this counts as correct.
+    """
+
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        task: Task,
+        sampling: SamplingConfig,
+        eval_sampling: SamplingConfig,
+        group_size: int,
+        success_threshold: float,
+    ) -> None:
+        self.engine = engine
+        self.task = task
+        self.sampling = sampling
+        self.eval_sampling = eval_sampling
+        self.group_size = group_size
+        self.success_threshold = success_threshold
+        self.policy: PolicyRef | None = None
+
+    @property
+    def temperature(self) -> float:
+        """The temperature log-prob passes use: the sampling one (1 for greedy rollouts)."""
+        return self.sampling.temperature or 1.0
+
+    @property
+    def tokenizer(self):
+        return self.policy.tokenizer
+
+    def connect(self, policy: PolicyRef) -> None:
+        """Bind the engine to the policy (once; later calls with the same policy do nothing)."""
+        if self.policy is policy:
+            return
+        self.policy = policy
+        self.engine.setup(policy.model, policy.tokenizer, policy.path)
+
+    def sync(self) -> None:
+        """Give the engine the policy's current weights if its version moved."""
+        if self.policy is None:
+            raise RuntimeError("RolloutSampler.connect was not called (the module connects it in configure_model)")
+        if self.engine.weight_version != self.policy.version:
+            self.engine.sync_weights(self.policy.model, self.policy.version)
+
+    # -- encoding ----------------------------------------------------------------------
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt text (no special tokens added)."""
+        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+    def encode_eval(self, texts: list[str]) -> list[list[int]]:
+        """Evaluation prompts, each cut to its last tokens if it and ``max_new_tokens`` would
+        not fit the model's (and engine's) context; a warning counts the cut prompts."""
+        prompt_ids = self.encode(texts)
+        context = context_length(self.policy.model, self.engine)
+        if context is None:
+            return prompt_ids
+        prompt_ids, cut = truncate_left(prompt_ids, context - self.sampling.max_new_tokens)
+        if cut:
+            log.warning(
+                "%d of %d evaluation prompts exceed the context (%d tokens less %d new); kept their last tokens",
+                cut,
+                len(prompt_ids),
+                context,
+                self.sampling.max_new_tokens,
+            )
+        return prompt_ids
+
+    # -- training rollouts -------------------------------------------------------------
+    def rollout(self, examples: list[Example]) -> RolloutBatch:
+        """``G`` verified rollouts per example, with the current weights."""
+        return self.sample(
+            self.encode([e.prompt for e in examples]),
+            [e.prompt for e in examples],
+            [e.answer for e in examples],
+            [e.solution for e in examples],
+        )
+
+    def sample(
+        self,
+        prompt_ids: list[list[int]],
+        prompts: list[str],
+        answers: list[str],
+        solutions: list[str],
+        n: int | None = None,
+    ) -> RolloutBatch:
+        """``n`` (default ``group_size``) verified samples per already-encoded prompt."""
+        g = n or self.group_size
+        tokenizer = self.tokenizer
+        t0 = time.perf_counter()
+        gen = self.engine.generate(prompt_ids, g, self.sampling)
+        t1 = time.perf_counter()
+        responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+        row_answers = [a for a in answers for _ in range(g)]
+        rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, row_answers)], dtype=torch.float)
+        extracted = [self.task.extract_answer(r) for r in responses]
+        t2 = time.perf_counter()
+        rows_prompt = [p for p in prompt_ids for _ in range(g)]
+        input_ids, attention, start, resp_mask = pack(rows_prompt, gen.response_ids, tokenizer.pad_token_id)
+        engine_lp = None
+        if gen.logprobs is not None:
+            engine_lp = pad_right(gen.logprobs, resp_mask.shape[1])
+        device = self.policy.device
+        return RolloutBatch(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            response_start=start,
+            response_mask=resp_mask.to(device),
+            rewards=rewards.to(device),
+            correct=(rewards >= self.success_threshold).to(device),
+            engine_logprobs=None if engine_lp is None else engine_lp.to(device),
+            group_size=g,
+            prompts=list(prompts),
+            answers=list(answers),
+            solutions=list(solutions),
+            responses=responses,
+            extracted=extracted,
+            prompt_ids=[list(p) for p in prompt_ids],
+            response_ids=gen.response_ids,
+            weight_version=gen.weight_version,
+            timings={"generate": t1 - t0, "score": t2 - t1},
+            temperature=self.temperature,
+        )
+
+    # -- evaluation --------------------------------------------------------------------
+    def evaluate(self, examples: list[Example], task: Task | None = None, k: int = 0) -> EvalBatch:
+        """Greedy answer plus ``k`` samples per held-out prompt, verified by ``task`` (default:
+        the training task). Prompts too long for the context keep their tail."""
+        task = task if task is not None else self.task
+        tokenizer = self.tokenizer
+        prompt_ids = self.encode_eval([e.prompt for e in examples])
+        greedy = self.engine.generate(
+            prompt_ids,
+            1,
+            SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)),
+        )
+        texts = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
+        greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(texts, examples)])
+        sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
+        if k:
+            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
+            stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
+            answers = [e.answer for e in examples for _ in range(k)]
+            sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)
+        lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
+        return EvalBatch(greedy_ok, sample_ok, lengths, [e.prompt for e in examples], texts)

@@ -1,0 +1,142 @@
+"""Statistics of a rollout step: the optimizer updates' sums, and the metrics logged per step.
+
+The update loop adds each micro-batch's loss, clip counts, entropy and KL as tensors to an
+:class:`UpdateStats`; nothing is read back to the host until :meth:`UpdateStats.result`, once
+per rollout step. :func:`step_metrics` names everything the module logs for the step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from cepo.advantages import zero_variance_groups
+from cepo.loss import SurrogateStats
+from cepo.rollout.batch import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+_TOKEN_KEYS = ("clip_frac", "dual_clip_frac", "entropy", "kl")
+_KEYS = ("loss", "grad_norm", "tokens", *_TOKEN_KEYS)
+
+
+class UpdateStats:
+    """Device-side sums over micro-batches and updates.
+
+    Args:
+        updates: optimizer updates in the step (``loss`` and ``grad_norm`` are averaged over them).
+        with_kl: whether a KL term is in the loss (``kl`` is then reported).
+    """
+
+    def __init__(self, updates: int, with_kl: bool, device: torch.device) -> None:
+        self.updates = updates
+        self.with_kl = with_kl
+        self.sums = torch.zeros(len(_KEYS), dtype=torch.float64, device=device)
+        self.gaps: list[torch.Tensor] = []
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        self.sums[_KEYS.index(key)] += value.detach().to(torch.float64)
+
+    @torch.no_grad()
+    def micro_batch(
+        self,
+        loss: torch.Tensor,
+        stats: SurrogateStats,
+        mask: torch.Tensor,
+        entropy: torch.Tensor,
+        kl: torch.Tensor | None = None,
+    ) -> None:
+        """Add a micro-batch: its aggregated ``loss``, surrogate stats, ``[n, T]`` mask,
+        ``[n, T]`` entropy and (with a KL term) ``[n, T]`` per-token KL, zero off the mask."""
+        ntok = mask.sum().double()
+        self._add("loss", loss)
+        self._add("tokens", ntok)
+        self._add("clip_frac", stats.clip_frac.double() * ntok)
+        self._add("dual_clip_frac", stats.dual_clip_frac.double() * ntok)
+        self._add("entropy", (entropy * mask).sum())
+        if kl is not None:
+            self._add("kl", kl.sum())
+
+    def grad_norm(self, norm: torch.Tensor) -> None:
+        self._add("grad_norm", norm)
+
+    def gap(self, gaps: torch.Tensor) -> None:
+        """Engine/trainer log-prob gaps ``|logp_trainer - logp_engine|`` of response tokens."""
+        self.gaps.append(gaps.detach().flatten())
+
+    def result(self) -> dict[str, float]:
+        """The step's statistics (one host sync). Per-token ones only when rows were trained."""
+        gaps = torch.cat(self.gaps) if self.gaps else None
+        extra = torch.stack([gaps.mean(), gaps.max()]).double() if gaps is not None and gaps.numel() else None
+        values = (self.sums if extra is None else torch.cat([self.sums, extra])).tolist()
+        sums = dict(zip(_KEYS, values))
+        out = {"loss": sums["loss"] / self.updates, "grad_norm": sums["grad_norm"] / self.updates}
+        if sums["tokens"]:
+            for key in _TOKEN_KEYS:
+                if key != "kl" or self.with_kl:
+                    out[key] = sums[key] / sums["tokens"]
+        if gaps is not None:
+            out["logprob_gap_mean"] = values[len(_KEYS)] if extra is not None else 0.0
+            out["logprob_gap_max"] = values[len(_KEYS) + 1] if extra is not None else 0.0
+        return out
+
+
+def step_metrics(
+    batch: RolloutBatch,
+    advantages: torch.Tensor,
+    stats: dict[str, float],
+    timings: dict[str, float],
+    rl_step: int,
+    lr: float,
+    beta: float | None = None,
+) -> dict[str, float | torch.Tensor]:
+    """The metrics logged for one rollout step (``train/...``, ``time/...``).
+
+    Args:
+        batch: the rollouts sampled on the task's prompts.
+        advantages: ``[N]`` their sequence advantages.
+        stats: :meth:`UpdateStats.result` plus objective metrics (logged as ``train/<key>``).
+        timings: seconds per stage (logged as ``time/<stage>``).
+        rl_step: rollout steps done.
+        lr: the learning rate of the first parameter group.
+        beta: the credit rule's mixing coefficient, for rules that have one.
+    """
+    rewards = batch.rewards
+    mask = batch.response_mask
+    n_tokens = float(mask.sum())
+    total = sum(timings.values())
+    metrics = {
+        "train/reward_mean": rewards.mean(),
+        "train/reward_std": rewards.std() if rewards.numel() > 1 else 0.0,
+        "train/acc": batch.correct.float().mean(),
+        "train/zero_var_frac": zero_variance_groups(rewards, batch.group_size).float().mean(),
+        "train/response_len": mask.sum(-1).float().mean(),
+        "train/adv_abs_mean": advantages.abs().mean(),
+        "train/lr": lr,
+        "train/rl_step": float(rl_step),
+        **{f"train/{k}": v for k, v in stats.items()},
+        **{f"time/{k}": v for k, v in timings.items()},
+        "time/total": total,
+        "time/tokens_per_sec": n_tokens / max(total, 1e-9),
+        "time/gen_tokens_per_sec": n_tokens / max(timings.get("generate", 0.0), 1e-9),
+    }
+    if beta is not None:
+        metrics["train/beta"] = beta
+    return metrics
+
+
+def check_mismatch(gap: float, warn: float, stop: float | None) -> bool:
+    """Warn when the mean engine/trainer log-prob gap exceeds ``warn``; True (stop training)
+    when it exceeds ``stop``."""
+    if stop is not None and gap > stop:
+        log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, stop)
+        return True
+    if gap > warn:
+        log.warning(
+            "engine/trainer log-prob gap %.2e > mismatch_warn %.2e: stale weights or numerics differ "
+            "(consider model.tis_cap)",
+            gap,
+            warn,
+        )
+    return False
