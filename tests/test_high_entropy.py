@@ -1,0 +1,65 @@
+"""HighEntropy credit: hand-computed threshold, GRPO on kept tokens, and a run from its YAML."""
+
+import pytest
+import torch
+from fitargs import fit_args
+
+from cepo.cli import cli_main
+from cepo.credit import CreditInputs
+from cepo.credit.high_entropy import HighEntropy
+
+
+def _inputs():
+    # rows 0 and 1 carry advantages; row 2 has A = 0 (its entropies must not move the threshold)
+    entropy = torch.tensor(
+        [
+            [0.1, 0.2, 0.3, 0.4, 0.5],
+            [0.6, 0.7, 0.8, 0.9, 1.0],
+            [9.0, 9.0, 9.0, 9.0, 9.0],
+        ]
+    )
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    return CreditInputs(torch.tensor([1.5, -0.5, 0.0]), mask, entropy=entropy)
+
+
+def test_top_fifth_by_entropy_keeps_grpo_advantage():
+    out = HighEntropy(top_fraction=0.2).assign(_inputs())
+    # credited entropies 0.1 .. 1.0 (10 tokens): the 0.8 quantile is 0.8 + 0.2 * (0.9 - 0.8) = 0.82,
+    # so exactly the two tokens 0.9 and 1.0 (row 1, columns 3 and 4) keep A = -0.5
+    expected = torch.zeros(3, 5)
+    expected[1, 3:] = -0.5
+    assert torch.equal(out.token_advantages, expected)
+    assert out.weight[1].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0] and out.weight[0].sum() == 0
+
+
+def test_direction_anchoring_and_full_fraction_is_grpo():
+    inputs = _inputs()
+    out = HighEntropy(top_fraction=0.5).assign(inputs)
+    adv = inputs.advantages[:, None].expand(3, 5)
+    nonzero = out.token_advantages != 0
+    assert torch.equal(out.token_advantages[nonzero], adv[nonzero])  # kept tokens: A_i exactly
+    assert int(nonzero.sum()) == 5  # half of the 10 credited tokens
+    assert torch.equal(HighEntropy(top_fraction=1.0).assign(inputs).token_advantages, adv * (adv != 0))
+    masked = CreditInputs(inputs.advantages, torch.zeros(3, 5, dtype=torch.bool), entropy=inputs.entropy)
+    assert not HighEntropy().assign(masked).token_advantages.any()  # nothing credited: no error
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5])
+def test_bad_fraction_is_refused(bad):
+    with pytest.raises(ValueError, match="top_fraction"):
+        HighEntropy(top_fraction=bad)
+
+
+def test_fit_from_yaml(tmp_path, tiny_dir):
+    """The rule runs end to end from configs/credit/high_entropy.yaml; it needs no teacher pass."""
+    args = [
+        "fit",
+        *fit_args(
+            tiny_dir, tmp_path, "he", "credit/high_entropy.yaml", extra=["--data.task", "test_training.TextParity"]
+        ),
+    ]
+    cli = cli_main(args)
+    assert type(cli.model.credit).__name__ == "HighEntropy" and cli.model.credit.top_fraction == 0.2
+    header = (tmp_path / "he" / "v" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/beta" not in header.split(",")  # no mixing coefficient, no beta schedule
+    assert "credit/correct/weight_mean" in header.split(",")  # the token-weight logger showed it
