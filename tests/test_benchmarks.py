@@ -13,8 +13,8 @@ import torch
 from cepo.cli import cli_main
 from cepo.policy import PolicyRef
 from cepo.rollout.datamodule import RolloutDataModule
-from cepo.rollout.rollout_sampler import truncate_left
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
+from cepo.rollout.rollout_sampler import truncate_left
 from cepo.tasks import Arithmetic, Example, JsonlTask
 from cepo.tasks import jsonl as jsonl_module
 from cepo.tasks.benchmarks import JsonlBenchmark
