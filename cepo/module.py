@@ -114,20 +114,18 @@ class GRPOModule(L.LightningModule):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 < eps_low < 1:
-            raise ValueError(f"model.eps_low must be in (0, 1), got {eps_low}")
-        if not eps_high > 0:
-            raise ValueError(f"model.eps_high must be > 0, got {eps_high}")
-        if c_dual is not None and not c_dual > 1:
-            raise ValueError(f"model.c_dual must be > 1 (or null), got {c_dual}")
-        if num_minibatches < 1:
-            raise ValueError(f"model.num_minibatches must be >= 1, got {num_minibatches}")
-        if micro_batch_size < 0:
-            raise ValueError(f"model.micro_batch_size must be >= 0, got {micro_batch_size}")
-        if kl_coef < 0:
-            raise ValueError(f"model.kl_coef must be >= 0, got {kl_coef}")
-        if tis_cap is not None and not tis_cap > 0:
-            raise ValueError(f"model.tis_cap must be > 0 (or null), got {tis_cap}")
+        settings = locals()
+        for name, ok, wanted in (
+            ("eps_low", 0 < eps_low < 1, "in (0, 1)"),
+            ("eps_high", eps_high > 0, "> 0"),
+            ("c_dual", c_dual is None or c_dual > 1, "> 1 (or null)"),
+            ("num_minibatches", num_minibatches >= 1, ">= 1"),
+            ("micro_batch_size", micro_batch_size >= 0, ">= 0"),
+            ("kl_coef", kl_coef >= 0, ">= 0"),
+            ("tis_cap", tis_cap is None or tis_cap > 0, "> 0 (or null)"),
+        ):
+            if not ok:
+                raise ValueError(f"model.{name} must be {wanted}, got {settings[name]}")
         self.save_hyperparameters(
             ignore=["credit", "teacher", "teacher_weights", "objective", "optimizer", "lr_scheduler", "lora_settings"]
         )
