@@ -30,7 +30,12 @@ SDPO_TEMPLATE = "{prompt}\n\nCorrect solution:\n\n{feedback}\n\nCorrectly solve 
 CIPO_TEMPLATE = (
     "{prompt}{attempt}\n\nThe attempt above is wrong. Find the error and solve the problem again.\n\n{prompt}"
 )
-"""CIPO's correction prompt: the original prompt, the failed attempt, an instruction, the prompt again."""
+"""CIPO's correction prompt under a plain prompt format: the original prompt, the failed attempt,
+an instruction, the prompt again."""
+
+CIPO_INSTRUCTION = "The attempt above is wrong. Find the error and solve the problem again."
+"""CIPO's correction request under a chat template: a user turn after the failed attempt's
+assistant turn."""
 
 
 def check(template: str, setting: str, fields: tuple[str, ...] = ("prompt", "feedback")) -> str:

@@ -140,7 +140,7 @@ def test_sdpo_demonstrations_are_other_successes(tok):
     assert fb[0][1] == "ok1" and fb[1][1] == "ok3" and fb[2][1] == "ok3" and fb[3][1] == "ok1"
     assert 6 not in fb  # its only success is itself
     assert {4, 5, 7} <= set(fb) and all(fb[r][1] == "ok6" for r in (4, 5, 7))
-    assert all(fb[r][0] == batch.prompts[r // 4] for r in fb)
+    assert all(fb[r][0] == r // 4 for r in fb)  # each row's own prompt
 
 
 def test_sdpo_answer_feedback_uses_the_demonstrations_answer(tok):
@@ -163,8 +163,8 @@ def test_opsd_covers_every_rollout_with_the_solution(tok):
     batch.solutions = [" 3", ""]
     fb = OPSD().feedback(batch)
     assert sorted(fb) == list(range(8))
-    assert fb[0] == ("1+2=", "3") and fb[5] == ("4+4=", "4242")  # no solution: the answer
-    assert OPSD(feedback_source="answer").feedback(batch)[0] == ("1+2=", "4242")
+    assert fb[0] == (0, "3") and fb[5] == (1, "4242")  # no solution: the answer
+    assert OPSD(feedback_source="answer").feedback(batch)[0] == (0, "4242")
 
 
 def test_hdpo_distils_only_correct_appended_rows(tok):
@@ -172,7 +172,8 @@ def test_hdpo_distils_only_correct_appended_rows(tok):
     extra = group_batch(tok, [True, False, True, False], prompts=("1+2=",), answers=("4242",))
     merged = concat(batch, extra, tok.pad_token_id, b_weight=0.0)
     assert merged.num_original == 8 and merged.row_weight.tolist() == [1.0] * 8 + [0.0] * 4
-    assert HDPO().feedback(merged) == {8: ("1+2=", "4242"), 10: ("1+2=", "4242")}
+    assert HDPO().feedback(merged) == {8: (2, "4242"), 10: (2, "4242")}  # the appended group, prompt 2
+    assert merged.conversation(2) == [{"role": "user", "content": "1+2="}]
 
 
 def test_concat_repacks_rows(tok):
@@ -205,8 +206,9 @@ def test_cipo_prompts_come_from_failed_rollouts_without_the_answer(tok):
     batch = group_batch(tok, [False, True, False, True, False, False, False, False])
     batch.solutions = [" 4242 = 4242", " 4242"]
     obj = CIPO(max_share=0.5)  # up to as many correction groups as prompts
-    rows, texts = obj.correction_prompts(batch, tok)
+    rows, conversations = obj.correction_prompts(batch, tok)
     assert rows == [4, 0]  # the all-failed prompt first
+    texts = [batch.format.render(c, tok) for c in conversations]
     for row, text in zip(rows, texts):
         assert not bool(batch.correct[row])
         assert batch.responses[row].strip() in text and batch.prompts[row // 4] in text

@@ -117,7 +117,7 @@ def test_hint_template_and_feedback_sources(tiny_model):
     t = contexts(tok, template="hint", feedback="rollout")
     fb = t.group_feedback(batch, 0)
     assert (fb.pos, fb.neg) == ("2", "3")
-    assert "Here is a reference solution:\n2" in tok.decode(t.context_ids("1+1=", fb.pos))
+    assert "Here is a reference solution:\n2" in tok.decode(t.context_ids(batch, 0, fb.pos))
     assert contexts(tok, feedback="answer_rollout").group_feedback(batch, 0).neg == "3"
     # first token of " 2" is the space, stripped
     assert contexts(tok, feedback="first_k", k=1).group_feedback(batch, 0).pos == ""

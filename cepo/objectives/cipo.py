@@ -26,7 +26,7 @@ import torch
 
 from cepo.objectives.base import Objective, check_weight
 from cepo.rollout.batch import RolloutBatch, concat
-from cepo.templates import CIPO_TEMPLATE, check, fill
+from cepo.templates import CIPO_INSTRUCTION, CIPO_TEMPLATE, check
 
 
 def choose_failures(correct: torch.Tensor, rewards: torch.Tensor, group_size: int, limit: int) -> list[int]:
@@ -59,12 +59,20 @@ class CIPO(Objective):
         weight: multiplies the correction rows' advantages in the surrogate.
         max_share: the largest fraction of the combined batch's rows that are corrections
             (in (0, 1)).
-        template: correction prompt with ``{prompt}`` and ``{attempt}``.
+        template: correction prompt with ``{prompt}`` and ``{attempt}``, under a plain prompt format.
+        instruction: under a chat prompt format, the user turn that follows the failed attempt
+            (itself the assistant's turn).
     """
 
     name = "cipo"
 
-    def __init__(self, weight: float = 0.5, max_share: float = 0.25, template: str = CIPO_TEMPLATE) -> None:
+    def __init__(
+        self,
+        weight: float = 0.5,
+        max_share: float = 0.25,
+        template: str = CIPO_TEMPLATE,
+        instruction: str = CIPO_INSTRUCTION,
+    ) -> None:
         super().__init__()
         check_weight("cipo.weight", weight)
         if not 0 < max_share < 1:
@@ -72,23 +80,26 @@ class CIPO(Objective):
         self.weight = weight
         self.max_share = max_share
         self.template = check(template, "cipo.template", ("prompt", "attempt"))
+        self.instruction = instruction
         self.pg_weight = 1.0
         self.last_prompts: list[str] = []
 
-    def correction_prompts(self, batch: RolloutBatch, tokenizer) -> tuple[list[int], list[str]]:
-        """The chosen failed rows and their correction prompts."""
+    def correction_prompts(self, batch: RolloutBatch, tokenizer) -> tuple[list[int], list[list[dict[str, str]]]]:
+        """The chosen failed rows and their correction conversations."""
         prompts_now = batch.num_rollouts // batch.group_size
         limit = math.floor(self.max_share / (1.0 - self.max_share) * prompts_now + 1e-9)
         rows = choose_failures(batch.correct, batch.rewards, batch.group_size, limit)
-        texts = []
+        conversations = []
         for row in rows:
             attempt = tokenizer.decode(batch.response_ids[row], skip_special_tokens=True)
-            texts.append(fill(self.template, prompt=batch.prompts[row // batch.group_size], attempt=attempt))
-        return rows, texts
+            group = batch.conversation(row // batch.group_size)
+            conversations.append(batch.format.correction(group, attempt, self.template, self.instruction))
+        return rows, conversations
 
     def build_samples(self, batch: RolloutBatch) -> RolloutBatch:
         tokenizer = self.policy.tokenizer
-        rows, texts = self.correction_prompts(batch, tokenizer)
+        rows, conversations = self.correction_prompts(batch, tokenizer)
+        texts = [batch.format.render(c, tokenizer) for c in conversations]
         self.last_prompts = texts
         self._metrics = {"attempts": float(len(rows))}
         if not rows:
@@ -101,6 +112,7 @@ class CIPO(Objective):
             [batch.answers[p] for p in groups],
             [batch.solutions[p] for p in groups],
             g,
+            messages=conversations,
         )
         self._metrics["success_rate"] = float(extra.correct.float().mean())
         self._metrics["attempt_solved"] = float(extra.correct.view(-1, g).any(-1).float().mean())

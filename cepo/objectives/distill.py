@@ -29,11 +29,12 @@ import torch
 from cepo.objectives.base import MicroBatch, Objective, check_weight
 from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
 from cepo.policy import PolicyRef
+from cepo.prompting import Placement
 from cepo.rollout.batch import RolloutBatch, concat
 from cepo.rollout.rollout_sampler import RolloutSampler
 from cepo.scoring import Scorer
 from cepo.teacher import EMA, Base, Live, TeacherWeights, pack_contexts
-from cepo.templates import OPSD_TEMPLATE, RAW_TEMPLATE, SDPO_TEMPLATE, check, fill
+from cepo.templates import OPSD_TEMPLATE, RAW_TEMPLATE, SDPO_TEMPLATE, check
 
 
 class SelfDistillation(Objective):
@@ -46,6 +47,10 @@ class SelfDistillation(Objective):
         weight: coefficient of the distillation term.
         pg_weight: coefficient of the clipped surrogate (0: distillation alone).
         template: teacher context with ``{prompt}`` and ``{feedback}``.
+        placement: where ``template`` goes (``cepo.prompting``): ``user`` wraps the user turn's
+            text and renders the chat again (instruction templates), ``assistant`` fills
+            ``{prompt}`` with the rendered prompt (the feedback starts the assistant turn). Under
+            the ``Plain`` prompt format both give the same text.
         teacher_weights: the teacher's weights (``cepo.teacher.Live``, ``Base``, ``Synced``,
             ``EMA``); default: the subclass's.
     """
@@ -58,6 +63,7 @@ class SelfDistillation(Objective):
         pg_weight: float = 0.0,
         template: str = RAW_TEMPLATE,
         teacher_weights: TeacherWeights | None = None,
+        placement: Placement = "user",
     ) -> None:
         super().__init__()
         check_weight(f"{self.name}.weight", weight)
@@ -65,6 +71,7 @@ class SelfDistillation(Objective):
         self.weight = weight
         self.pg_weight = pg_weight
         self.template = check(template, f"{self.name}.template")
+        self.placement = placement
         self.teacher_weights = teacher_weights if teacher_weights is not None else self.default_weights()
         self._contexts: dict[int, list[int]] = {}
         self._loss_sum, self._loss_tokens = 0.0, 0.0
@@ -74,13 +81,16 @@ class SelfDistillation(Objective):
         super().setup(policy, sampler, scorer)
         self.teacher_weights.setup(policy.model)
 
-    def context_ids(self, prompt: str, feedback: str) -> list[int]:
-        """Token ids of the teacher context for ``prompt`` with ``feedback``."""
-        text = fill(self.template, prompt=prompt, feedback=feedback)
-        return self.policy.tokenizer(text, add_special_tokens=False).input_ids
+    def context_ids(self, batch: RolloutBatch, group: int, feedback: str) -> list[int]:
+        """Token ids of the teacher context for prompt ``group`` of ``batch`` with ``feedback``."""
+        tokenizer = self.policy.tokenizer
+        text = batch.format.with_feedback(
+            batch.conversation(group), self.template, self.placement, tokenizer, feedback=feedback
+        )
+        return tokenizer(text, add_special_tokens=False).input_ids
 
-    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
-        """``row -> (prompt, feedback)`` for the rows that get the term."""
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
+        """``row -> (prompt index, feedback)`` for the rows that get the term."""
         raise NotImplementedError
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -90,7 +100,7 @@ class SelfDistillation(Objective):
     @torch.no_grad()
     def prepare(self, batch: RolloutBatch, advantages: torch.Tensor) -> None:
         chosen = self.feedback(batch)
-        self._contexts = {row: self.context_ids(prompt, fb) for row, (prompt, fb) in chosen.items()}
+        self._contexts = {row: self.context_ids(batch, group, fb) for row, (group, fb) in chosen.items()}
         active = torch.zeros(batch.num_rollouts, dtype=torch.bool, device=batch.rewards.device)
         if chosen:
             active[list(chosen)] = True
@@ -156,6 +166,7 @@ class OPSD(SelfDistillation):
         weight, pg_weight: OPSD alone (``pg_weight: 0``, default) or added to GRPO with a weight.
         template: the teacher context (default: the paper's wording, ``cepo.templates.OPSD_TEMPLATE``).
         teacher_weights: ``Base`` by default (the paper's fixed teacher), or Live/Synced/EMA.
+        placement: as :class:`SelfDistillation` (``user``: the instruction in the user turn).
     """
 
     name = "opsd"
@@ -169,20 +180,21 @@ class OPSD(SelfDistillation):
         pg_weight: float = 0.0,
         template: str = OPSD_TEMPLATE,
         teacher_weights: TeacherWeights | None = None,
+        placement: Placement = "user",
     ) -> None:
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"opsd.b must be in [0, 1], got {b}")
-        super().__init__(weight, pg_weight, template, teacher_weights)
+        super().__init__(weight, pg_weight, template, teacher_weights, placement)
         self.b = b
         self.feedback_source = feedback_source
 
-    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
         g = batch.group_size
         out = {}
         for row in range(batch.num_original or batch.num_rollouts):
             p = row // g
             solution = batch.solutions[p].strip() if self.feedback_source == "solution" else ""
-            out[row] = (batch.prompts[p], solution or batch.answers[p])
+            out[row] = (p, solution or batch.answers[p])
         return out
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -208,6 +220,7 @@ class SDPO(SelfDistillation):
         weight, pg_weight: SDPO replaces the policy-gradient loss by default (``pg_weight: 0``).
         template: the teacher context (default: the paper's, ``cepo.templates.SDPO_TEMPLATE``).
         teacher_weights: ``EMA`` (tau 0.05) by default.
+        placement: as :class:`SelfDistillation` (``user``: the demonstration in the user turn).
     """
 
     name = "sdpo"
@@ -223,6 +236,7 @@ class SDPO(SelfDistillation):
         pg_weight: float = 0.0,
         template: str = SDPO_TEMPLATE,
         teacher_weights: TeacherWeights | None = None,
+        placement: Placement = "user",
     ) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"sdpo.alpha must be in [0, 1], got {alpha}")
@@ -230,13 +244,13 @@ class SDPO(SelfDistillation):
             raise ValueError(f"sdpo.top_k must be >= 1, got {top_k}")
         if not is_cap > 0:
             raise ValueError(f"sdpo.is_cap must be > 0, got {is_cap}")
-        super().__init__(weight, pg_weight, template, teacher_weights)
+        super().__init__(weight, pg_weight, template, teacher_weights, placement)
         self.alpha = alpha
         self.feedback_source = feedback_source
         self.top_k = top_k
         self.is_cap = is_cap
 
-    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
         g = batch.group_size
         out = {}
         tokenizer = self.policy.tokenizer
@@ -248,9 +262,9 @@ class SDPO(SelfDistillation):
                     continue
                 demo = min(others, key=lambda w: (w - i) % g)  # the next success after i
                 if self.feedback_source == "answer" and batch.extracted[demo]:
-                    out[i] = (batch.prompts[p], batch.extracted[demo].strip())
+                    out[i] = (p, batch.extracted[demo].strip())
                 else:
-                    out[i] = (batch.prompts[p], response_text(batch, demo, tokenizer))
+                    out[i] = (p, response_text(batch, demo, tokenizer))
         return out
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -275,6 +289,7 @@ class HDPO(SelfDistillation):
         weight: ``lam``, the coefficient of the distillation term.
         template: the privileged context, ``{prompt}`` and ``{feedback}`` (the answer).
         teacher_weights: ``Live`` by default.
+        placement: as :class:`SelfDistillation` (``assistant``: the answer starts the assistant turn).
     """
 
     name = "hdpo"
@@ -285,10 +300,11 @@ class HDPO(SelfDistillation):
         weight: float = 0.5,
         template: str = RAW_TEMPLATE,
         teacher_weights: TeacherWeights | None = None,
+        placement: Placement = "assistant",
     ) -> None:
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"hdpo.b must be in [0, 1], got {b}")
-        super().__init__(weight, 1.0, template, teacher_weights)
+        super().__init__(weight, 1.0, template, teacher_weights, placement)
         self.b = b
 
     def build_samples(self, batch: RolloutBatch) -> RolloutBatch:
@@ -298,24 +314,25 @@ class HDPO(SelfDistillation):
         if not failed:
             return batch
         tokenizer = self.policy.tokenizer
-        privileged = [self.context_ids(batch.prompts[p], batch.answers[p]) for p in failed]
+        privileged = [self.context_ids(batch, p, batch.answers[p]) for p in failed]
         extra = self.sampler.sample(
             privileged,
             [batch.prompts[p] for p in failed],
             [batch.answers[p] for p in failed],
             [batch.solutions[p] for p in failed],
             g,
+            messages=[batch.conversation(p) for p in failed],
         )
         self._metrics["privileged_success"] = float(extra.correct.float().mean())
         # the student side: the same responses under the plain prompt
         extra = dataclasses.replace(extra, prompt_ids=[batch.prompt_ids[p] for p in failed])
         return concat(batch, extra, tokenizer.pad_token_id, b_weight=0.0)
 
-    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[str, str]]:
+    def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
         g = batch.group_size
         start = batch.num_original if batch.num_original is not None else batch.num_rollouts
         return {
-            row: (batch.prompts[row // g], batch.answers[row // g])
+            row: (row // g, batch.answers[row // g])
             for row in range(start, batch.num_rollouts)
             if bool(batch.correct[row])
         }

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cepo.prompting import Plain, PromptFormat
 from cepo.scoring import Packed
 
 
@@ -28,7 +29,7 @@ class RolloutBatch:
         engine_logprobs: ``[N, T]`` the engine's log-probs of the sampled tokens (0 off the
             mask), or None (greedy evaluation).
         group_size: ``G``.
-        prompts: ``P`` prompt strings.
+        prompts: ``P`` prompt texts, as the policy continued them (rendered by the prompt format).
         answers: ``P`` reference answers.
         solutions: ``P`` reference solutions (may be empty strings).
         responses: ``N`` decoded responses.
@@ -44,6 +45,9 @@ class RolloutBatch:
             (appended rows follow them); None: all of them.
         temperature: the sampling temperature (log-prob passes divide logits by it, so they
             score the distribution that was sampled).
+        messages: ``P`` conversations before the assistant turn (None: each prompt text is the
+            user turn), from which teachers and corrections re-render their contexts.
+        prompt_format: how ``messages`` were rendered into ``prompts`` (None: ``Plain``).
     """
 
     input_ids: torch.Tensor
@@ -66,10 +70,21 @@ class RolloutBatch:
     row_weight: torch.Tensor | None = None
     num_original: int | None = None
     temperature: float = 1.0
+    messages: list[list[dict[str, str]]] | None = None
+    prompt_format: PromptFormat | None = None
 
     @property
     def num_rollouts(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def format(self) -> PromptFormat:
+        """The prompt format the prompts were rendered with."""
+        return self.prompt_format if self.prompt_format is not None else Plain()
+
+    def conversation(self, group: int) -> list[dict[str, str]]:
+        """The conversation of prompt ``group`` before the assistant turn."""
+        return self.messages[group] if self.messages is not None else [{"role": "user", "content": self.prompts[group]}]
 
     def packed(self) -> Packed:
         """The rows as :class:`~cepo.scoring.Packed`, for the scoring loop."""
@@ -126,7 +141,13 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
         row_weight=torch.cat([weight_a, weight_b]),
         num_original=a.num_original if a.num_original is not None else a.num_rollouts,
         temperature=a.temperature,
+        messages=None if a.messages is None and b.messages is None else _conversations(a) + _conversations(b),
+        prompt_format=a.prompt_format,
     )
+
+
+def _conversations(batch: RolloutBatch) -> list[list[dict[str, str]]]:
+    return [batch.conversation(p) for p in range(len(batch.prompts))]
 
 
 def pack(

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cepo.policy import PolicyRef
+from cepo.prompting import PromptFormat
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.rollout_sampler import EvalBatch, RolloutSampler
@@ -67,6 +68,10 @@ class RolloutDataModule(L.LightningDataModule):
             ``task``. Names must be non-empty without ``/``. Evaluation prompts longer than
             the model's context less ``sampling.max_new_tokens`` keep only their last tokens
             (a warning says how many); training prompts are never cut.
+        prompt_format: how each problem's user turn becomes the text the policy continues, for
+            training and every benchmark: ``cepo.prompting.Plain`` (as is, the default; base
+            models) or ``cepo.prompting.Chat`` (the tokenizer's chat template, optional system
+            prompt). Teacher contexts and correction prompts are rendered the same way.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class RolloutDataModule(L.LightningDataModule):
         eval_k: int = 4,
         eval_temperature: float = 1.0,
         benchmarks: dict[str, Task] | None = None,
+        prompt_format: PromptFormat | None = None,
     ) -> None:
         super().__init__()
         if group_size < 2:
@@ -120,7 +126,7 @@ class RolloutDataModule(L.LightningDataModule):
             seed=self.sampling.seed + 10_000_019,
         )
         self.sampler = RolloutSampler(
-            self.engine, self.task, self.sampling, self.eval_sampling, group_size, success_threshold
+            self.engine, self.task, self.sampling, self.eval_sampling, group_size, success_threshold, prompt_format
         )
 
     # -- data -------------------------------------------------------------------------

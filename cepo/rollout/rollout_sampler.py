@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from cepo.policy import PolicyRef
+from cepo.prompting import Plain, PromptFormat
 from cepo.rollout.batch import RolloutBatch, pack, pad_right
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
 from cepo.tasks import Example, Task
@@ -78,6 +79,8 @@ class RolloutSampler:
         eval_sampling: settings of the held-out avg@k samples.
         group_size: rollouts per prompt ``G``.
         success_threshold: a rollout with reward at or above this counts as correct.
+        prompt_format: how a problem's user turn becomes the text the policy continues
+            (default :class:`~cepo.prompting.Plain`).
     """
 
     def __init__(
@@ -88,8 +91,10 @@ class RolloutSampler:
         eval_sampling: SamplingConfig,
         group_size: int,
         success_threshold: float,
+        prompt_format: PromptFormat | None = None,
     ) -> None:
         self.engine = engine
+        self.prompt_format = prompt_format if prompt_format is not None else Plain()
         self.task = task
         self.sampling = sampling
         self.eval_sampling = eval_sampling
@@ -121,6 +126,14 @@ class RolloutSampler:
             self.engine.sync_weights(self.policy.model, self.policy.version)
 
     # -- encoding ----------------------------------------------------------------------
+    def conversations(self, examples: list[Example]) -> list[list[dict[str, str]]]:
+        """Each example's conversation before the assistant turn."""
+        return [self.prompt_format.messages(e.prompt, e.messages) for e in examples]
+
+    def render(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        """The texts the policy continues."""
+        return [self.prompt_format.render(m, self.tokenizer) for m in conversations]
+
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each prompt text (no special tokens added)."""
         return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
@@ -146,12 +159,10 @@ class RolloutSampler:
     # -- training rollouts -------------------------------------------------------------
     def rollout(self, examples: list[Example]) -> RolloutBatch:
         """``G`` verified rollouts per example, with the current weights."""
-        return self.sample(
-            self.encode([e.prompt for e in examples]),
-            [e.prompt for e in examples],
-            [e.answer for e in examples],
-            [e.solution for e in examples],
-        )
+        conversations = self.conversations(examples)
+        texts = self.render(conversations)
+        answers, solutions = [e.answer for e in examples], [e.solution for e in examples]
+        return self.sample(self.encode(texts), texts, answers, solutions, messages=conversations)
 
     def sample(
         self,
@@ -160,8 +171,13 @@ class RolloutSampler:
         answers: list[str],
         solutions: list[str],
         n: int | None = None,
+        messages: list[list[dict[str, str]]] | None = None,
     ) -> RolloutBatch:
-        """``n`` (default ``group_size``) verified samples per already-encoded prompt."""
+        """``n`` (default ``group_size``) verified samples per already-encoded prompt.
+
+        ``prompts`` are the prompt texts and ``messages`` the conversations they were rendered
+        from with this sampler's prompt format (None: each text is the user turn).
+        """
         g = n or self.group_size
         tokenizer = self.tokenizer
         t0 = time.perf_counter()
@@ -197,6 +213,8 @@ class RolloutSampler:
             weight_version=gen.weight_version,
             timings={"generate": t1 - t0, "score": t2 - t1},
             temperature=self.temperature,
+            messages=messages,
+            prompt_format=self.prompt_format,
         )
 
     # -- evaluation --------------------------------------------------------------------
@@ -205,14 +223,15 @@ class RolloutSampler:
         the training task). Prompts too long for the context keep their tail."""
         task = task if task is not None else self.task
         tokenizer = self.tokenizer
-        prompt_ids = self.encode_eval([e.prompt for e in examples])
+        texts = self.render(self.conversations(examples))
+        prompt_ids = self.encode_eval(texts)
         greedy = self.engine.generate(
             prompt_ids,
             1,
             SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)),
         )
-        texts = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-        greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(texts, examples)])
+        responses = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
+        greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(responses, examples)])
         sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
         if k:
             sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
@@ -220,4 +239,4 @@ class RolloutSampler:
             answers = [e.answer for e in examples for _ in range(k)]
             sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)
         lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
-        return EvalBatch(greedy_ok, sample_ok, lengths, [e.prompt for e in examples], texts)
+        return EvalBatch(greedy_ok, sample_ok, lengths, texts, responses)

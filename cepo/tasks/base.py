@@ -10,15 +10,20 @@ class Example:  # not frozen: Lightning moves batches with apply_to_collection
     """One problem.
 
     Attributes:
-        prompt: the text the policy continues (already formatted, e.g. chat-templated).
+        prompt: the user turn's text: the question with the task's instruction, as the task
+            formats it. The data's prompt format turns it into the text the policy continues
+            (as is, or through the model's chat template).
         answer: the verified final answer, as the verifier compares it.
         solution: a reference response (used by the supervised warm-up and as a teacher
             context for feedback sources that show a full solution); may be empty.
+        messages: a whole conversation before the assistant turn (``role``/``content`` dicts
+            ending with a user turn), for conversational rows; None: the user turn ``prompt``.
     """
 
     prompt: str
     answer: str
     solution: str = ""
+    messages: list[dict[str, str]] | None = None
 
 
 class Task:

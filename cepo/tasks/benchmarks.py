@@ -26,7 +26,7 @@ class JsonlBenchmark(JsonlTask):
 
     Args:
         path: the file; a relative path is read from the working directory.
-        prompt_template: how a question becomes a prompt; ``{question}`` is replaced.
+        prompt_template: how a question becomes the user turn; ``{question}`` is replaced.
         verifier: ``math_verify`` (equivalence by math-verify, exact match first) or ``exact``.
         verify_timeout: seconds math-verify may spend on one response.
     """

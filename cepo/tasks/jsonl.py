@@ -1,7 +1,9 @@
 """Tasks read from JSONL files (GSM8K-style, MATH-style, or plain prompt/answer rows).
 
 Every row is validated when the task is loaded, before any training: a row without a
-question or an answer is an error naming the file and line.
+question or an answer is an error naming the file and line. A row holds a question
+(``prompt``, ``question`` or ``problem``) that ``prompt_template`` turns into the user turn, or
+a conversation (``messages``: ``role``/``content`` dicts ending with a user turn) used as is.
 
 Responses are verified with math-verify (``verifier="math_verify"``, the default), which
 accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a boxed tuple),
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from cepo.tasks.base import Example, Task
+from cepo.templates import check, fill
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,6 +33,7 @@ T = TypeVar("T")
 _BOXED = re.compile(r"\\boxed\{")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 QUESTION_KEYS = ("prompt", "question", "problem")
+ROLES = ("system", "user", "assistant")
 
 
 def last_boxed(text: str) -> str | None:
@@ -121,6 +125,21 @@ def math_verify_equal(response: str, answer: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=None, raise_on_error=True))
 
 
+def row_messages(row: dict, where: str) -> list[dict[str, str]] | None:
+    """The row's ``messages`` (validated), or None when it has none."""
+    messages = row.get("messages")
+    if messages is None:
+        return None
+    ok = (
+        isinstance(messages, list)
+        and messages
+        and all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages)
+    )
+    if not ok or messages[-1]["role"] != "user":
+        raise ValueError(f"{where}: 'messages' must be a list of {{role, content}} turns ending with a user turn")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
 def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
     """Load and validate ``path``; raise ``ValueError`` naming the file and line of a bad row."""
     path = Path(path)
@@ -135,14 +154,16 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            messages = row_messages(row, f"{path}:{lineno}")
             question = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str)), None)
-            if not question:
-                raise ValueError(f"{path}:{lineno}: row has no question (one of {QUESTION_KEYS})")
+            if messages is None and not question:
+                raise ValueError(f"{path}:{lineno}: row has no question (one of {QUESTION_KEYS}, or 'messages')")
             answer = reference_answer(row)
             if answer is None:
                 raise ValueError(f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
             solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
-            rows.append(Example(prompt_template.format(question=question), answer, solution))
+            prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
+            rows.append(Example(prompt, answer, solution, messages))
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
@@ -155,7 +176,8 @@ class JsonlTask(Task):
         train: path of the training split.
         val: path of the validation split (defaults to none).
         test: path of the test split (defaults to none).
-        prompt_template: how a question becomes a prompt; ``{question}`` is replaced.
+        prompt_template: how a question becomes the user turn; ``{question}`` is replaced (other
+            braces are kept, e.g. ``... within \\boxed{}.``). Rows with ``messages`` are used as is.
         verifier: ``math_verify`` (a response is correct when its extracted answer matches
             exactly or math-verify finds it equivalent to the reference) or ``exact`` (exact
             match of the normalised extracted answer only).
@@ -177,7 +199,7 @@ class JsonlTask(Task):
         if not verify_timeout > 0:
             raise ValueError(f"task.verify_timeout must be > 0, got {verify_timeout}")
         self.paths = {"train": train, "val": val, "test": test}
-        self.prompt_template = prompt_template
+        self.prompt_template = check(prompt_template, "task.prompt_template", ("question",))
         self.verifier = verifier
         self.verify_timeout = float(verify_timeout)
 

@@ -18,7 +18,7 @@ import torch
 from cepo.rollout.batch import RolloutBatch, pack
 from cepo.scoring import Packed, Scorer
 from cepo.teacher.weights import TeacherWeights
-from cepo.templates import HINT_TEMPLATE, RAW_TEMPLATE, check, fill
+from cepo.templates import HINT_TEMPLATE, RAW_TEMPLATE, check
 
 Feedback = Literal["answer", "answer_rollout", "rollout", "first_k", "last_k"]
 
@@ -75,8 +75,9 @@ class TeacherContexts:
     """Builds the ``c+``/``c-`` contexts of a rollout batch and scores the responses under them.
 
     Args:
-        template: ``raw`` (the feedback right after the prompt, the paper's code) or ``hint``
-            (RLSD's instruction template).
+        template: ``raw`` (the feedback right after the prompt, at the start of the assistant
+            turn: the paper's code) or ``hint`` (RLSD's instruction, put in the user turn, the
+            chat template rendered again).
         feedback: what ``c+``/``c-`` carry (paper Table 5): ``answer`` (verified answer /
             peer wrong answer, default), ``answer_rollout`` (verified answer / full rejected
             rollout), ``rollout`` (full best-correct / full worst-rejected rollout),
@@ -139,10 +140,17 @@ class TeacherContexts:
             ids = ids[: self.k] if self.feedback == "first_k" else ids[-self.k :]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def context_ids(self, prompt: str, feedback: str, template: str | None = None) -> list[int]:
-        """Token ids of ``template`` (default: this object's) filled with ``prompt``/``feedback``."""
-        text = fill(template or self.format, prompt=prompt, feedback=feedback)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def context_text(self, batch: RolloutBatch, group: int, feedback: str) -> str:
+        """The teacher's prompt for ``group`` with ``feedback``: ``raw`` splices it at the start of
+        the assistant turn, ``hint`` puts the instruction in the user turn and re-renders."""
+        placement = "assistant" if self.template == "raw" else "user"
+        return batch.format.with_feedback(
+            batch.conversation(group), self.format, placement, self.tokenizer, feedback=feedback
+        )
+
+    def context_ids(self, batch: RolloutBatch, group: int, feedback: str) -> list[int]:
+        """Token ids of :meth:`context_text`."""
+        return self.tokenizer(self.context_text(batch, group, feedback), add_special_tokens=False).input_ids
 
     # -- scoring -----------------------------------------------------------------------
     @torch.no_grad()
@@ -177,17 +185,24 @@ class TeacherContexts:
         pos_at: list[int] = []  # ... and the score row of that context
         neg_of: list[int] = []
         neg_at: list[int] = []
+        cached: dict[tuple[int, str], list[int]] = {}  # the G rollouts of a group share its contexts
+
+        def ids(group: int, text: str) -> list[int]:
+            if (group, text) not in cached:
+                cached[group, text] = self.context_ids(batch, group, text)
+            return cached[group, text]
+
         for i in rows.tolist():
-            fb, prompt = feedback[i // g], batch.prompts[i // g]
+            fb = feedback[i // g]
             if pos:
                 pos_of.append(i)
                 pos_at.append(len(contexts))
-                contexts.append(self.context_ids(prompt, fb.pos))
+                contexts.append(ids(i // g, fb.pos))
                 responses.append(batch.response_ids[i])
             if neg and fb.neg is not None:
                 neg_of.append(i)
                 neg_at.append(len(contexts))
-                contexts.append(self.context_ids(prompt, fb.neg))
+                contexts.append(ids(i // g, fb.neg))
                 responses.append(batch.response_ids[i])
         device = batch.response_mask.device
         width = batch.response_mask.shape[1]
