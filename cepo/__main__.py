@@ -1,4 +1,4 @@
-"""The ``cepo`` command: ``fit`` / ``validate`` (LightningCLI), ``warmup`` and ``sweep``.
+"""The ``cepo`` command: ``fit`` / ``validate`` (LightningCLI), ``warmup``, ``assets`` and ``sweep``.
 
 ``python -m cepo ...`` and the ``cepo`` console script both land in :func:`main`, which sets the
 process-wide settings once and dispatches on the first argument; the sub-commands import
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> None:
         from cepo.warmup import warmup_main
 
         warmup_main(args[1:])
+    elif args and args[0] == "assets":
+        from cepo.assets import assets_main
+
+        assets_main(args[1:])
     elif args and args[0] == "sweep":
         from cepo.sweep import sweep_main
 

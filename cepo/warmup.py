@@ -31,6 +31,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from cepo import assets
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
@@ -222,9 +223,11 @@ BUILTIN = "builtin"
 
 
 def resolve_model_path(model_path: str) -> str:
-    """``builtin`` becomes the cached warm-up folder (built on first use); else the folder as is."""
+    """``builtin`` becomes the cached warm-up folder (built on first use), ``asset:<name>`` a
+    prepared asset (:mod:`cepo.assets`); else the folder as is."""
     if model_path == BUILTIN:
         return str(builtin_base())
+    model_path = assets.resolve(model_path)
     if not Path(model_path).is_dir():
         raise FileNotFoundError(
             f"model.model_path: {model_path!r} is not a folder (cepo never downloads weights; "

@@ -24,6 +24,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from cepo import assets
 from cepo.tasks.base import Example, Task
 from cepo.templates import check, fill
 
@@ -141,8 +142,9 @@ def row_messages(row: dict, where: str) -> list[dict[str, str]] | None:
 
 
 def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
-    """Load and validate ``path``; raise ``ValueError`` naming the file and line of a bad row."""
-    path = Path(path)
+    """Load and validate ``path`` (or ``asset:<name>``, :mod:`cepo.assets`); raise ``ValueError``
+    naming the file and line of a bad row."""
+    path = Path(assets.resolve(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     rows = []
