@@ -14,7 +14,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from cepo.callbacks import BetaSchedule, TokenWeightLogger
+from cepo.callbacks import BetaSchedule, EvalSamplesWriter, TokenWeightLogger
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
 
@@ -31,6 +31,7 @@ class CepoCLI(LightningCLI):
         )
         parser.add_lightning_class_args(BetaSchedule, "beta_schedule")
         parser.add_lightning_class_args(TokenWeightLogger, "token_weights")
+        parser.add_lightning_class_args(EvalSamplesWriter, "eval_samples")
         parser.add_argument(
             "--run_name",
             type=str | None,
@@ -109,7 +110,14 @@ class CepoCLI(LightningCLI):
             print(f"run directory: {run_dir}")
 
     def _validate(self, label: str) -> dict[str, float]:
-        results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, EvalSamplesWriter)]
+        for writer in writers:
+            writer.label = label
+        try:
+            results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        finally:
+            for writer in writers:
+                writer.label = None
         metrics = {k: float(v) for k, v in results[0].items()} if results else {}
         if self.trainer.is_global_zero:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))

@@ -17,7 +17,8 @@ from cepo.metrics import AvgAtK, PassAtK
 
 def _group(k: int) -> torch.nn.ModuleDict:
     return torch.nn.ModuleDict(
-        {"acc": MeanMetric(), "len": MeanMetric()} | ({"avg_k": AvgAtK(), "pass_k": PassAtK(k)} if k else {})
+        {"acc": MeanMetric(), "len": MeanMetric(), "truncated": MeanMetric()}
+        | ({"avg_k": AvgAtK(), "pass_k": PassAtK(k)} if k else {})
     )
 
 
@@ -41,6 +42,8 @@ class EvalMetrics(torch.nn.Module):
         group = self.groups[index]
         group["acc"].update(batch.greedy_correct.float())
         group["len"].update(batch.response_lengths)
+        if batch.truncated is not None:
+            group["truncated"].update(batch.truncated.float())
         k = batch.sample_correct.shape[1]
         if k and "pass_k" in group:
             n = torch.full((batch.sample_correct.shape[0],), k)
@@ -50,6 +53,7 @@ class EvalMetrics(torch.nn.Module):
 
     def _values(self, group: torch.nn.ModuleDict) -> dict[str, torch.Tensor]:
         values = {"acc": group["acc"].compute(), "response_len": group["len"].compute()}
+        values["truncated"] = group["truncated"].compute()  # greedy answers cut by the length limit
         if "pass_k" in group:
             values[f"avg@{self.k}"] = group["avg_k"].compute()
             values[f"pass@{self.k}"] = group["pass_k"].compute()

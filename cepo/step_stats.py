@@ -123,6 +123,8 @@ def step_metrics(
     }
     if beta is not None:
         metrics["train/beta"] = beta
+    for name, values in (batch.reward_components or {}).items():
+        metrics[f"train/reward/{name}"] = values.mean()
     return metrics
 
 

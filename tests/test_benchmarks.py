@@ -235,7 +235,7 @@ def _validate(tmp_path, tiny_dir, *extra):
 
 def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, monkeypatch, caplog, capsys):
     monkeypatch.chdir(ROOT)  # the config names the fixtures relative to the repository root
-    with caplog.at_level(logging.WARNING, logger="cepo.rollout.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="cepo.rollout.rollout_sampler"):
         cli = _validate(tmp_path, tiny_dir, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml"))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     names = ["arithmetic", "gsm8k", "math500"]
@@ -249,10 +249,21 @@ def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, mon
     assert "evaluation prompts exceed the context (256 tokens less 16 new)" in caplog.text
     out = capsys.readouterr().out
     assert "val/gsm8k/pass@2" in out and "val/math500/acc" in out and "val/acc" in out
+    # per-sample outputs: the greedy answer and 2 samples of every problem, each verified as logged
+    rows = [json.loads(line) for line in (tmp_path / "samples" / "validate.jsonl").read_text().splitlines()]
+    for name in names:
+        mine = [r for r in rows if r["benchmark"] == name]
+        greedy = [r for r in mine if r["sample"] == "greedy"]
+        assert len(mine) == 3 * len(greedy) and sorted(r["index"] for r in greedy) == list(range(len(greedy)))
+        assert sum(r["correct"] for r in greedy) / len(greedy) == pytest.approx(metrics[f"val/{name}/acc"], abs=1e-6)
+        assert all(r["tokens"] <= 16 and (r["tokens"] == 16 or not r["truncated"]) for r in mine)
+        assert sum(r["truncated"] for r in greedy) / len(greedy) == pytest.approx(metrics[f"val/{name}/truncated"])
+    assert set(rows[0]) >= {"prompt", "response", "extracted", "reference", "correct", "tokens", "truncated"}
 
 
 def test_validate_without_benchmarks_keeps_the_single_task_keys(tmp_path, tiny_dir):
     cli = _validate(tmp_path, tiny_dir)
-    assert set(cli.trainer.callback_metrics) == {"val/acc", "val/avg@2", "val/pass@2", "val/response_len"}
+    keys = {"val/acc", "val/avg@2", "val/pass@2", "val/response_len", "val/truncated"}
+    assert set(cli.trainer.callback_metrics) == keys
     assert cli.model.val_metrics.names == []
     assert torch.is_tensor(cli.trainer.callback_metrics["val/acc"])

@@ -48,6 +48,8 @@ class RolloutBatch:
         messages: ``P`` conversations before the assistant turn (None: each prompt text is the
             user turn), from which teachers and corrections re-render their contexts.
         prompt_format: how ``messages`` were rendered into ``prompts`` (None: ``Plain``).
+        reward_components: ``{name: [N]}`` unweighted scores of each reward component (None:
+            the task's own reward).
     """
 
     input_ids: torch.Tensor
@@ -72,6 +74,7 @@ class RolloutBatch:
     temperature: float = 1.0
     messages: list[list[dict[str, str]]] | None = None
     prompt_format: PromptFormat | None = None
+    reward_components: dict[str, torch.Tensor] | None = None
 
     @property
     def num_rollouts(self) -> int:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from cepo.policy import PolicyRef
 from cepo.prompting import PromptFormat
+from cepo.rewards import Reward, check_names
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.rollout_sampler import EvalBatch, RolloutSampler
@@ -60,7 +61,10 @@ class RolloutDataModule(L.LightningDataModule):
         eval_size: score only the first this many held-out problems (None: all).
         eval_batch_size: prompts per evaluation generation call.
         eval_k: sampled generations per held-out prompt for avg@k (0: greedy only).
-        eval_temperature: temperature of the avg@k samples.
+        eval_sampling: how the held-out avg@k samples are drawn, and the length limit of the
+            greedy answer too (None: temperature 1.0 with the training ``sampling``'s top-p,
+            top-k, length and stop strings). ``configs/eval/paper.yaml`` has the CEPO paper's
+            protocol. Its seed is offset like the training one.
         benchmarks: evaluation benchmarks, name -> task (e.g. ``cepo.tasks.Arithmetic`` or
             ``cepo.tasks.benchmarks.JsonlBenchmark``); when set, ``validate`` scores the
             ``eval_split`` of each (its first ``eval_size`` problems), verified by that task,
@@ -86,9 +90,10 @@ class RolloutDataModule(L.LightningDataModule):
         eval_size: int | None = None,
         eval_batch_size: int = 250,
         eval_k: int = 4,
-        eval_temperature: float = 1.0,
+        eval_sampling: SamplingConfig | None = None,
         benchmarks: dict[str, Task] | None = None,
         prompt_format: PromptFormat | None = None,
+        rewards: list[Reward] | None = None,
     ) -> None:
         super().__init__()
         if group_size < 2:
@@ -99,6 +104,7 @@ class RolloutDataModule(L.LightningDataModule):
             raise ValueError(f"data.eval_k must be >= 0, got {eval_k}")
         if eval_split not in ("val", "test"):
             raise ValueError(f"data.eval_split must be 'val' or 'test', got {eval_split!r}")
+        check_names(list(rewards or []))
         for name in benchmarks or {}:
             if not name or "/" in name:
                 raise ValueError(f"data.benchmarks names must be non-empty without '/', got {name!r}")
@@ -117,16 +123,27 @@ class RolloutDataModule(L.LightningDataModule):
         self.eval_size = eval_size
         self.eval_batch_size = eval_batch_size
         self.eval_k = eval_k
-        self.eval_sampling = SamplingConfig(
-            temperature=eval_temperature,
-            top_p=self.sampling.top_p,
-            top_k=self.sampling.top_k,
-            max_new_tokens=self.sampling.max_new_tokens,
-            stop=list(self.sampling.stop),
-            seed=self.sampling.seed + 10_000_019,
-        )
+        if eval_sampling is None:
+            self.eval_sampling = SamplingConfig(
+                temperature=1.0,
+                top_p=self.sampling.top_p,
+                top_k=self.sampling.top_k,
+                max_new_tokens=self.sampling.max_new_tokens,
+                stop=list(self.sampling.stop),
+                seed=self.sampling.seed + 10_000_019,
+            )
+        else:
+            seed = eval_sampling.seed + 1_000_003 * run_seed + 10_000_019
+            self.eval_sampling = dataclasses.replace(eval_sampling, seed=seed)
         self.sampler = RolloutSampler(
-            self.engine, self.task, self.sampling, self.eval_sampling, group_size, success_threshold, prompt_format
+            self.engine,
+            self.task,
+            self.sampling,
+            self.eval_sampling,
+            group_size,
+            success_threshold,
+            prompt_format,
+            rewards,
         )
 
     # -- data -------------------------------------------------------------------------

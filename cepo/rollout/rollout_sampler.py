@@ -18,6 +18,7 @@ import torch
 
 from cepo.policy import PolicyRef
 from cepo.prompting import Plain, PromptFormat
+from cepo.rewards import Reward, RewardInputs, combine
 from cepo.rollout.batch import RolloutBatch, pack, pad_right
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
 from cepo.tasks import Example, Task
@@ -35,6 +36,11 @@ class EvalBatch:
         response_lengths: ``[P]`` greedy response lengths in tokens.
         prompts: the prompts, for logging.
         greedy_responses: the greedy responses, for logging.
+        truncated: ``[P]`` bool, greedy responses cut by the length limit (no EOS).
+        records: one dict per response (the greedy one, then the ``k`` samples of each prompt):
+            ``index`` (the prompt's position in this batch), ``prompt``, ``sample`` (``"greedy"``
+            or its index), ``response``, ``extracted``,
+            ``reference``, ``correct``, ``tokens``, ``truncated``; the per-sample outputs.
     """
 
     greedy_correct: torch.Tensor
@@ -42,6 +48,8 @@ class EvalBatch:
     response_lengths: torch.Tensor
     prompts: list[str]
     greedy_responses: list[str]
+    truncated: torch.Tensor | None = None
+    records: list[dict] | None = None
 
 
 def truncate_left(prompt_ids: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
@@ -81,6 +89,8 @@ class RolloutSampler:
         success_threshold: a rollout with reward at or above this counts as correct.
         prompt_format: how a problem's user turn becomes the text the policy continues
             (default :class:`~cepo.prompting.Plain`).
+        rewards: reward components summed with their weights (:mod:`cepo.rewards`); None: the
+            task's own reward.
     """
 
     def __init__(
@@ -92,8 +102,10 @@ class RolloutSampler:
         group_size: int,
         success_threshold: float,
         prompt_format: PromptFormat | None = None,
+        rewards: list[Reward] | None = None,
     ) -> None:
         self.engine = engine
+        self.rewards = list(rewards) if rewards else None
         self.prompt_format = prompt_format if prompt_format is not None else Plain()
         self.task = task
         self.sampling = sampling
@@ -145,14 +157,14 @@ class RolloutSampler:
         context = context_length(self.policy.model, self.engine)
         if context is None:
             return prompt_ids
-        prompt_ids, cut = truncate_left(prompt_ids, context - self.sampling.max_new_tokens)
+        prompt_ids, cut = truncate_left(prompt_ids, context - self.eval_sampling.max_new_tokens)
         if cut:
             log.warning(
                 "%d of %d evaluation prompts exceed the context (%d tokens less %d new); kept their last tokens",
                 cut,
                 len(prompt_ids),
                 context,
-                self.sampling.max_new_tokens,
+                self.eval_sampling.max_new_tokens,
             )
         return prompt_ids
 
@@ -185,7 +197,22 @@ class RolloutSampler:
         t1 = time.perf_counter()
         responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         row_answers = [a for a in answers for _ in range(g)]
-        rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, row_answers)], dtype=torch.float)
+        components = None
+        if self.rewards is None:
+            rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, row_answers)], dtype=torch.float)
+        else:
+            scored = RewardInputs(
+                [p for p in prompts for _ in range(g)],
+                responses,
+                row_answers,
+                [len(r) for r in gen.response_ids],
+                self.truncated(gen.response_ids, self.sampling.max_new_tokens),
+                self.sampling.max_new_tokens,
+                self.task,
+            )
+            totals, parts = combine(self.rewards, scored)
+            rewards = torch.tensor(totals, dtype=torch.float)
+            components = {k: torch.tensor(v, dtype=torch.float) for k, v in parts.items()}
         extracted = [self.task.extract_answer(r) for r in responses]
         t2 = time.perf_counter()
         rows_prompt = [p for p in prompt_ids for _ in range(g)]
@@ -215,7 +242,13 @@ class RolloutSampler:
             temperature=self.temperature,
             messages=messages,
             prompt_format=self.prompt_format,
+            reward_components=components,
         )
+
+    def truncated(self, response_ids: list[list[int]], limit: int) -> list[bool]:
+        """Whether each response hit ``limit`` tokens without its EOS."""
+        eos = self.tokenizer.eos_token_id
+        return [len(r) >= limit and (not r or r[-1] != eos) for r in response_ids]
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(self, examples: list[Example], task: Task | None = None, k: int = 0) -> EvalBatch:
@@ -225,18 +258,40 @@ class RolloutSampler:
         tokenizer = self.tokenizer
         texts = self.render(self.conversations(examples))
         prompt_ids = self.encode_eval(texts)
-        greedy = self.engine.generate(
-            prompt_ids,
-            1,
-            SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=list(self.sampling.stop)),
-        )
+        limit, stop = self.eval_sampling.max_new_tokens, list(self.eval_sampling.stop)
+        greedy = self.engine.generate(prompt_ids, 1, SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=stop))
         responses = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
         greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(responses, examples)])
+        greedy_cut = self.truncated(greedy.response_ids, limit)
+        rows = zip(texts, responses, greedy.response_ids, examples, greedy_ok, greedy_cut)
+        records = [
+            self._record(i, t, "greedy", r, ids, e.answer, bool(ok), cut, task)
+            for i, (t, r, ids, e, ok, cut) in enumerate(rows)
+        ]
         sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
         if k:
             sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
             stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
             answers = [e.answer for e in examples for _ in range(k)]
             sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)
+            cuts = self.truncated(sampled.response_ids, self.eval_sampling.max_new_tokens)
+            for i, (r, ids, cut) in enumerate(zip(stexts, sampled.response_ids, cuts)):
+                p, j = divmod(i, k)
+                records.append(self._record(p, texts[p], j, r, ids, answers[i], bool(sample_ok[p, j]), cut, task))
         lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
-        return EvalBatch(greedy_ok, sample_ok, lengths, texts, responses)
+        return EvalBatch(greedy_ok, sample_ok, lengths, texts, responses, torch.tensor(greedy_cut), records)
+
+    @staticmethod
+    def _record(position, prompt, sample, response, ids, reference, correct, truncated, task) -> dict:
+        extracted = task.extract_answer(response)
+        return {
+            "index": position,
+            "prompt": prompt,
+            "sample": sample,
+            "response": response,
+            "extracted": extracted,
+            "reference": reference,
+            "correct": correct,
+            "tokens": len(ids),
+            "truncated": truncated,
+        }
