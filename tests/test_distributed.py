@@ -1,32 +1,10 @@
 """DDP on CPU (gloo, 2 processes): the GPU code path that can run here."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import torch.distributed as dist
-from fitargs import fit_args
 
-from cepo.objectives import CIPO
-from cepo.tasks import Arithmetic
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class SkewedCIPO(CIPO):
-    """CIPO that corrects one failed attempt on rank 0 and none on rank 1."""
-
-    def correction_prompts(self, batch, tokenizer):
-        rows, texts = super().correction_prompts(batch, tokenizer)
-        return (rows[:1], texts[:1]) if dist.get_rank() == 0 else ([], [])
-
-
-class AllWrong(Arithmetic):
-    def reward(self, response, answer):
-        return 0.0
+from tests.helpers import fit_args, run_cli
 
 
 @pytest.mark.parametrize("skewed", [False, True], ids=["grpo", "uneven-rows"])
@@ -37,7 +15,7 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
     if skewed:
         extra += [
             "--model.objective",
-            "test_distributed.SkewedCIPO",
+            "tests.helpers.SkewedCIPO",
             "--model.objective.init_args.max_share",
             "0.5",
             "--model.micro_batch_size",
@@ -45,13 +23,11 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
             "--model.num_minibatches",
             "2",
             "--data.task",
-            "test_distributed.AllWrong",
+            "tests.helpers.AllWrong",
         ]
     # with 2 mini-batches per rollout step, 4 optimizer updates are 2 rollout steps
     steps = 4 if skewed else 2
-    cmd = [sys.executable, "-m", "cepo.cli", "fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "v" / "summary.json").read_text())
     updates = 2 if skewed else 1

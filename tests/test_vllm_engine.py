@@ -5,24 +5,19 @@ the whole module: vLLM keeps process-global state, and deleting one engine break
 """
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from fitargs import fit_args
 
 from cepo.logprobs import response_logits, token_logprobs
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.vllm_engine import VLLMEngine, hf_weights, vllm_available
+from tests.helpers import fit_args, run_cli
 
 OK, WHY = vllm_available()
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not OK, reason=f"vLLM not importable: {WHY}")]
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["12+34-5=", "7+8+9=", "99-45+3=", "50-25-5="]
 
 
@@ -111,16 +106,8 @@ def test_failed_sync_is_detected(setup):
 def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
     # rewards that vary within a group, so every step trains rows and the weights really move
-    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3", "--data.task", "test_training.TextParity"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "cepo.cli",
-        "fit",
-        *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra),
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3", "--data.task", "tests.helpers.TextParity"]
+    out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra)])
     assert out.returncode == 0, out.stderr[-3000:]
     import csv
 
