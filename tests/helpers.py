@@ -22,6 +22,7 @@ from cepo.module import GRPOModule
 from cepo.objectives import CIPO
 from cepo.rollout.batch import RolloutBatch, pack
 from cepo.rollout.datamodule import RolloutDataModule
+from cepo.rollout.vllm_engine import VLLMEngine
 from cepo.tasks import Arithmetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,20 @@ class SkewedCIPO(CIPO):
     def correction_prompts(self, batch, tokenizer):
         rows, texts = super().correction_prompts(batch, tokenizer)
         return (rows[:1], texts[:1]) if dist.get_rank() == 0 else ([], [])
+
+
+class PushlessVLLMEngine(VLLMEngine):
+    """A :class:`VLLMEngine` whose weight pushes silently do nothing (a sabotaged sync): vLLM keeps
+    the weights it loaded, and only the probe can tell."""
+
+    def setup(self, policy, tokenizer, model_path):
+        super().setup(policy, tokenizer, model_path)
+        rpc = self.llm.collective_rpc
+
+        def drop_weight_pushes(method, *args, **kwargs):
+            return None if method == "reload_weights" else rpc(method, *args, **kwargs)
+
+        self.llm.collective_rpc = drop_weight_pushes
 
 
 # -- command lines --------------------------------------------------------------------------------
