@@ -2,42 +2,28 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch.distributed as dist
-from fitargs import fit_args
+import torch
+from transformers import AutoModelForCausalLM
 
-from cepo.objectives import CIPO
-from cepo.tasks import Arithmetic
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class SkewedCIPO(CIPO):
-    """CIPO that corrects one failed attempt on rank 0 and none on rank 1."""
-
-    def correction_prompts(self, batch, tokenizer):
-        rows, texts = super().correction_prompts(batch, tokenizer)
-        return (rows[:1], texts[:1]) if dist.get_rank() == 0 else ([], [])
-
-
-class AllWrong(Arithmetic):
-    def reward(self, response, answer):
-        return 0.0
+from tests import ddp_step
+from tests.helpers import ROOT, fit_args, run_cli
 
 
 @pytest.mark.parametrize("skewed", [False, True], ids=["grpo", "uneven-rows"])
 def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
     """With rows appended on one rank only, the ranks run different numbers of micro-batches:
-    zero-loss padding keeps the gradient all-reduces matched instead of deadlocking."""
+    zero-loss padding keeps the gradient all-reduces matched instead of deadlocking. (That the
+    update is then the one-process update is tested below, on hand-made batches.)"""
     extra = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--export_hf", "false"]
     if skewed:
         extra += [
             "--model.objective",
-            "test_distributed.SkewedCIPO",
+            "tests.helpers.SkewedCIPO",
             "--model.objective.init_args.max_share",
             "0.5",
             "--model.micro_batch_size",
@@ -45,13 +31,11 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
             "--model.num_minibatches",
             "2",
             "--data.task",
-            "test_distributed.AllWrong",
+            "tests.helpers.TextParity",  # rewards vary within groups (AllWrong left every row without loss)
         ]
     # with 2 mini-batches per rollout step, 4 optimizer updates are 2 rollout steps
     steps = 4 if skewed else 2
-    cmd = [sys.executable, "-m", "cepo", "fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "ddp", steps=steps, extra=extra)], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "v" / "summary.json").read_text())
     updates = 2 if skewed else 1
@@ -61,3 +45,57 @@ def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
         rows = (tmp_path / "ddp" / "v" / "metrics.csv").read_text().splitlines()
         col = rows[0].split(",").index("train/cipo/attempts")
         assert [r.split(",")[col] for r in rows[1:] if r.split(",")[col]] == ["1.0", "1.0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_ranks(credit: str, model_dir, out, timeout: float = 240) -> list[dict]:
+    """``tests.ddp_step`` as 2 DDP ranks (gloo on CPU); returns each rank's result."""
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "LOCAL_RANK": str(rank),
+            "NODE_RANK": "0",
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        cmd = [sys.executable, "-m", "tests.ddp_step", credit, str(model_dir), str(out)]
+        log = open(out / f"rank{rank}.log", "w")
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        codes = [p.wait(timeout=timeout) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(2))
+    assert codes == [0, 0], logs
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("credit", ["uniform", "contrastive"], ids=["grpo", "cepo"])
+def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit):
+    """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches take the
+    same update as one process on both ranks' rows (token-mean over the global batch)."""
+    from transformers import AutoTokenizer
+
+    ranks = run_two_ranks(credit, tiny_dir, tmp_path)
+    assert [r["forwards"] for r in ranks] == [6, 2]  # the ranks trained different numbers of micro-batches
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    single = ddp_step.one_update(str(tiny_dir), credit, lambda step, rank: ddp_step.global_batch(tok), tmp_path)
+    assert single["forwards"] == 8
+    initial = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    moved = max(float((single["state"][k] - initial[k]).abs().max()) for k in initial)
+    assert moved > 1e-4  # the update did something
+    for k in initial:
+        for r in ranks:  # SGD with lr 1: parameter change = -gradient
+            assert torch.allclose(r["state"][k], single["state"][k], rtol=0, atol=1e-6), k

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from fitargs import fit_args
 
 from cepo.cli import cli_main
 from cepo.credit import CreditInputs
 from cepo.credit.high_entropy import HighEntropy
+from tests.helpers import fit_args
 
 
 def _inputs():
@@ -55,7 +55,7 @@ def test_fit_from_yaml(tmp_path, tiny_dir):
     args = [
         "fit",
         *fit_args(
-            tiny_dir, tmp_path, "he", "credit/high_entropy.yaml", extra=["--data.task", "test_training.TextParity"]
+            tiny_dir, tmp_path, "he", "credit/high_entropy.yaml", extra=["--data.task", "tests.helpers.TextParity"]
         ),
     ]
     cli = cli_main(args)

@@ -39,7 +39,13 @@ def test_response_logits_drops_shared_left_padding(tiny_model):
     # two rows whose prompts (3 and 2 tokens) sit in a 6-column prompt block: 3 shared pad columns
     ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9], [0, 0, 0, 0, 6, 7, 8, 0]])
     mask = (ids != 0).long()
-    got = response_logits(Spy(), ids, mask, 6)
-    assert seen == [5]
-    assert torch.allclose(got, response_logits(model, ids, mask, 6), atol=1e-5)
-    assert torch.allclose(got[0], response_logits(model, ids[:1, 3:], mask[:1, 3:], 3)[0], atol=1e-5)
+    with torch.no_grad():
+        got = response_logits(Spy(), ids, mask, 6)
+        # independent: a plain forward of each row alone, unpadded (positions 0, 1, ...);
+        # logits[t] predicts token t + 1, so the response tokens are predicted from its prompt's last token on
+        row0 = model(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits[0]  # prompt 5 6 7, response 8 9
+        row1 = model(input_ids=torch.tensor([[6, 7, 8]])).logits[0]  # prompt 6 7, response 8
+    assert seen == [5]  # the 3 pad columns every row shares were not run
+    assert got.shape == (2, 2, row0.shape[-1])
+    assert torch.allclose(got[0], row0[2:4], atol=1e-5)
+    assert torch.allclose(got[1, :1], row1[1:2], atol=1e-5)  # column 1 of row 1 is padding

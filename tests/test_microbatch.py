@@ -4,11 +4,11 @@ leave the gradient exactly as it was."""
 import lightning as L
 import pytest
 import torch
-from test_training import TextParity, one_sgd_step
 
 from cepo import microbatch
 from cepo.credit import Contrastive, Uniform
 from cepo.module import GRPOModule
+from tests.helpers import TextParity, one_sgd_step
 
 
 def test_plan_covers_rows_once_grouped_by_length():

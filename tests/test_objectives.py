@@ -5,9 +5,6 @@ import math
 
 import pytest
 import torch
-from fitargs import fit_args
-from test_teacher import make_batch
-from test_training import TextParity, one_sgd_step, trainer
 
 from cepo.cli import cli_main
 from cepo.credit import Contrastive, CreditInputs
@@ -20,6 +17,7 @@ from cepo.policy import PolicyRef
 from cepo.rollout.batch import concat
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.tiny import char_tokenizer
+from tests.helpers import TextParity, fit_args, make_batch, one_sgd_step, trainer
 
 
 def kl(p, q):
@@ -277,7 +275,7 @@ def test_objective_gradient_is_exact_under_micro_batching(tmp_path, tiny_dir, ma
 
 @pytest.mark.parametrize("method", ["opsd", "sdpo", "cipo", "hdpo"])
 def test_method_config_trains_end_to_end(tmp_path, tiny_dir, method):
-    extra = ["--trainer.val_check_interval", "2", "--data.task", "test_training.TextParity"]
+    extra = ["--trainer.val_check_interval", "2", "--data.task", "tests.helpers.TextParity"]
     args = [
         "fit",
         *fit_args(

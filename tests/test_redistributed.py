@@ -3,11 +3,11 @@
 import math
 
 import torch
-from fitargs import fit_args
 
 from cepo.cli import cli_main
 from cepo.credit import CreditInputs
 from cepo.credit.redistributed import Redistributed
+from tests.helpers import fit_args
 
 
 def _inputs(adv, pos, neg, mask=None):
@@ -52,7 +52,7 @@ def test_equal_teachers_are_grpo():
 
 def test_fit_from_yaml(tmp_path, tiny_dir):
     """Runs end to end from configs/credit/redistributed.yaml: teacher passes with no beta."""
-    extra = ["--data.task", "test_training.TextParity"]
+    extra = ["--data.task", "tests.helpers.TextParity"]
     cli = cli_main(["fit", *fit_args(tiny_dir, tmp_path, "rd", "credit/redistributed.yaml", extra=extra)])
     assert type(cli.model.credit).__name__ == "Redistributed"
     header = (tmp_path / "rd" / "v" / "metrics.csv").read_text().splitlines()[0].split(",")

@@ -6,38 +6,10 @@ import torch
 from cepo.credit import ENTROPY, NEG, POS, EvidenceRatio
 from cepo.evidence import gather
 from cepo.logprobs import token_logprobs
-from cepo.rollout.batch import pack
 from cepo.scoring import Scorer
 from cepo.teacher import EMA, Base, Live, Synced, TeacherContexts, choose_negative, pack_contexts
 from cepo.templates import fill
-
-
-def make_batch(tok, prompts, answers, responses, rewards, extracted, group_size):
-    from cepo.rollout.batch import RolloutBatch
-
-    pids = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-    rids = [tok(r, add_special_tokens=False).input_ids + [tok.eos_token_id] for r in responses]
-    rows_p = [p for p in pids for _ in range(group_size)]
-    ids, attn, start, mask = pack(rows_p, rids, tok.pad_token_id)
-    r = torch.tensor(rewards)
-    return RolloutBatch(
-        ids,
-        attn,
-        start,
-        mask,
-        r,
-        r >= 1,
-        None,
-        group_size,
-        prompts,
-        answers,
-        [""] * len(prompts),
-        responses,
-        extracted,
-        pids,
-        rids,
-        0,
-    )
+from tests.helpers import make_batch
 
 
 def test_choose_negative_skips_missing_and_equal_answers():

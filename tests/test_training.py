@@ -1,21 +1,15 @@
 """End-to-end training on a tiny random model: on-policy rollouts, outputs, credit paths."""
 
 import json
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from fitargs import fit_args
 
 from cepo.cli import cli_main
 from cepo.module import GRPOModule
-from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.hf_engine import HFEngine
-from cepo.tasks import Arithmetic
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = str(ROOT / "configs" / "default.yaml")
+from tests.helpers import DEFAULT, fit_args, small_data, trainer
 
 
 class RecordingEngine(HFEngine):
@@ -29,55 +23,6 @@ class RecordingEngine(HFEngine):
         checksum = float(sum(p.double().sum() for p in self.policy.parameters()))
         self.calls.append((self.weight_version, checksum, sampling.temperature))
         return super().generate(prompt_ids, n, sampling)
-
-
-class TextParity(Arithmetic):
-    """Rewards that vary within a group even for a random model, so the weights move."""
-
-    def reward(self, response, answer):
-        return float(sum(map(ord, response)) % 2)
-
-
-def small_data(engine=None, **kw):
-    task = TextParity(train_size=200, val_size=8, test_size=8)
-    return RolloutDataModule(task=task, engine=engine, prompts_per_step=2, group_size=4, eval_size=8, eval_k=0, **kw)
-
-
-def trainer(tmp_path, steps):
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        inference_mode=False,
-    )
-
-
-def one_sgd_step(tmp_path, tiny_dir, task=None, prompts=2, group_size=4, callbacks=(), **module_kw):
-    """One rollout step of plain SGD (lr 1, no clipping), for exact gradient comparisons.
-
-    Returns the policy's state dict after the step, and the module.
-    """
-    L.seed_everything(0)
-    module = GRPOModule(
-        model_path=str(tiny_dir), optimizer=lambda p: torch.optim.SGD(p, lr=1.0), grad_clip=None, **module_kw
-    )
-    data = RolloutDataModule(
-        task=task or TextParity(train_size=200, val_size=8, test_size=8),
-        prompts_per_step=prompts,
-        group_size=group_size,
-        eval_size=8,
-        eval_k=0,
-    )
-    tr = trainer(tmp_path, steps=1)
-    tr.callbacks.extend(callbacks)
-    tr.fit(module, datamodule=data)
-    return {k: v.detach().clone() for k, v in module.policy.state_dict().items()}, module
 
 
 @pytest.mark.parametrize("num_minibatches", [1, 2])
@@ -138,7 +83,7 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
                 "1",
                 # rewards that vary within groups even for a random model, so tokens receive credit
                 "--data.task",
-                "test_training.TextParity",
+                "tests.helpers.TextParity",
                 # beta reaches 0 at the second step: the teacher passes stop and training goes on as GRPO
                 "--beta_schedule.decay_steps",
                 "1",

@@ -5,24 +5,20 @@ the whole module: vLLM keeps process-global state, and deleting one engine break
 """
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from fitargs import fit_args
 
 from cepo.logprobs import response_logits, token_logprobs
+from cepo.rollout import vllm_engine
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.vllm_engine import VLLMEngine, hf_weights, vllm_available
+from tests.helpers import fit_args, run_cli
 
 OK, WHY = vllm_available()
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not OK, reason=f"vLLM not importable: {WHY}")]
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["12+34-5=", "7+8+9=", "99-45+3=", "50-25-5="]
 
 
@@ -98,7 +94,7 @@ def test_lora_merged_push_after_adapter_changed(setup):
     engine.sync_weights(base, 3)  # leave the shared engine on the plain model
 
 
-def test_failed_sync_is_detected(setup):
+def test_sync_with_changed_names_is_refused(setup):
     policy, _, engine, _ = setup
     broken = copy.deepcopy(policy)
     engine.verify_sync = True
@@ -108,22 +104,65 @@ def test_failed_sync_is_detected(setup):
     engine.sync_weights(broken, 4)
 
 
+@pytest.mark.parametrize("sabotage", ["push-nothing", "push-stale"])
+def test_failed_sync_is_detected(setup, monkeypatch, sabotage):
+    """A push that silently leaves vLLM on the old weights is caught by the probe: sync_weights
+    raises the stale-weights error and does not take the new version."""
+    policy, _, engine, _ = setup
+    assert engine.verify_sync
+    engine.sync_weights(policy, 10)  # the engine holds `policy` now
+    moved = copy.deepcopy(policy)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))  # as after training steps
+    if sabotage == "push-nothing":  # the push reaches vLLM but loads nothing
+        rpc = engine.llm.collective_rpc
+        monkeypatch.setattr(
+            engine.llm, "collective_rpc", lambda m, *a, **kw: None if m == "reload_weights" else rpc(m, *a, **kw)
+        )
+    else:  # the push carries the weights the engine already has
+        stale = vllm_engine.hf_weights(policy)
+        monkeypatch.setattr(vllm_engine, "hf_weights", lambda model: [(k, v.clone()) for k, v in stale])
+    with pytest.raises(RuntimeError, match="weight sync to vLLM failed: probe log-prob gap"):
+        engine.sync_weights(moved, 11)
+    assert engine.weight_version == 10  # the engine does not claim the new weights
+    assert engine.last_probe_gap > engine.sync_tolerance
+    monkeypatch.undo()
+    engine.sync_weights(moved, 11)  # the same push, not sabotaged, passes the probe
+    assert engine.weight_version == 11 and engine.last_probe_gap < 1e-4
+    engine.sync_weights(policy, 12)  # leave the shared engine on the plain model
+
+
 def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
     # rewards that vary within a group, so every step trains rows and the weights really move
-    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3", "--data.task", "test_training.TextParity"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "cepo",
-        "fit",
-        *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra),
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    extra = ["--export_hf", "false", "--model.mismatch_stop", "1e-3", "--data.task", "tests.helpers.TextParity"]
+    out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "vllm", "engine/vllm.yaml", steps=3, prompts=4, extra=extra)])
     assert out.returncode == 0, out.stderr[-3000:]
     import csv
 
     rows = list(csv.DictReader(open(tmp_path / "vllm" / "v" / "metrics.csv")))
     gaps = [float(r["train/logprob_gap_max"]) for r in rows if r.get("train/logprob_gap_max")]
     assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
+
+
+def test_fit_stops_when_the_engine_keeps_stale_weights(tmp_path, tiny_dir):
+    """`cepo fit` with a vLLM engine whose weight pushes do nothing: the probe after the first
+    optimizer step raises, and training stops with the stale-weights error."""
+    extra = [
+        "--data.engine.class_path",
+        "tests.helpers.PushlessVLLMEngine",
+        "--data.task",
+        "tests.helpers.TextParity",  # rewards vary within groups: the first step moves the weights
+        "--model.optimizer.init_args.lr",
+        "0.01",
+        "--report_base",
+        "false",
+        "--export_hf",
+        "false",
+    ]
+    out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "stale", "engine/vllm.yaml", steps=3, prompts=4, extra=extra)])
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert "weight sync to vLLM failed: probe log-prob gap" in out.stderr, out.stderr[-3000:]
+    assert not (tmp_path / "stale" / "v" / "summary.json").exists()

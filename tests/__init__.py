@@ -1,0 +1,1 @@
+"""The test suite (a package, so that runs can name ``tests.helpers`` classes)."""

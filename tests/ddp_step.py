@@ -1,0 +1,103 @@
+"""One optimizer update of :class:`GRPOModule` on hand-made rollout batches, on one process or
+as one rank of a 2-process DDP (gloo) run; used by ``tests/test_distributed.py``.
+
+A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR`` from the repository root with
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set (Lightning then joins the
+process group instead of launching processes) and saves its policy after the update and the
+number of gradient-carrying forward passes it ran to ``OUT_DIR/rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from cepo.credit import Contrastive, Uniform
+from cepo.module import GRPOModule
+from tests.helpers import FixedBatches, make_batch, trainer
+
+GROUP = 4
+MICRO_BATCH = 2
+# (prompt, answer, rewards of its 4 rollouts): rank 0 holds 3 groups whose rewards differ (12 rows
+# with non-zero advantages: 6 micro-batches of 2), rank 1 one such group and one whose rollouts all
+# failed (4 rows with non-zero advantages: 2 micro-batches).
+RANK_GROUPS = [
+    [("3+4-2=", "5", [1, 0, 0, 1]), ("12+7=", "19", [0, 1, 0, 0]), ("8-5+9=", "12", [1, 1, 0, 1])],
+    [("6+6-3=", "9", [1, 0, 0, 0]), ("2+2=", "4", [0, 0, 0, 0])],
+]
+CREDITS = {"uniform": lambda: Uniform(), "contrastive": lambda: Contrastive(clip=0.5, beta=0.5)}
+
+
+def group_batch(tok, groups):
+    """Rollouts of varied lengths; correct ones end in the answer, wrong ones in another number."""
+    prompts, answers, responses, rewards, extracted = [], [], [], [], []
+    for prompt, answer, group_rewards in groups:
+        prompts.append(prompt)
+        answers.append(answer)
+        for j, r in enumerate(group_rewards):
+            value = answer if r else str(int(answer) + j + 1)
+            responses.append(" " + "1+" * j + f"{j} = {value}")
+            rewards.append(float(r))
+            extracted.append(value)
+    return make_batch(tok, prompts, answers, responses, rewards, extracted, GROUP)
+
+
+def rank_batch(tok, rank: int):
+    return group_batch(tok, RANK_GROUPS[rank])
+
+
+def global_batch(tok):
+    """Every rank's rows in one batch: what a single process trains on."""
+    return group_batch(tok, [g for groups in RANK_GROUPS for g in groups])
+
+
+class CountForwards(L.Callback):
+    """Counts the policy's gradient-carrying forward passes (the trained micro-batches)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_fit_start(self, tr, pl_module):
+        def hook(mod, args, kwargs):
+            self.count += torch.is_grad_enabled()
+
+        pl_module.policy.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def one_update(model_dir: str, credit: str, batches, root, devices: int = 1) -> dict:
+    """One SGD update (lr 1, no clipping) on ``batches(step, rank)``; returns the policy's state
+    after it and the number of gradient-carrying forward passes."""
+    L.seed_everything(0)
+    module = GRPOModule(
+        model_path=model_dir,
+        credit=CREDITS[credit](),
+        optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+        grad_clip=None,
+        micro_batch_size=MICRO_BATCH,
+    )
+    counter = CountForwards()
+    extra = {"devices": devices, "strategy": "ddp"} if devices > 1 else {}
+    tr = trainer(root, steps=1, callbacks=[counter], **extra)
+    tr.fit(module, datamodule=FixedBatches(batches))
+    assert module.rl_step == 1 and module.weight_version == 1
+    state = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
+    return {"state": state, "forwards": counter.count}
+
+
+def main(argv: list[str]) -> None:
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    credit, model_dir, out = argv
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    result = one_update(model_dir, credit, lambda step, rank: rank_batch(tok, rank), out, devices=2)
+    import torch.distributed as dist
+
+    torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
