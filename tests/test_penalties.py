@@ -9,8 +9,98 @@ from every token of the output so far; the prompt does not count).
 import math
 
 import pytest
+import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from cepo.rollout.engine import SamplingConfig
+from cepo.rollout.hf_engine import left_pad
+from cepo.rollout.sampler import Penalties, sample
+
+PAD, EOS = 0, 1
+
+# -- (1) hand-computed processor cases ------------------------------------------------------
+LOGITS = [2.0, -1.0, 0.5, -3.0, 1.0]  # tokens 0 (PAD) .. 4
+# one left-padded row: the prompt [3, 4] after one pad, then the response so far [2, 2, 1]
+SEQUENCE = [PAD, 3, 4, 2, 2, 1]
+PROMPT_MASK = torch.tensor([[0, 1, 1]])
+
+
+def penalized(presence: float, repetition: float, sequence=SEQUENCE) -> list[float]:
+    """The ``generate`` processor on one step of the hand-worked row."""
+    proc = Penalties(SamplingConfig(presence_penalty=presence, repetition_penalty=repetition), PROMPT_MASK)
+    return proc(torch.tensor([sequence]), torch.tensor([LOGITS]))[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "presence,repetition,expected",
+    [
+        # output tokens 1 and 2 lose 0.5 once each (2 appears twice); prompt tokens 3, 4 keep theirs
+        (0.5, 1.0, [2.0, -1.5, 0.0, -3.0, 1.0]),
+        # prompt and output tokens 1-4: positive / 2, negative * 2; the pad is no prompt token
+        (0.0, 2.0, [2.0, -2.0, 0.25, -6.0, 0.5]),
+        # repetition first, then presence: 1: -1*2 - 0.5; 2: 0.5/2 - 0.5
+        (0.5, 2.0, [2.0, -2.5, -0.25, -6.0, 0.5]),
+        # negative presence and a penalty below 1 reward repeats: 1: -1*0.5 + 0.5; 2: 0.5/0.5 + 0.5
+        (-0.5, 0.5, [2.0, 0.0, 1.5, -1.5, 2.0]),
+        # neutral settings change nothing
+        (0.0, 1.0, LOGITS),
+    ],
+)
+def test_penalties_by_hand(presence, repetition, expected):
+    assert penalized(presence, repetition) == pytest.approx(expected, abs=1e-6)
+
+
+def test_later_steps_count_new_output_tokens():
+    # generate calls the processor every step with the longer sequence: token 3, now also
+    # generated, loses the presence penalty too
+    assert penalized(0.5, 1.0, SEQUENCE + [3]) == pytest.approx([2.0, -1.5, 0.0, -3.5, 1.0], abs=1e-6)
+
+
+def test_repetition_equals_transformers_over_the_whole_sequence_but_the_padding():
+    reference = RepetitionPenaltyLogitsProcessor(2.0)
+    unpadded = reference(torch.tensor([SEQUENCE[1:]]), torch.tensor([LOGITS]))[0].tolist()
+    assert penalized(0.0, 2.0) == pytest.approx(unpadded, abs=1e-6)
+    # transformers' own processor would also penalize the pad of a padded row (vLLM sees no pad)
+    padded = reference(torch.tensor([SEQUENCE]), torch.tensor([LOGITS]))[0].tolist()
+    assert padded[PAD] == 1.0 and penalized(0.0, 2.0)[PAD] == 2.0
+
+
+class FixedLM(torch.nn.Module):
+    """Fake LM with the same next-token logits everywhere: tokens 2-5 at 3.0, 2.9, 2.8, 2.7, EOS at 2.5.
+
+    Greedy decoding walks down that list as penalties push the tokens it has seen below EOS.
+    Records the rows of every forward pass, so the test sees finished rows leave the batch.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache):
+        b, t = input_ids.shape
+        self.rows.append(b)
+        logits = torch.full((b, t, 7), -50.0)
+        logits[..., 2:6] = torch.tensor([3.0, 2.9, 2.8, 2.7])
+        logits[..., EOS] = 2.5
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize(
+    "presence,repetition,expected,rows",
+    [
+        # the prompt does not count for presence: every row walks 2, 3, 4, 5, then EOS
+        (1.0, 1.0, [[2, 3, 4, 5, EOS]] * 3, [3] * 5),
+        # it does for repetition (halved logits fall below EOS): rows end after 2, 4 and 5 tokens
+        (0.0, 2.0, [[5, EOS], [2, 3, 4, EOS], [2, 3, 4, 5, EOS]], [3, 3, 2, 2, 1]),
+    ],
+)
+def test_compact_sampler_penalizes_the_right_rows_as_rows_leave(presence, repetition, expected, rows):
+    lm = FixedLM()
+    ids, mask = left_pad([[2, 3, 4], [5], [6]], PAD)
+    sampling = SamplingConfig(temperature=0.0, presence_penalty=presence, repetition_penalty=repetition)
+    responses, _ = sample(lm, ids, mask, sampling, EOS)
+    assert responses == expected
+    assert lm.rows == rows  # prefill, then the rows still decoding
 
 
 # -- (4) bad values are refused, naming the setting -----------------------------------------
