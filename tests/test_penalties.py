@@ -12,11 +12,14 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
+from cepo.logprobs import response_logits, token_logprobs
+from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
-from cepo.rollout.hf_engine import left_pad
-from cepo.rollout.sampler import Penalties, sample
+from cepo.rollout.hf_engine import HFEngine, left_pad
+from cepo.rollout.sampler import Penalties, sample, warpers
 
 PAD, EOS = 0, 1
+PROMPTS = ["12+34-5=", "7+8+9=", "99-45+3=", "50-25-5=", "1=", "3+3="]
 
 # -- (1) hand-computed processor cases ------------------------------------------------------
 LOGITS = [2.0, -1.0, 0.5, -3.0, 1.0]  # tokens 0 (PAD) .. 4
@@ -101,6 +104,85 @@ def test_compact_sampler_penalizes_the_right_rows_as_rows_leave(presence, repeti
     responses, _ = sample(lm, ids, mask, sampling, EOS)
     assert responses == expected
     assert lm.rows == rows  # prefill, then the rows still decoding
+
+
+# -- (2) the tiny model: both HF paths ------------------------------------------------------
+def engines(model, tok):
+    fast, slow = HFEngine(compact=True), HFEngine(compact=False)
+    for engine in (fast, slow):
+        engine.setup(model, tok, "")
+    return fast, slow
+
+
+def encode(tok, texts=PROMPTS):
+    return [tok(p, add_special_tokens=False).input_ids for p in texts]
+
+
+# each changes this model's greedy output (negative presence only together with repetition:
+# alone it reinforces the '=' the model repeats anyway)
+CASES = [(2.0, 1.0), (0.0, 2.0), (1.0, 1.3), (0.5, 0.9), (-2.0, 2.0)]
+
+
+@pytest.mark.parametrize("presence,repetition", CASES)
+def test_greedy_compact_and_generate_agree_with_penalties(tiny_model, presence, repetition):
+    model, tok = tiny_model
+    prompts = encode(tok)
+    fast, slow = engines(model, tok)
+    plain = SamplingConfig(temperature=0.0, max_new_tokens=40)
+    sampling = SamplingConfig(
+        temperature=0.0, max_new_tokens=40, presence_penalty=presence, repetition_penalty=repetition
+    )
+    got = fast.generate(prompts, 1, sampling).response_ids
+    assert got == slow.generate(prompts, 1, sampling).response_ids
+    assert got != fast.generate(prompts, 1, plain).response_ids  # the random tiny model repeats '=' greedily
+    if presence == 2.0:
+        assert all(len(set(r)) == len(r) for r in got)  # on this model, no token repeats at all
+        assert any(r[-1] == tok.eos_token_id for r in got)  # and rows leave the compact batch early
+
+
+def reference_logprobs(model, prompts, responses, sampling):
+    """Log-probs of the sampled tokens, penalties replayed token by token by their definition."""
+    ids, attn, start, _ = pack(prompts, responses, PAD)
+    with torch.no_grad():
+        raw = response_logits(model, ids, attn, start)  # [N, T, V], no temperature
+    out = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        row = []
+        for t, token in enumerate(response):
+            x = raw[i, t].clone()
+            r = sampling.repetition_penalty
+            for seen in set(prompt) | set(response[:t]):
+                x[seen] = x[seen] / r if x[seen] > 0 else x[seen] * r
+            for seen in set(response[:t]):
+                x[seen] -= sampling.presence_penalty
+            x = warpers(sampling)(None, x[None])[0]
+            row.append(float(torch.log_softmax(x, -1)[token]))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_sampled_logprobs_are_those_of_the_penalized_distribution(tiny_model, compact):
+    model, tok = tiny_model
+    prompts = encode(tok, PROMPTS[:3])
+    n = 3
+    sampling = SamplingConfig(
+        temperature=0.8, top_k=30, max_new_tokens=12, presence_penalty=1.5, repetition_penalty=1.3, seed=1
+    )
+    engine = engines(model, tok)[0 if compact else 1]
+    gen = engine.generate(prompts, n, sampling)
+    rows = [p for p in prompts for _ in range(n)]
+    expected = reference_logprobs(model, rows, gen.response_ids, sampling)
+    for got, want in zip(gen.logprobs, expected):
+        assert got == pytest.approx(want, abs=1e-4)
+    # the trainer scores without penalties (temperature only): its log-probs differ from the engine's
+    ids, attn, start, mask = pack(rows, gen.response_ids, PAD)
+    with torch.no_grad():
+        trainer = token_logprobs(response_logits(model, ids, attn, start, sampling.temperature), ids[:, start:])
+    engine_lp = torch.zeros_like(trainer)
+    for i, row in enumerate(gen.logprobs):
+        engine_lp[i, : len(row)] = torch.tensor(row)
+    assert float((engine_lp - trainer)[mask.bool()].abs().max()) > 0.1
 
 
 # -- (4) bad values are refused, naming the setting -----------------------------------------
