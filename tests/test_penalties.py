@@ -17,6 +17,7 @@ from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine, left_pad
 from cepo.rollout.sampler import Penalties, sample, warpers
+from cepo.rollout.vllm_engine import vllm_available
 
 PAD, EOS = 0, 1
 PROMPTS = ["12+34-5=", "7+8+9=", "99-45+3=", "50-25-5=", "1=", "3+3="]
@@ -183,6 +184,38 @@ def test_sampled_logprobs_are_those_of_the_penalized_distribution(tiny_model, co
     for i, row in enumerate(gen.logprobs):
         engine_lp[i, : len(row)] = torch.tensor(row)
     assert float((engine_lp - trainer)[mask.bool()].abs().max()) > 0.1
+
+
+# -- (3) vLLM agrees with the HF engine -----------------------------------------------------
+VLLM_OK, VLLM_WHY = vllm_available()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not VLLM_OK, reason=f"vLLM not importable: {VLLM_WHY}")
+def test_vllm_matches_hf_with_penalties(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cepo.rollout.vllm_engine import VLLMEngine
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    engine = VLLMEngine(max_model_len=128)
+    engine.setup(policy, tok, str(tiny_dir))
+    engine.sync_weights(policy, 0)
+    prompts = encode(tok)
+    hf = HFEngine()
+    hf.setup(policy, tok, "")
+    for presence, repetition in CASES:
+        sampling = SamplingConfig(
+            temperature=0.0, max_new_tokens=32, presence_penalty=presence, repetition_penalty=repetition
+        )
+        assert engine.generate(prompts, 1, sampling).response_ids == hf.generate(prompts, 1, sampling).response_ids
+    # vLLM's sampled log-probs (processed_logprobs) are those of the penalized distribution too
+    sampling = SamplingConfig(temperature=0.8, max_new_tokens=12, presence_penalty=1.5, repetition_penalty=1.3)
+    gen = engine.generate(prompts[:3], 2, sampling)
+    rows = [p for p in prompts[:3] for _ in range(2)]
+    for got, want in zip(gen.logprobs, reference_logprobs(policy, rows, gen.response_ids, sampling)):
+        assert got == pytest.approx(want, abs=1e-4)
 
 
 # -- (4) bad values are refused, naming the setting -----------------------------------------
