@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
-from cepo.rollout.sampler import sample
+from cepo.rollout.sampler import Penalties, sample
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +62,9 @@ class HFEngine(RolloutEngine):
             eos_token_id=tok.eos_token_id,
             return_dict_in_generate=True,
             output_scores=True,
+            # the penalties are cepo's own processor (vLLM's meaning); 1.0 also keeps a
+            # `repetition_penalty` from the model's generation_config from applying here alone
+            repetition_penalty=1.0,
         )
         if not greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
@@ -90,14 +93,17 @@ class HFEngine(RolloutEngine):
                 responses += rows
                 logprobs += lps or []
                 continue
+            processors = [Penalties(sampling, mask.repeat_interleave(n, 0))] if sampling.penalized else []
             # transformers samples from the global RNG: seed it per call so runs repeat, inside a
             # fork so the rest of the run (data order, ...) keeps its own stream.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sampling.seed + self._calls)
-                out = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                out = policy.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), logits_processor=processors, **kwargs
+                )
             self._calls += 1
             new = out.sequences[:, ids.shape[1] :].cpu()  # [B*n, T]
-            scores = torch.stack(out.scores, dim=1).float().cpu()  # [B*n, T, V] processed logits
+            scores = torch.stack(out.scores, dim=1).float().cpu()  # [B*n, T, V] processed logits, penalties included
             lp = torch.log_softmax(scores, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
             for row, row_lp in zip(new.tolist(), lp.tolist()):
                 length = _response_length(row, tok.eos_token_id, tok.pad_token_id)

@@ -191,6 +191,8 @@ class VLLMEngine(RolloutEngine):
             stop=list(sampling.stop) or None,
             seed=sampling.seed + self._calls,
             logprobs=None if greedy else 0,
+            presence_penalty=sampling.presence_penalty,
+            repetition_penalty=sampling.repetition_penalty,
         )
         self._calls += 1
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
