@@ -145,6 +145,7 @@ class RolloutDataModule(L.LightningDataModule):
             prompt_format,
             rewards,
         )
+        self.prompt_format, self.rewards = self.sampler.prompt_format, self.sampler.rewards
 
     # -- data -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
