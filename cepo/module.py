@@ -35,7 +35,7 @@ from cepo.objectives import MicroBatch, Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
-from cepo.step_stats import UpdateStats, check_mismatch, step_metrics
+from cepo.step_stats import UpdateStats, check_mismatch, log_step, step_metrics
 from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
 from cepo.warmup import resolve_model_path
 
@@ -382,9 +382,8 @@ class GRPOModule(L.LightningModule):
     def _log_step(self, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
         beta = self.credit.beta if isinstance(self.credit, MixedCredit) else None
         lr = self.optimizers().param_groups[0]["lr"]
-        metrics = step_metrics(batch, advantages, stats, timings, self.rl_step, lr, beta)
+        log_step(self.trainer, step_metrics(batch, advantages, stats, timings, self.rl_step, lr, beta), self.rl_step)
         n = batch.num_rollouts
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
         self.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
         self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)
 

@@ -2,7 +2,8 @@
 
 The update loop adds each micro-batch's loss, clip counts, entropy and KL as tensors to an
 :class:`UpdateStats`; nothing is read back to the host until :meth:`UpdateStats.result`, once
-per rollout step. :func:`step_metrics` names everything the module logs for the step.
+per rollout step. :func:`step_metrics` names everything the module logs for the step, and
+:func:`log_step` sends a step's metrics to the loggers.
 """
 
 from __future__ import annotations
@@ -142,3 +143,19 @@ def check_mismatch(gap: float, warn: float, stop: float | None) -> bool:
             warn,
         )
     return False
+
+
+def log_step(trainer, metrics: dict, rl_step: int) -> None:
+    """Send one rollout step's metrics to every logger, at step ``rl_step - 1`` (0-based, as
+    Lightning numbers training batches).
+
+    Not through ``LightningModule.log``: Lightning keeps a step-level value until the epoch ends,
+    so a metric that a step does not produce (per-token statistics when no row trained, a credit
+    summary of rollouts that were all correct, ...) would be written again with its last value.
+    Here a step's row holds exactly what that step measured. ``trainer.callback_metrics`` gets the
+    values too (callbacks and checkpoint monitors read the latest ones there).
+    """
+    values = {k: float(v) for k, v in metrics.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=rl_step - 1)
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})

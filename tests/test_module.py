@@ -3,6 +3,7 @@ adapter disabled, or a frozen copy), truncated importance sampling (tis_cap), th
 mismatch guard, and the LoRA-merged Hugging Face export."""
 
 import copy
+import csv
 import json
 import logging
 import math
@@ -251,3 +252,31 @@ def test_lora_export_is_a_plain_hf_model_with_the_trained_logits(tmp_path, tiny_
     assert float((trained - before).abs().max()) > 1e-3  # training changed the policy
     assert torch.allclose(got, trained, atol=1e-5)
     assert math.isfinite(float(got.abs().max()))
+
+
+def test_a_step_logs_only_what_it_measured(tmp_path, tiny_dir):
+    """Step 0 trains rows (rewards differ), step 1 trains none (all equal): step 1's row has no
+    entropy or clip fraction and no credit summary, rather than step 0's values again."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from cepo.credit import Contrastive
+    from cepo.tiny import char_tokenizer
+    from tests.helpers import FixedBatches, make_batch, trainer
+
+    tok = char_tokenizer()
+
+    def batches(step, rank):
+        rewards = [1.0, 0.0, 1.0, 0.0] if step == 0 else [0.0, 0.0, 0.0, 0.0]
+        return make_batch(tok, ["1+2="], ["3"], [" 3", " 4", " 3", " 5"], rewards, ["3", "4", "3", "5"], 4)
+
+    module = GRPOModule(model_path=str(tiny_dir), credit=Contrastive(beta=0.5))
+    from cepo.callbacks import TokenWeightLogger
+
+    logger = CSVLogger(tmp_path, name="log", version="v")
+    tr = trainer(tmp_path, steps=2, callbacks=[TokenWeightLogger(every_n_steps=0)], logger=logger)
+    tr.fit(module, datamodule=FixedBatches(batches))
+    rows = list(csv.DictReader(open(tmp_path / "log" / "v" / "metrics.csv")))
+    step = {s: {k: v for r in rows if r["step"] == str(s) for k, v in r.items() if v} for s in (0, 1)}
+    for key in ("train/entropy", "train/clip_frac", "credit/correct/weight_mean"):
+        assert key in step[0] and key not in step[1], key
+    assert step[1]["train/zero_var_frac"] == "1.0" and step[0]["train/zero_var_frac"] == "0.0"

@@ -21,6 +21,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from cepo.step_stats import log_step
+
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -85,7 +87,7 @@ class TokenWeightLogger(L.Callback):
         if record is None or record.output.weight is None:
             return  # no per-token weight this step (uniform credit, or beta == 0)
         metrics = self.step_metrics(record, trainer.datamodule.task, pl_module.tokenizer)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        log_step(trainer, metrics, pl_module.rl_step)  # a step's row holds only what it measured
         step = pl_module.rl_step
         if self.every_n_steps and trainer.is_global_zero and (step == 1 or step % self.every_n_steps == 0):
             self.render(trainer, pl_module, record, step)
