@@ -65,7 +65,7 @@ class VLLMEngine(RolloutEngine):
 
     Args:
         dtype: engine dtype (``float32`` on CPU; ``bfloat16`` on GPUs).
-        max_model_len: longest prompt + response the engine accepts.
+        max_model_len: longest prompt + response the engine accepts (None: the model's own context).
         gpu_memory_utilization: share of (GPU, or on CPU the NUMA node's) memory for the
             KV cache; on CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB, default 1) takes precedence.
         tensor_parallel_size: GPUs per engine.
@@ -80,7 +80,7 @@ class VLLMEngine(RolloutEngine):
     def __init__(
         self,
         dtype: str = "float32",
-        max_model_len: int = 256,
+        max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
@@ -129,6 +129,8 @@ class VLLMEngine(RolloutEngine):
         torch.set_num_threads = set_threads
         set_threads(threads)
         self.policy = policy
+        if self.max_model_len is None:  # what vLLM derived from the model (evaluation prompts are cut to it)
+            self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
         weights = hf_weights(policy)
