@@ -166,3 +166,36 @@ def test_fit_stops_when_the_engine_keeps_stale_weights(tmp_path, tiny_dir):
     assert out.returncode != 0, out.stdout[-2000:]
     assert "weight sync to vLLM failed: probe log-prob gap" in out.stderr, out.stderr[-3000:]
     assert not (tmp_path / "stale" / "v" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_weights_for_the_engine_leave_the_model_untouched(dtype):
+    """The pushed weights equal peft's merged weights, and reading them 50 times changes no weight
+    of the model (no in-place merge/unmerge: the frozen base is also the KL reference and the Base
+    teacher). Needs no vLLM."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    model = get_peft_model(
+        LlamaForCausalLM(config).to(dtype), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(50):
+        pushed = dict(hf_weights(model))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    reference = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert sorted(pushed) == sorted(reference)
+    assert all(torch.equal(pushed[k], reference[k]) for k in reference)
