@@ -64,7 +64,7 @@ def gather(
         student, _ = scorer.logprobs(policy, packed, rows)
     if POS in needs or NEG in needs:
         scores = teacher.score(batch, rows, POS in needs, NEG in needs, weights, scorer)
-        inputs.pos_logprobs = scores.pos
+        inputs.pos_logprobs, inputs.contexts = scores.pos, scores.contexts
         if NEG in needs:
             # P_T- := P_S where a group has no usable wrong answer (RLSD exactly there)
             fallback = rows[~scores.has_negative[rows]]

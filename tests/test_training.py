@@ -115,6 +115,14 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
         assert (run / "token_weights" / "step_00001.html").is_file()
         assert (run / "token_weights" / "step_00001.png").is_file()
         assert "credit/wrong/delta_mean" in header or "credit/correct/delta_mean" in header
+        page = (run / "token_weights" / "step_00001.html").read_text()
+        items = [
+            i for side in json.loads((run / "token_weights" / "step_00001.json").read_text()).values() for i in side
+        ]
+        shown = [i for i in items if i["contexts"]]
+        assert shown and "c+ teacher prompt" in page  # the teacher prompts of the rollouts shown
+        pos, neg = shown[0]["contexts"]
+        assert pos == f"{shown[0]['prompt']} {shown[0]['answer']}"  # raw: the verified answer after the prompt
 
 
 def test_validate_on_hf_folder(tmp_path, tiny_dir, capsys):

@@ -162,6 +162,7 @@ class TokenWeightLogger(L.Callback):
                         "answer": batch.answers[i // batch.group_size],
                         "reward": float(batch.rewards[i]),
                         "tokens": cells,
+                        "contexts": (record.inputs.contexts or {}).get(i // batch.group_size),
                     }
                 )
             columns[label] = items
@@ -193,6 +194,10 @@ class TokenWeightLogger(L.Callback):
                 f'<div class="p">{html.escape(item["prompt"])} &rarr; reference '
                 f"{html.escape(item['answer'])} (reward {item['reward']:.2f})</div>"
             )
+            for name, text in zip(("c+ teacher", "c- teacher"), item.get("contexts") or ()):
+                if text is not None:
+                    shown = html.escape(text)
+                    head += f'<details class="p"><summary>{name} prompt</summary><pre>{shown}</pre></details>'
             return f'<div class="r">{head}<div class="t">{"".join(spans)}</div></div>'
 
         cols = ""

@@ -46,6 +46,7 @@ class CreditInputs:
         has_negative: ``[N]`` bool, rows whose ``neg_logprobs`` come from a real wrong-answer
             teacher, or None.
         entropy: ``[N, T]`` policy entropy at each response position (:data:`ENTROPY`), or None.
+        contexts: ``{group: (c+ prompt, c- prompt)}``, the teachers' full prompts (for display), or None.
     """
 
     advantages: torch.Tensor
@@ -56,6 +57,7 @@ class CreditInputs:
     rewards: torch.Tensor | None = None
     has_negative: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    contexts: dict[int, tuple[str | None, str | None]] | None = None
 
 
 @dataclass

@@ -39,11 +39,13 @@ class TeacherScores:
         pos: ``log P_T+(y_t)``, or None when not asked for.
         neg: ``log P_T-(y_t)`` on the rows in ``has_negative``, or None when not asked for.
         has_negative: ``[N]`` bool, rows whose group has a usable wrong answer (None with ``neg``).
+        contexts: ``{group: (c+ prompt, c- prompt or None)}``, the full teacher prompts scored.
     """
 
     pos: torch.Tensor | None = None
     neg: torch.Tensor | None = None
     has_negative: torch.Tensor | None = None
+    contexts: dict[int, tuple[str | None, str | None]] | None = None
 
 
 def pack_contexts(
@@ -186,11 +188,14 @@ class TeacherContexts:
         neg_of: list[int] = []
         neg_at: list[int] = []
         cached: dict[tuple[int, str], list[int]] = {}  # the G rollouts of a group share its contexts
+        texts: dict[tuple[int, str], str] = {}
 
-        def ids(group: int, text: str) -> list[int]:
-            if (group, text) not in cached:
-                cached[group, text] = self.context_ids(batch, group, text)
-            return cached[group, text]
+        def ids(group: int, feedback_text: str) -> list[int]:
+            key = (group, feedback_text)
+            if key not in cached:
+                texts[key] = self.context_text(batch, group, feedback_text)
+                cached[key] = self.tokenizer(texts[key], add_special_tokens=False).input_ids
+            return cached[key]
 
         for i in rows.tolist():
             fb = feedback[i // g]
@@ -214,6 +219,11 @@ class TeacherContexts:
             # the scored rows' longest response can be shorter than the batch's
             scores = torch.nn.functional.pad(scores[:, :width], (0, width - min(scores.shape[1], width)))
         out = TeacherScores()
+        out.contexts = {
+            group: (texts.get((group, fb.pos)), texts.get((group, fb.neg)) if fb.neg is not None else None)
+            for group, fb in enumerate(feedback)
+            if (group, fb.pos) in texts or (group, fb.neg) in texts
+        }
         if pos:
             out.pos = torch.zeros(batch.response_mask.shape, device=device)
             if pos_of:
