@@ -124,6 +124,8 @@ def step_metrics(
     }
     if beta is not None:
         metrics["train/beta"] = beta
+    if batch.truncated is not None:  # responses cut by max_new_tokens
+        metrics["train/truncated_frac"] = batch.truncated.float().mean()
     for name, values in (batch.reward_components or {}).items():
         metrics[f"train/reward/{name}"] = values.mean()
     return metrics

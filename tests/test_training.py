@@ -109,6 +109,7 @@ def test_fit_end_to_end_writes_run_dir(tmp_path, tiny_dir, credit):
         "time/generate",
         "time/train",
         "time/tokens_per_sec",
+        "train/truncated_frac",
     ):
         assert key in header, key
     if credit == "contrastive":

@@ -50,6 +50,7 @@ class RolloutBatch:
         prompt_format: how ``messages`` were rendered into ``prompts`` (None: ``Plain``).
         reward_components: ``{name: [N]}`` unweighted scores of each reward component (None:
             the task's own reward).
+        truncated: ``[N]`` bool, responses cut by the length limit (no EOS), or None.
     """
 
     input_ids: torch.Tensor
@@ -75,6 +76,7 @@ class RolloutBatch:
     messages: list[list[dict[str, str]]] | None = None
     prompt_format: PromptFormat | None = None
     reward_components: dict[str, torch.Tensor] | None = None
+    truncated: torch.Tensor | None = None
 
     @property
     def num_rollouts(self) -> int:

@@ -198,6 +198,7 @@ class RolloutSampler:
         responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         row_answers = [a for a in answers for _ in range(g)]
         components = None
+        truncated = self.truncated(gen.response_ids, self.sampling.max_new_tokens)
         if self.rewards is None:
             rewards = torch.tensor([self.task.reward(r, a) for r, a in zip(responses, row_answers)], dtype=torch.float)
         else:
@@ -206,7 +207,7 @@ class RolloutSampler:
                 responses,
                 row_answers,
                 [len(r) for r in gen.response_ids],
-                self.truncated(gen.response_ids, self.sampling.max_new_tokens),
+                truncated,
                 self.sampling.max_new_tokens,
                 self.task,
             )
@@ -243,6 +244,7 @@ class RolloutSampler:
             messages=messages,
             prompt_format=self.prompt_format,
             reward_components=components,
+            truncated=torch.tensor(truncated, device=device),
         )
 
     def truncated(self, response_ids: list[list[int]], limit: int) -> list[bool]:
