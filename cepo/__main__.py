@@ -11,10 +11,44 @@ import logging
 import os
 import sys
 import warnings
+from argparse import ArgumentError
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError, ArgumentError)
+"""Exceptions that report bad input (a setting, a file, a row): shown as one line, exit code 2."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run ``cepo <command> ...``."""
+    """Run ``cepo <command> ...``; bad input ends it with one line on stderr and exit code 2 (the
+    full traceback with ``CEPO_DEBUG=1``)."""
+    try:
+        run(argv)
+    except USER_ERRORS as err:
+        if os.environ.get("CEPO_DEBUG"):
+            raise
+        print(f"cepo: error: {one_line(err)}  (CEPO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line: a config error's first reasons joined, and the root cause
+    when the error wraps one (jsonargparse wraps what a constructor raised)."""
+
+    def flat(e: BaseException) -> str:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        lines = [line.strip().lstrip("- ").strip() for line in message.splitlines() if line.strip()]
+        return lines[0] + (" " + "; ".join(lines[1:3]) if len(lines) > 1 else "") if lines else type(e).__name__
+
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = flat(err)
+    if root is not err and isinstance(root, USER_ERRORS) and str(root) and str(root) not in text:
+        return f"{text.splitlines()[0]}: {flat(root)}"
+    return text
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Dispatch ``cepo <command> ...``."""
     import torch
 
     args = sys.argv[1:] if argv is None else argv

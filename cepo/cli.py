@@ -138,6 +138,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},  # bad settings raise; cepo's main prints one line
         subclass_mode_model=False,
         auto_configure_optimizers=False,
     )

@@ -350,7 +350,7 @@ def test_invalid_point_stops_the_sweep_before_anything_runs(tmp_path, tiny_dir, 
         raise AssertionError("a point ran although another one is invalid")
 
     monkeypatch.setattr(sweep, "run_all", no_run)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(ValueError) as err:  # bad input: `cepo` prints it and exits with 2
         sweep_main([str(grid), "--out", str(tmp_path / "out")])
     message = str(err.value)
     assert "point 1/2 (group_size=1)" in message and "data.group_size must be >= 2" in message

@@ -125,23 +125,23 @@ def validate_or_exit(pending: list[Point], arg_lists: dict[str, list[str]], tota
     try:
         errors = check_points({p.slug: arg_lists[p.slug] for p in pending})
     except RuntimeError as err:
-        raise SystemExit(f"cepo sweep: {err}") from None
+        raise ValueError(f"cepo sweep: {err}") from None
     if errors:
         bad = [p for p in pending if p.slug in errors]
         text = "\n\n".join(f"point {p.index}/{total} ({p.slug}):\n{errors[p.slug]}" for p in bad)
-        raise SystemExit(f"cepo sweep: {len(bad)} invalid point(s), nothing was run.\n\n{text}")
+        raise ValueError(f"cepo sweep: {len(bad)} invalid point(s), nothing was run.\n\n{text}")
 
 
 def sweep_main(argv: list[str]) -> None:
     """``cepo sweep``: expand, validate, run (skipping finished points), report."""
     args = build_parser().parse_args(argv)
     if args.parallel < 1:
-        raise SystemExit("cepo sweep: --parallel must be >= 1")
+        raise ValueError("cepo sweep: --parallel must be >= 1")
     try:
         grid = load_grid(args.grid, parse_set(args.overrides))
         points = expand(grid)
     except (ValueError, FileNotFoundError, yaml.YAMLError) as err:
-        raise SystemExit(f"cepo sweep: {args.grid}: {err}") from None
+        raise ValueError(f"cepo sweep: {args.grid}: {err}") from None
     out = args.out.resolve()
     sweep_dir = out / grid.name
     total = len(points)

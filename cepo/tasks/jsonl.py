@@ -148,14 +148,20 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: a row must be a JSON object, got {type(row).__name__}")
             messages = row_messages(row, f"{path}:{lineno}")
             question = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str)), None)
             if messages is None and not question:

@@ -1,0 +1,114 @@
+"""Bad input is answered in one line naming the setting, file or line, with exit code 2
+(docs/bad-input.md lists every row of this table). The traceback appears only with CEPO_DEBUG=1."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cepo.__main__ import main
+from cepo.tasks.jsonl import read_jsonl
+from tests.helpers import DEFAULT
+
+
+def write(path, text: bytes):
+    path.write_bytes(text)
+    return str(path)
+
+
+def jsonl_task(path):
+    return ["--data.task", "cepo.tasks.JsonlTask", "--data.task.train", path, "--data.task.val", path]
+
+
+FUNCTION = {"function": "no_such_reward.py:fn"}
+CASES = {
+    "setting out of range": (lambda t, m: ["--model.eps_low", "2"], "model.eps_low must be in (0, 1), got 2.0"),
+    "setting of the wrong type": (lambda t, m: ["--model.lora", "maybe"], 'Parser key "model.lora"'),
+    "unknown key": (lambda t, m: ["--model.nosuchkey", "1"], "unrecognized arguments: --model.nosuchkey"),
+    "unknown class": (lambda t, m: ["--model.credit", "NoSuchRule"], 'Parser key "model.credit"'),
+    "missing config file": (lambda t, m: ["--config", str(t / "none.yaml")], "File does not exist"),
+    "missing model folder": (lambda t, m: ["--model.model_path", str(t / "none")], "model.model_path: "),
+    "dataset file missing": (lambda t, m: jsonl_task(str(t / "none.jsonl")), "dataset file not found: "),
+    "dataset row without an answer": (
+        lambda t, m: jsonl_task(write(t / "a.jsonl", b'{"question": "1+1"}\n')),
+        "a.jsonl:1: row has no answer",
+    ),
+    "dataset row not JSON": (
+        lambda t, m: jsonl_task(write(t / "b.jsonl", b'{"question": "q", "answer": "1"}\n{oops\n')),
+        "b.jsonl:2: not valid JSON",
+    ),
+    "dataset row not an object": (lambda t, m: jsonl_task(write(t / "c.jsonl", b"[1, 2]\n")), "c.jsonl:1: a row must"),
+    "dataset line not UTF-8": (
+        lambda t, m: jsonl_task(write(t / "d.jsonl", b'{"question": "q", "answer": "1"}\n\xff\xfe\n')),
+        "d.jsonl:2: not UTF-8",
+    ),
+    "dataset messages malformed": (
+        lambda t, m: jsonl_task(
+            write(t / "e.jsonl", b'{"messages": [{"role": "bot", "content": "x"}], "answer": "1"}\n')
+        ),
+        "e.jsonl:1: 'messages' must be",
+    ),
+    "reward function file missing": (
+        lambda t, m: [
+            "--data.rewards",
+            json.dumps([{"class_path": "cepo.rewards.Function", "init_args": {"function": f"{t}/no.py:f"}}]),
+        ],
+        "no.py",
+    ),
+    "chat format without a chat template": (
+        lambda t, m: ["--data.prompt_format", "cepo.prompting.Chat"],
+        "the tokenizer has no chat template",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, tiny_dir, capsys, monkeypatch):
+    monkeypatch.delenv("CEPO_DEBUG", raising=False)
+    make, expected = CASES[case]
+    args = ["fit", "--config", DEFAULT, "--model.model_path", str(tiny_dir), "--trainer.max_steps", "1"]
+    args += ["--data.eval_size", "2", "--report_base", "false", "--export_hf", "false", "--run_root", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + make(tmp_path, tiny_dir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cepo: error:")]
+    assert len(lines) == 1 and expected in lines[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("CEPO_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="model.model_path"):
+        main(["fit", "--config", DEFAULT, "--model.model_path", str(tmp_path / "none"), "--run_root", str(tmp_path)])
+
+
+def test_sweep_grid_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(tmp_path / "none.yaml")])
+    assert exit_info.value.code == 2 and "none.yaml" in capsys.readouterr().err
+
+
+JSONISH = st.sampled_from(
+    [b"1", b"[]", b'"x"', b"null", b'{"question": 1}', b'{"messages": 5, "answer": "1"}', b'{"answer": [1]}']
+) | st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["question", "answer", "messages", "solution"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+).map(lambda v: json.dumps(v).encode())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=40) | st.text(max_size=40).map(str.encode) | JSONISH, min_size=1, max_size=5))
+def test_no_dataset_bytes_give_an_unnamed_error(tmp_path, lines):
+    """Whatever the bytes, the loader returns rows or raises an error that names the file."""
+    path = tmp_path / "fuzz.jsonl"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n")
+    try:
+        read_jsonl(path, "{question}")
+    except ValueError as err:
+        assert str(err).startswith(str(path)), err
