@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -18,12 +18,20 @@ class Example:  # not frozen: Lightning moves batches with apply_to_collection
             context for feedback sources that show a full solution); may be empty.
         messages: a whole conversation before the assistant turn (``role``/``content`` dicts
             ending with a user turn), for conversational rows; None: the user turn ``prompt``.
+        images: the problem's images (PIL images), in the order of the ``<image>`` placeholders
+            in ``prompt`` (one per image); empty for text problems.
     """
 
     prompt: str
     answer: str
     solution: str = ""
     messages: list[dict[str, str]] | None = None
+    images: list = field(default_factory=list)
+
+
+IMAGE_PLACEHOLDER = "<image>"
+"""Where an image goes in a prompt (the Geo3k row layout); the policy's processor replaces it by
+the model's own vision tokens."""
 
 
 class Task:
