@@ -26,3 +26,10 @@ def global_max(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def normaliser(mask: torch.Tensor, loss_agg: str, world_size: int, device: torch.device) -> float:
+    """The loss normaliser of a mini-batch: its tokens (``token_mean``) or rows (``seq_mean``)
+    summed over every process, divided by the number of processes (DDP averages gradients)."""
+    local = float(mask.sum()) if loss_agg == "token_mean" else float(mask.shape[0])
+    return global_sum(local, device) / world_size

@@ -6,6 +6,8 @@ Sequences are packed as ``[prompt | response | pad]`` rows; ``logits[:, t]`` pre
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -36,6 +38,7 @@ def response_logits(
     attention_mask: torch.Tensor,
     response_start: int,
     temperature: float = 1.0,
+    model_inputs: Callable[[torch.Tensor, torch.Tensor, int], dict] | None = None,
 ) -> torch.Tensor:
     """Logits that predict the response tokens ``input_ids[:, response_start:]``.
 
@@ -46,6 +49,9 @@ def response_logits(
         response_start: column where responses begin (all prompts are left-padded to it).
         temperature: sampling temperature; logits are divided by it so log-probs match
             the distribution the engine sampled from.
+        model_inputs: ``(input_ids, attention_mask, response_start) -> kwargs`` for models that
+            need more than plain positions (images, multimodal rotary positions), called on the
+            trimmed rows; None: ``position_ids = cumsum(mask) - 1``.
 
     Returns:
         ``[N, T, V]`` with ``T = L - response_start``.
@@ -56,8 +62,11 @@ def response_logits(
     if lead:
         input_ids, attention_mask = input_ids[:, lead:], attention_mask[:, lead:]
         response_start -= lead
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    if model_inputs is None:
+        kwargs = {"position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+    else:
+        kwargs = model_inputs(input_ids, attention_mask, response_start)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     logits = out.logits[:, response_start - 1 : -1]  # [N, T, V]
     if temperature != 1.0:
         logits = logits / temperature

@@ -56,3 +56,22 @@ def response_width(response_mask: torch.Tensor, index: torch.Tensor) -> int:
     if index.numel() == 0:
         return 1
     return max(int(response_mask[index].sum(1).max()), 1)
+
+
+def loss_rows(
+    mb: slice, token_adv: torch.Tensor, pg_weight: float = 1.0, active: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Indices of the rows of mini-batch ``mb`` whose loss is not identically zero.
+
+    A row with zero token advantages everywhere (a group whose rewards are all equal, under every
+    credit rule) contributes exactly zero gradient to the surrogate; with ``pg_weight`` 0 no row
+    does; rows in ``active`` (``[N]`` bool) carry an objective's term. (With a KL term every row
+    carries a loss: the caller keeps them all.)
+    """
+    rows = torch.arange(mb.start, mb.stop, device=token_adv.device)
+    keep = token_adv[mb].ne(0).any(1)
+    if pg_weight == 0:
+        keep = torch.zeros_like(keep)
+    if active is not None:
+        keep |= active[mb]
+    return rows[keep]

@@ -15,6 +15,7 @@ counts optimizer updates; :attr:`GRPOModule.rl_step` counts rollout batches.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Literal
 
@@ -22,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from cepo import distributed, evidence
+from cepo import distributed, evidence, microbatch
 from cepo.advantages import group_advantages
 from cepo.credit import CreditAssigner, MixedCredit
 from cepo.credit.uniform import Uniform
@@ -37,6 +38,7 @@ from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
 from cepo.step_stats import UpdateStats, check_mismatch, log_step, step_metrics
 from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
+from cepo.vision import VisionSettings
 from cepo.warmup import resolve_model_path
 
 
@@ -63,6 +65,7 @@ class GRPOModule(L.LightningModule):
         lora: train a LoRA adapter (``on``), all weights (``off``), or decide by size
             (``auto``: LoRA from 50M parameters up, so the tiny built-in model trains fully).
         lora_settings: LoRA rank, alpha, dropout and target modules.
+        vision: image settings of a vision-language policy (pixel bounds, a trainable vision tower).
         dtype: parameter dtype, ``float32`` or ``bfloat16`` (GPU).
         eps_low: lower ratio clip bound (docs/algorithms.md §1).
         eps_high: upper ratio clip bound.
@@ -97,6 +100,7 @@ class GRPOModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lora: Literal["auto", "on", "off"] = "auto",
         lora_settings: LoraSettings | None = None,
+        vision: VisionSettings | None = None,
         dtype: Literal["float32", "bfloat16"] = "float32",
         eps_low: float = 0.2,
         eps_high: float = 0.28,
@@ -126,9 +130,8 @@ class GRPOModule(L.LightningModule):
         ):
             if not ok:
                 raise ValueError(f"model.{name} must be {wanted}, got {settings[name]}")
-        self.save_hyperparameters(
-            ignore=["credit", "teacher", "teacher_weights", "objective", "optimizer", "lr_scheduler", "lora_settings"]
-        )
+        components = ("credit", "teacher", "teacher_weights", "objective", "optimizer", "lr_scheduler")
+        self.save_hyperparameters(ignore=[*components, "lora_settings", "vision"])
         self.automatic_optimization = False
         self.model_path = model_path
         self.credit = credit if credit is not None else Uniform()
@@ -140,6 +143,7 @@ class GRPOModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self._check_optimizer()
         self.lora_settings = lora_settings
+        self.vision_settings = vision or VisionSettings()
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
         self.ref: PolicyRef | None = None  # shared with the rollout sampler and the objective
@@ -171,14 +175,15 @@ class GRPOModule(L.LightningModule):
             return
         hp = self.hparams
         self.model_path = resolve_model_path(self.model_path)
-        self.policy, self.tokenizer = load_policy(
-            self.model_path, hp.lora, self.lora_settings, hp.dtype, hp.gradient_checkpointing
+        vision_args = dataclasses.asdict(self.vision_settings)
+        self.policy, self.tokenizer, vision = load_policy(
+            self.model_path, hp.lora, self.lora_settings, hp.dtype, hp.gradient_checkpointing, **vision_args
         )
-        self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path)
+        self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path, vision=vision)
         if hp.kl_coef > 0:
             self.reference = Base()
             self.reference.setup(self.policy)
-        self.teacher.setup(self.tokenizer)
+        self.teacher.setup(self.ref)
         self.teacher_weights.setup(self.policy)
         # connect the rollout sampler to the policy once (the engine binds to it)
         datamodule = getattr(self._trainer, "datamodule", None)
@@ -286,28 +291,6 @@ class GRPOModule(L.LightningModule):
         }
         self._log_step(original, advantages[: original.num_rollouts], stats, timings)
 
-    def _normaliser(self, mask: torch.Tensor) -> float:
-        """The loss normaliser of a mini-batch (tokens or rows, summed over ranks, per rank)."""
-        local = float(mask.sum()) if self.hparams.loss_agg == "token_mean" else float(mask.shape[0])
-        return distributed.global_sum(local, self.device) / self.trainer.world_size
-
-    def _loss_rows(self, mb: slice, token_adv: torch.Tensor, kl: bool) -> torch.Tensor:
-        """Indices of the rows of mini-batch ``mb`` whose loss is not identically zero.
-
-        A row with zero token advantages everywhere (a group whose rewards are all equal,
-        under every credit rule) and no KL or objective term contributes exactly zero
-        gradient; with ``skip_zero_loss_rows`` it is not run at all.
-        """
-        rows = torch.arange(mb.start, mb.stop, device=token_adv.device)
-        if not self.hparams.skip_zero_loss_rows or kl:
-            return rows
-        keep = token_adv[mb].ne(0).any(1)
-        if self.objective.pg_weight == 0:
-            keep = torch.zeros_like(keep)
-        if self.objective.active is not None:
-            keep |= self.objective.active[mb]
-        return rows[keep]
-
     def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
         """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
         hp = self.hparams
@@ -325,12 +308,16 @@ class GRPOModule(L.LightningModule):
             # rows kept out of the surrogate (row_weight 0, e.g. HDPO's privileged rollouts) do
             # not dilute its token mean
             pg_mask = mb_mask if batch.row_weight is None else mb_mask[batch.row_weight[mb] != 0]
-            normaliser = max(self._normaliser(pg_mask), 1e-8)
+            normaliser = max(distributed.normaliser(pg_mask, hp.loss_agg, self.trainer.world_size, self.device), 1e-8)
             obj_normaliser = None  # the objective's term averages over its active rows' tokens
             if objective.active is not None:
-                obj_normaliser = self._normaliser(mb_mask[objective.active[mb]])
+                active = mb_mask[objective.active[mb]]
+                obj_normaliser = distributed.normaliser(active, hp.loss_agg, self.trainer.world_size, self.device)
             packed = batch.packed()
-            chunks = self.scorer.plan(packed, self._loss_rows(mb, token_adv, ref_logprobs is not None))
+            rows = range(mb.start, mb.stop)
+            if hp.skip_zero_loss_rows and ref_logprobs is None:  # rows whose loss is identically zero are not run
+                rows = microbatch.loss_rows(mb, token_adv, objective.pg_weight, objective.active)
+            chunks = self.scorer.plan(packed, torch.as_tensor(rows, device=self.device))
             # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
             # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
             # an update with no loss-carrying row anywhere still runs one

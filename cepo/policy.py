@@ -4,6 +4,7 @@ handle that the rollout sampler and the objectives share with the module.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cepo import lora
 from cepo.lora import LoraSettings
+from cepo.vision import VL_MODEL_TYPES, Images, Vision
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +32,28 @@ class PolicyRef:
         path: the Hugging Face folder it was loaded from.
         version: optimizer updates applied so far (the *weight version*); the module bumps it
             after every update, rollout engines compare it with the version they hold.
+        vision: image handling of a vision-language policy (None: a text model).
     """
 
     model: torch.nn.Module
     tokenizer: object
     path: str
     version: int = 0
+    vision: Vision | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def encode(self, text: str, images: Images | None = None) -> list[int]:
+        """Token ids of a prompt text (its ``<image>`` placeholders expanded for a VL policy)."""
+        if self.vision is not None:
+            return self.vision.prompt_ids(text, images)
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+
+LANGUAGE_LINEAR = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+"""LoRA targets of a vision-language policy with ``target_modules: all-linear``: the language model."""
 
 
 def load_policy(
@@ -48,24 +62,46 @@ def load_policy(
     lora_settings: LoraSettings | None = None,
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
+    train_vision: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ):
-    """Load tokenizer and causal LM from the folder ``path``; wrap in LoRA when asked.
+    """Load tokenizer and model from the folder ``path``; wrap in LoRA when asked.
+
+    A folder of the Qwen2-VL family loads as an image-text-to-text model with its image processor;
+    its vision tower is frozen unless ``train_vision``, and LoRA adapts the language model only.
 
     Returns:
-        ``(policy, tokenizer)``.
+        ``(policy, tokenizer, vision)`` (``vision`` None for a text model).
     """
+    from transformers import AutoConfig
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    config = AutoConfig.from_pretrained(path)
+    is_vl = getattr(config, "model_type", None) in VL_MODEL_TYPES
+    if is_vl:
+        from transformers import AutoModelForImageTextToText
+
+        policy = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype))
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    vision = Vision.from_folder(path, tokenizer, config, min_pixels, max_pixels)
     n_params = sum(p.numel() for p in policy.parameters())
     use_lora = lora_mode == "on" or (lora_mode == "auto" and n_params >= LORA_AUTO_MIN_PARAMS)
     if gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    if is_vl and not train_vision:
+        for p in policy.model.visual.parameters():
+            p.requires_grad_(False)
     if use_lora:
-        policy = lora.wrap(policy, lora_settings)
+        settings = lora_settings or LoraSettings()
+        if is_vl and settings.target_modules == "all-linear":
+            settings = dataclasses.replace(settings, target_modules=LANGUAGE_LINEAR)
+        policy = lora.wrap(policy, settings)
     log.info("policy %s: %.2fM parameters, LoRA %s", path, n_params / 1e6, "on" if use_lora else "off")
-    return policy, tokenizer
+    return policy, tokenizer, vision
 
 
 def export_hf(policy: torch.nn.Module, tokenizer, path) -> None:

@@ -28,6 +28,8 @@ class Packed:
         start: column of the first response token.
         mask: ``[N, T]`` bool response tokens.
         temperature: logits are divided by it, so log-probs match the sampled distribution.
+        images: per row, the images its prompt holds (None: none), for a vision-language policy.
+        vision: the policy's image handling (builds the forward inputs of rows with images).
     """
 
     input_ids: torch.Tensor
@@ -35,6 +37,18 @@ class Packed:
     start: int
     mask: torch.Tensor
     temperature: float = 1.0
+    images: list | None = None
+    vision: object | None = None
+
+    def model_inputs(self, model: torch.nn.Module, rows: torch.Tensor):
+        """The ``model_inputs`` callable of :func:`~cepo.logprobs.response_logits` for ``rows``
+        (None when they hold no image)."""
+        if self.vision is None or self.images is None:
+            return None
+        images = [self.images[i] for i in rows.tolist()]
+        if not any(im is not None for im in images):
+            return None
+        return lambda ids, mask, start: self.vision.model_inputs(model, ids, mask, start, images)
 
 
 class Scorer:

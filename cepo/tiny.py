@@ -81,3 +81,88 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | Path) -> None
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def vl_tokenizer() -> PreTrainedTokenizerFast:
+    """The character tokenizer plus the Qwen2-VL vision tokens (special, matched inside text)."""
+    from tokenizers import AddedToken
+
+    from cepo.vision import VISION_TOKENS
+
+    tokenizer = char_tokenizer()
+    extra = [AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
+    return tokenizer
+
+
+def build_tiny_vl(
+    path: str | Path,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_depth: int = 1,
+    vision_dim: int = 32,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 112 * 112,
+) -> Path:
+    """Write a randomly initialised tiny Qwen2-VL-architecture model, its tokenizer and its (PIL)
+    image processor to ``path``.
+
+    Text model: ``hidden_size``, ``num_layers``, 2 heads / 1 KV head (head dim 32, the smallest
+    vLLM's CPU attention accepts), multimodal RoPE sections (4, 6, 6). Vision tower: 14-pixel
+    patches merged 2x2 into one token each (a 56x56 image is 4 tokens), ``vision_depth`` blocks of
+    width ``vision_dim``.
+    """
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from cepo.vision import VISION_TOKENS
+
+    path = Path(path)
+    tokenizer = vl_tokenizer()
+    ids = dict(zip(VISION_TOKENS, tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))))
+    heads = hidden_size // 32
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    vision = dict(
+        depth=vision_depth,
+        embed_dim=vision_dim,
+        num_heads=2,
+        mlp_ratio=2,
+        hidden_size=hidden_size,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+    )
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(path)
+    save_tokenizer(tokenizer, path)
+    processor = Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor.save_pretrained(path)
+    return path

@@ -91,7 +91,7 @@ def test_chat_prompt_is_the_models_own_template(chat_tok, chat_model):
 def test_teacher_logprobs_equal_a_forward_of_the_rendered_text(chat_tok, chat_model, template, system):
     batch, question = rollouts(chat_tok, chat_model, Chat(system=system), ["7", "8"])
     teacher = TeacherContexts(template=template)
-    teacher.setup(chat_tok)
+    teacher.setup(PolicyRef(chat_model, chat_tok, ""))
     live = Live()
     live.setup(chat_model)
     scores = teacher.score(batch, torch.arange(2), True, True, live, Scorer(0))

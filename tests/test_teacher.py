@@ -6,6 +6,7 @@ import torch
 from cepo.credit import ENTROPY, NEG, POS, EvidenceRatio
 from cepo.evidence import gather
 from cepo.logprobs import token_logprobs
+from cepo.policy import PolicyRef
 from cepo.scoring import Scorer
 from cepo.teacher import EMA, Base, Live, Synced, TeacherContexts, choose_negative, pack_contexts
 from cepo.templates import fill
@@ -22,7 +23,7 @@ def test_choose_negative_skips_missing_and_equal_answers():
 
 def contexts(tok, **kwargs) -> TeacherContexts:
     t = TeacherContexts(**kwargs)
-    t.setup(tok)
+    t.setup(PolicyRef(None, tok, ""))
     return t
 
 

@@ -106,13 +106,15 @@ class CIPO(Objective):
             return batch
         g = batch.group_size
         groups = [row // g for row in rows]
+        images = None if batch.images is None else [batch.images[p] for p in groups]
         extra = self.sampler.sample(
-            self.sampler.encode(texts),
+            self.sampler.encode(texts, images),
             texts,
             [batch.answers[p] for p in groups],
             [batch.solutions[p] for p in groups],
             g,
             messages=conversations,
+            images=images,
         )
         self._metrics["success_rate"] = float(extra.correct.float().mean())
         self._metrics["attempt_solved"] = float(extra.correct.view(-1, g).any(-1).float().mean())

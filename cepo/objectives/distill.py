@@ -83,11 +83,10 @@ class SelfDistillation(Objective):
 
     def context_ids(self, batch: RolloutBatch, group: int, feedback: str) -> list[int]:
         """Token ids of the teacher context for prompt ``group`` of ``batch`` with ``feedback``."""
-        tokenizer = self.policy.tokenizer
         text = batch.format.with_feedback(
-            batch.conversation(group), self.template, self.placement, tokenizer, feedback=feedback
+            batch.conversation(group), self.template, self.placement, self.policy.tokenizer, feedback=feedback
         )
-        return tokenizer(text, add_special_tokens=False).input_ids
+        return self.policy.encode(text, None if batch.images is None else batch.images[group])
 
     def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
         """``row -> (prompt index, feedback)`` for the rows that get the term."""
@@ -122,6 +121,9 @@ class SelfDistillation(Objective):
             mb.temperature,
             out.device,
         )
+        if mb.batch.images is not None:  # the teacher sees the row's images too
+            packed.images = [mb.batch.images[r // mb.batch.group_size] for r in rows]
+            packed.vision = mb.batch.vision
         with self.teacher_weights.model() as model:
             teacher = self.scorer.logits(model, packed)
         width = out.shape[1]
@@ -322,6 +324,7 @@ class HDPO(SelfDistillation):
             [batch.solutions[p] for p in failed],
             g,
             messages=[batch.conversation(p) for p in failed],
+            images=None if batch.images is None else [batch.images[p] for p in failed],
         )
         self._metrics["privileged_success"] = float(extra.correct.float().mean())
         # the student side: the same responses under the plain prompt

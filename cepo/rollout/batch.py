@@ -51,6 +51,9 @@ class RolloutBatch:
         reward_components: ``{name: [N]}`` unweighted scores of each reward component (None:
             the task's own reward).
         truncated: ``[N]`` bool, responses cut by the length limit (no EOS), or None.
+        images: ``P`` processed images of each prompt (``cepo.vision.Images`` or None), for a
+            vision-language policy; None: a text batch.
+        vision: the policy's image handling (``cepo.vision.Vision``), with ``images``.
     """
 
     input_ids: torch.Tensor
@@ -77,6 +80,8 @@ class RolloutBatch:
     prompt_format: PromptFormat | None = None
     reward_components: dict[str, torch.Tensor] | None = None
     truncated: torch.Tensor | None = None
+    images: list | None = None
+    vision: object | None = None
 
     @property
     def num_rollouts(self) -> int:
@@ -93,7 +98,16 @@ class RolloutBatch:
 
     def packed(self) -> Packed:
         """The rows as :class:`~cepo.scoring.Packed`, for the scoring loop."""
-        return Packed(self.input_ids, self.attention_mask, self.response_start, self.response_mask, self.temperature)
+        images = None if self.images is None else [self.images[i // self.group_size] for i in range(self.num_rollouts)]
+        return Packed(
+            self.input_ids,
+            self.attention_mask,
+            self.response_start,
+            self.response_mask,
+            self.temperature,
+            images,
+            self.vision,
+        )
 
 
 def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0) -> RolloutBatch:
@@ -148,7 +162,13 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
         temperature=a.temperature,
         messages=None if a.messages is None and b.messages is None else _conversations(a) + _conversations(b),
         prompt_format=a.prompt_format,
+        images=None if a.images is None and b.images is None else _images(a) + _images(b),
+        vision=a.vision if a.vision is not None else b.vision,
     )
+
+
+def _images(batch: RolloutBatch) -> list:
+    return list(batch.images) if batch.images is not None else [None] * len(batch.prompts)
 
 
 def _conversations(batch: RolloutBatch) -> list[list[dict[str, str]]]:

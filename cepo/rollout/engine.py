@@ -73,6 +73,19 @@ class SamplingConfig:
 
 
 @dataclass
+class PromptImages:
+    """The images of the prompts of one ``generate`` call (vision-language policies).
+
+    Attributes:
+        images: per prompt, its processed images (``cepo.vision.Images``) or None.
+        vision: the policy's image handling (``cepo.vision.Vision``).
+    """
+
+    images: list
+    vision: object
+
+
+@dataclass
 class Generation:
     """Responses for ``P`` prompts x ``n`` samples, group-major (``N = P*n`` rows).
 
@@ -100,6 +113,9 @@ class RolloutEngine:
         """Make the engine generate with ``policy``'s current weights from now on."""
         raise NotImplementedError
 
-    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> Generation:
-        """``n`` samples for each prompt, group-major."""
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
+    ) -> Generation:
+        """``n`` samples for each prompt, group-major (``images``: the prompts' images, for a
+        vision-language policy; engines without image support raise when given some)."""
         raise NotImplementedError

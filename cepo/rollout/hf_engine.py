@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
+from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 from cepo.rollout.sampler import Penalties, sample
 
 
@@ -48,8 +48,12 @@ class HFEngine(RolloutEngine):
         self.weight_version = version
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> Generation:
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
+    ) -> Generation:
         assert self.policy is not None, "HFEngine.setup was not called"
+        if images is not None and (not self.compact or sampling.stop):
+            raise ValueError("HFEngine samples images with its own loop: compact must be true and no stop strings")
         policy, tok = self.policy, self.tokenizer
         was_training = policy.training
         policy.eval()
@@ -82,14 +86,13 @@ class HFEngine(RolloutEngine):
             if self.compact and not sampling.stop:
                 gen = torch.Generator(device=device).manual_seed(sampling.seed + self._calls)
                 self._calls += 1
-                rows, lps = sample(
-                    policy,
-                    ids.repeat_interleave(n, 0).to(device),
-                    mask.repeat_interleave(n, 0).to(device),
-                    sampling,
-                    tok.eos_token_id,
-                    gen,
-                )
+                ids, mask = ids.repeat_interleave(n, 0).to(device), mask.repeat_interleave(n, 0).to(device)
+                prefill, banned = None, None
+                if images is not None:  # each row's prompt images, multimodal positions
+                    rows_images = [images.images[start + i // n] for i in range(ids.shape[0])]
+                    prefill = images.vision.model_inputs(policy, ids, mask, ids.shape[1], rows_images)
+                    banned = images.vision.banned
+                rows, lps = sample(policy, ids, mask, sampling, tok.eos_token_id, gen, prefill, banned)
                 responses += rows
                 logprobs += lps or []
                 continue

@@ -20,7 +20,7 @@ from cepo.policy import PolicyRef
 from cepo.prompting import Plain, PromptFormat
 from cepo.rewards import Reward, RewardInputs, combine
 from cepo.rollout.batch import RolloutBatch, pack, pad_right
-from cepo.rollout.engine import RolloutEngine, SamplingConfig
+from cepo.rollout.engine import PromptImages, RolloutEngine, SamplingConfig
 from cepo.tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,21 @@ class RolloutSampler:
         """The texts the policy continues."""
         return [self.prompt_format.render(m, self.tokenizer) for m in conversations]
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each prompt text (no special tokens added)."""
-        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    def images(self, examples: list[Example]) -> list | None:
+        """Each example's processed images (None for a text policy or a batch without images)."""
+        vision = self.policy.vision
+        if vision is None or not any(e.images for e in examples):
+            return None
+        return [vision.encode(e.images) if e.images else None for e in examples]
 
-    def encode_eval(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], images: list | None = None) -> list[list[int]]:
+        """Token ids of each prompt text (no special tokens added; images expanded)."""
+        return [self.policy.encode(t, None if images is None else im) for t, im in zip(texts, images or texts)]
+
+    def encode_eval(self, texts: list[str], images: list | None = None) -> list[list[int]]:
         """Evaluation prompts, each cut to its last tokens if it and ``max_new_tokens`` would
         not fit the model's (and engine's) context; a warning counts the cut prompts."""
-        prompt_ids = self.encode(texts)
+        prompt_ids = self.encode(texts, images)
         context = context_length(self.policy.model, self.engine)
         if context is None:
             return prompt_ids
@@ -173,8 +180,9 @@ class RolloutSampler:
         """``G`` verified rollouts per example, with the current weights."""
         conversations = self.conversations(examples)
         texts = self.render(conversations)
+        images = self.images(examples)
         answers, solutions = [e.answer for e in examples], [e.solution for e in examples]
-        return self.sample(self.encode(texts), texts, answers, solutions, messages=conversations)
+        return self.sample(self.encode(texts, images), texts, answers, solutions, None, conversations, images)
 
     def sample(
         self,
@@ -184,16 +192,18 @@ class RolloutSampler:
         solutions: list[str],
         n: int | None = None,
         messages: list[list[dict[str, str]]] | None = None,
+        images: list | None = None,
     ) -> RolloutBatch:
         """``n`` (default ``group_size``) verified samples per already-encoded prompt.
 
         ``prompts`` are the prompt texts and ``messages`` the conversations they were rendered
-        from with this sampler's prompt format (None: each text is the user turn).
+        from with this sampler's prompt format (None: each text is the user turn); ``images``
+        the prompts' processed images (``cepo.vision.Images`` or None each; None: no images).
         """
         g = n or self.group_size
         tokenizer = self.tokenizer
         t0 = time.perf_counter()
-        gen = self.engine.generate(prompt_ids, g, self.sampling)
+        gen = self.engine.generate(prompt_ids, g, self.sampling, **self._images(images))
         t1 = time.perf_counter()
         responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         row_answers = [a for a in answers for _ in range(g)]
@@ -245,7 +255,13 @@ class RolloutSampler:
             prompt_format=self.prompt_format,
             reward_components=components,
             truncated=torch.tensor(truncated, device=device),
+            images=images,
+            vision=self.policy.vision if images is not None else None,
         )
+
+    def _images(self, images: list | None) -> dict:
+        """``generate``'s ``images`` argument (none for text prompts, so text-only engines work)."""
+        return {} if images is None else {"images": PromptImages(images, self.policy.vision)}
 
     def truncated(self, response_ids: list[list[int]], limit: int) -> list[bool]:
         """Whether each response hit ``limit`` tokens without its EOS."""
@@ -259,9 +275,11 @@ class RolloutSampler:
         task = task if task is not None else self.task
         tokenizer = self.tokenizer
         texts = self.render(self.conversations(examples))
-        prompt_ids = self.encode_eval(texts)
+        images = self.images(examples)
+        prompt_ids = self.encode_eval(texts, images)
         limit, stop = self.eval_sampling.max_new_tokens, list(self.eval_sampling.stop)
-        greedy = self.engine.generate(prompt_ids, 1, SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=stop))
+        plain = SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=stop)
+        greedy = self.engine.generate(prompt_ids, 1, plain, **self._images(images))
         responses = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
         greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(responses, examples)])
         greedy_cut = self.truncated(greedy.response_ids, limit)
@@ -272,7 +290,7 @@ class RolloutSampler:
         ]
         sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
         if k:
-            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling)
+            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling, **self._images(images))
             stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
             answers = [e.answer for e in examples for _ in range(k)]
             sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)

@@ -120,6 +120,8 @@ def sample(
     sampling: SamplingConfig,
     eos_id: int,
     generator: torch.Generator | None = None,
+    prefill: dict | None = None,
+    banned: list[int] | None = None,
 ) -> tuple[list[list[int]], list[list[float]] | None]:
     """Sample one response per row of left-padded prompts, dropping rows as they finish.
 
@@ -131,6 +133,11 @@ def sample(
         sampling: temperature (0: greedy), top-k, top-p, the penalties and ``max_new_tokens``.
         eos_id: the token that ends a response (kept as its last token).
         generator: random source of the draws.
+        prefill: extra inputs of the prompt's forward pass (a vision-language model's images and
+            its 3-D rotary ``position_ids``, ``cepo.vision.Vision.model_inputs``). With 3-D
+            positions, each row continues from its last prompt position + 1 (text tokens use the
+            same position on all three axes).
+        banned: token ids never sampled (the vision tokens of a VL model).
 
     Returns:
         ``B`` responses (token ids, ending with EOS unless cut at ``max_new_tokens``) and their
@@ -143,10 +150,20 @@ def sample(
     process = warpers(sampling)
     config = getattr(model, "config", None)
     cache = DynamicCache(config=config) if config is not None else DynamicCache()
-    position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    inputs = dict(prefill or {})
+    position = inputs.pop("position_ids", None)
+    if position is None:
+        position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position, past_key_values=cache, use_cache=True
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position,
+        past_key_values=cache,
+        use_cache=True,
+        **inputs,
     ).logits[:, -1]
+    if position.dim() == 3:  # multimodal RoPE: [3, B, L]; the last prompt token is text
+        position = position[0]
     vocab = logits.shape[-1]
     penalized = sampling.penalized
     if penalized:  # per original row, indexed by `alive` as rows leave
@@ -160,6 +177,8 @@ def sample(
     lengths = torch.full((b,), sampling.max_new_tokens, dtype=torch.long, device=device)
     for t in range(sampling.max_new_tokens):
         scores = logits.float()
+        if banned:
+            scores[:, banned] = float("-inf")
         if penalized:
             scores = penalize(
                 scores,

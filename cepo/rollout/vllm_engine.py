@@ -15,7 +15,7 @@ import os
 import torch
 
 from cepo.lora import is_peft
-from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
+from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class VLLMEngine(RolloutEngine):
             raise RuntimeError(f"weight sync refused: names/shapes changed ({sorted(diff)[:4]} ...)")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
         self.llm.reset_prefix_cache()
+        if hasattr(self.llm.llm_engine, "reset_encoder_cache"):  # image features of the old weights
+            self.llm.llm_engine.reset_encoder_cache()
         if self.verify_sync:
             gap = self.probe(policy)
             self.last_probe_gap = gap
@@ -193,7 +195,9 @@ class VLLMEngine(RolloutEngine):
         policy.train(was_training)
         return float((engine - trainer).abs().max())
 
-    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> Generation:
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
+    ) -> Generation:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -211,7 +215,20 @@ class VLLMEngine(RolloutEngine):
             repetition_penalty=sampling.repetition_penalty,
         )
         self._calls += 1
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in prompt_ids]
+        if images is not None:
+            # vLLM expands each image pad itself and processes the raw images: hand it one pad per
+            # image, and ban the vision tokens from sampling as the transformers engine does
+            pad = images.vision.image_token_id
+            params.allowed_token_ids = [i for i in range(len(self.tokenizer)) if i not in set(images.vision.banned)]
+            prompts = []
+            for ids, im in zip(prompt_ids, images.images):
+                collapsed = [t for j, t in enumerate(ids) if t != pad or j == 0 or ids[j - 1] != pad]
+                prompt = TokensPrompt(prompt_token_ids=collapsed)
+                if im is not None:
+                    prompt["multi_modal_data"] = {"image": im.raw}
+                prompts.append(prompt)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
         responses, logprobs = [], []
         for out in outs:
             for c in out.outputs:

@@ -15,10 +15,12 @@ from typing import Literal
 
 import torch
 
+from cepo.policy import PolicyRef
 from cepo.rollout.batch import RolloutBatch, pack
 from cepo.scoring import Packed, Scorer
 from cepo.teacher.weights import TeacherWeights
 from cepo.templates import HINT_TEMPLATE, RAW_TEMPLATE, check
+from cepo.vision import PLACEHOLDER, Images
 
 Feedback = Literal["answer", "answer_rollout", "rollout", "first_k", "last_k"]
 
@@ -89,6 +91,9 @@ class TeacherContexts:
         k: tokens kept by ``first_k``/``last_k``.
         raw_template: the ``raw`` template (fields ``{prompt}``, ``{feedback}``).
         hint_template: the ``hint`` template.
+        images: teachers of a vision-language policy see the prompt's images (default). False
+            drops them from the teacher contexts (image-blind teachers, as the CEPO authors' code
+            does for both CEPO teachers).
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class TeacherContexts:
         k: int = 512,
         raw_template: str = RAW_TEMPLATE,
         hint_template: str = HINT_TEMPLATE,
+        images: bool = True,
     ) -> None:
         if k < 1:
             raise ValueError(f"teacher.k must be >= 1, got {k}")
@@ -107,12 +113,14 @@ class TeacherContexts:
         self.feedback = feedback
         self.k = k
         self.format = raw_template if template == "raw" else hint_template
+        self.images = images
+        self.policy: PolicyRef | None = None
         self.tokenizer = None
         self.last_contexts: list[tuple[str, str | None]] = []
 
-    def setup(self, tokenizer) -> None:
-        """Bind to the policy's tokenizer."""
-        self.tokenizer = tokenizer
+    def setup(self, policy: PolicyRef) -> None:
+        """Bind to the policy (its tokenizer, and its image handling for a VL policy)."""
+        self.policy, self.tokenizer = policy, policy.tokenizer
 
     # -- contexts ----------------------------------------------------------------------
     def group_feedback(self, batch: RolloutBatch, group: int) -> GroupFeedback:
@@ -146,13 +154,18 @@ class TeacherContexts:
         """The teacher's prompt for ``group`` with ``feedback``: ``raw`` splices it at the start of
         the assistant turn, ``hint`` puts the instruction in the user turn and re-renders."""
         placement = "assistant" if self.template == "raw" else "user"
-        return batch.format.with_feedback(
+        text = batch.format.with_feedback(
             batch.conversation(group), self.format, placement, self.tokenizer, feedback=feedback
         )
+        return text if self.images else text.replace(PLACEHOLDER, "")
+
+    def context_images(self, batch: RolloutBatch, group: int) -> Images | None:
+        """The images the teacher of prompt ``group`` sees (None: none)."""
+        return batch.images[group] if self.images and batch.images is not None else None
 
     def context_ids(self, batch: RolloutBatch, group: int, feedback: str) -> list[int]:
-        """Token ids of :meth:`context_text`."""
-        return self.tokenizer(self.context_text(batch, group, feedback), add_special_tokens=False).input_ids
+        """Token ids of :meth:`context_text` (images expanded as in the policy's prompt)."""
+        return self.policy.encode(self.context_text(batch, group, feedback), self.context_images(batch, group))
 
     # -- scoring -----------------------------------------------------------------------
     @torch.no_grad()
@@ -189,12 +202,13 @@ class TeacherContexts:
         neg_at: list[int] = []
         cached: dict[tuple[int, str], list[int]] = {}  # the G rollouts of a group share its contexts
         texts: dict[tuple[int, str], str] = {}
+        images: list[Images | None] = []  # per context row
 
         def ids(group: int, feedback_text: str) -> list[int]:
             key = (group, feedback_text)
             if key not in cached:
                 texts[key] = self.context_text(batch, group, feedback_text)
-                cached[key] = self.tokenizer(texts[key], add_special_tokens=False).input_ids
+                cached[key] = self.policy.encode(texts[key], self.context_images(batch, group))
             return cached[key]
 
         for i in rows.tolist():
@@ -204,16 +218,19 @@ class TeacherContexts:
                 pos_at.append(len(contexts))
                 contexts.append(ids(i // g, fb.pos))
                 responses.append(batch.response_ids[i])
+                images.append(self.context_images(batch, i // g))
             if neg and fb.neg is not None:
                 neg_of.append(i)
                 neg_at.append(len(contexts))
                 contexts.append(ids(i // g, fb.neg))
                 responses.append(batch.response_ids[i])
+                images.append(self.context_images(batch, i // g))
         device = batch.response_mask.device
         width = batch.response_mask.shape[1]
         scores = None
         if contexts:
             packed = pack_contexts(contexts, responses, self.tokenizer.pad_token_id, batch.temperature, device)
+            packed.images, packed.vision = images, self.policy.vision
             with weights.model() as model:
                 scores, _ = scorer.logprobs(model, packed)
             # the scored rows' longest response can be shorter than the batch's

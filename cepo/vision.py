@@ -1,0 +1,150 @@
+"""Images for vision-language policies of the Qwen2-VL family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
+
+A prompt carries one ``<image>`` placeholder per image (``cepo.tasks.IMAGE_PLACEHOLDER``). For a
+vision-language policy, :class:`Vision` turns it into the model's own tokens
+(``<|vision_start|><|image_pad|><|vision_end|>``), runs the image processor (the PIL one: no
+torchvision) within ``min_pixels``/``max_pixels``, and expands each ``<|image_pad|>`` into one pad
+per merged patch. Forward passes then need three more inputs (:meth:`Vision.model_inputs`):
+``pixel_values`` and ``image_grid_thw`` of the rows' images in row order, and the rotary positions
+of multimodal RoPE, computed by the model's own ``get_rope_index`` from the whole sequence (plain
+``cumsum(mask) - 1`` positions are wrong for rows with images). Response tokens count as text, and
+the vision tokens are banned from sampling (:attr:`Vision.banned`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+PLACEHOLDER = "<image>"
+
+
+@dataclass
+class VisionSettings:
+    """How a vision-language policy handles images (ignored for text models).
+
+    Attributes:
+        min_pixels: smallest image area after resizing (None: the processor's own).
+        max_pixels: largest image area after resizing (None: the processor's own).
+        train_vision: train the vision tower too (default: frozen; LoRA adapts the language model).
+    """
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    train_vision: bool = False
+
+
+@dataclass
+class Images:
+    """One prompt's images, processed.
+
+    Attributes:
+        pixel_values: ``[patches, D]`` the images' patches, one image after another.
+        grid_thw: ``[n_images, 3]`` each image's (time, height, width) grid of patches.
+        tokens: image tokens per image in the expanded prompt.
+        raw: the PIL images (for engines that process images themselves, e.g. vLLM).
+    """
+
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+    tokens: list[int]
+    raw: list
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) and hasattr(model, "peft_config") else model
+
+
+class Vision:
+    """A vision-language policy's image handling (tokens, processor, forward inputs).
+
+    Args:
+        processor: the policy's image processor (``Qwen2VLImageProcessorPil`` or alike).
+        tokenizer: the policy's tokenizer (with the vision special tokens).
+        config: the model config (``image_token_id``, ``vision_config.spatial_merge_size``).
+        min_pixels: smallest image area after resizing (None: the processor's own).
+        max_pixels: largest image area after resizing (None: the processor's own).
+    """
+
+    def __init__(self, processor, tokenizer, config, min_pixels: int | None = None, max_pixels: int | None = None):
+        self.processor = processor
+        self.tokenizer = tokenizer
+        self.image_token_id = int(config.image_token_id)
+        self.merge = int(getattr(config.vision_config, "spatial_merge_size", 2))
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.banned = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)) if i is not None and i >= 0]
+        start, end = VISION_TOKENS[0], VISION_TOKENS[1]
+        self.placeholder = f"{start}{VISION_TOKENS[2]}{end}"
+
+    @classmethod
+    def from_folder(cls, path: str, tokenizer, config, min_pixels: int | None = None, max_pixels: int | None = None):
+        """The folder's image processor (PIL backend), or None for a text-only model."""
+        if getattr(config, "model_type", None) not in VL_MODEL_TYPES:
+            return None
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(path)
+        return cls(processor, tokenizer, config, min_pixels, max_pixels)
+
+    def encode(self, images: list) -> Images:
+        """Process a prompt's PIL images (resized within the pixel bounds)."""
+        kwargs = {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)) if v}
+        out = self.processor(images=list(images), return_tensors="pt", **kwargs)
+        grid = out["image_grid_thw"].long()
+        tokens = (grid.prod(-1) // self.merge**2).tolist()
+        return Images(out["pixel_values"].float(), grid, tokens, list(images))
+
+    def prompt_ids(self, text: str, images: Images | None) -> list[int]:
+        """Token ids of a rendered prompt: each ``<image>`` becomes the model's vision tokens, each
+        image pad expanded to the image's token count."""
+        n = text.count(PLACEHOLDER)
+        if n != (len(images.tokens) if images is not None else 0):
+            raise ValueError(
+                f"a prompt has {n} {PLACEHOLDER} placeholder(s) but {len(images.tokens) if images else 0} image(s)"
+            )
+        ids = self.tokenizer(text.replace(PLACEHOLDER, self.placeholder), add_special_tokens=False).input_ids
+        if images is None:
+            return ids
+        out, k = [], 0
+        for token in ids:
+            if token == self.image_token_id:
+                out += [token] * images.tokens[k]
+                k += 1
+            else:
+                out.append(token)
+        return out
+
+    def strip(self, text: str) -> str:
+        """``text`` without its images (for image-blind teachers)."""
+        return text.replace(PLACEHOLDER, "")
+
+    def model_inputs(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_width: int,
+        images: list[Images | None],
+    ) -> dict:
+        """Forward kwargs for rows ``input_ids`` (``[B, L]``, prompts in the first ``prompt_width``
+        columns) whose images are ``images`` (one entry per row): pixel values, grids, the
+        token types and the 3-D rotary positions."""
+        kinds = torch.zeros_like(input_ids)
+        kinds[:, :prompt_width] = (input_ids[:, :prompt_width] == self.image_token_id).long()
+        present = [im for im in images if im is not None]
+        grid = torch.cat([im.grid_thw for im in present]) if present else None
+        inner = base_model(model).model
+        position, _ = inner.get_rope_index(
+            input_ids, mm_token_type_ids=kinds, image_grid_thw=grid, attention_mask=attention_mask
+        )
+        out = {"position_ids": position, "mm_token_type_ids": kinds}
+        if present:
+            device = input_ids.device
+            out["pixel_values"] = torch.cat([im.pixel_values for im in present]).to(device)
+            out["image_grid_thw"] = grid.to(device)
+        return out
