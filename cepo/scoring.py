@@ -77,13 +77,10 @@ class Scorer:
         start = rows.start
         for r in chunks:
             width = microbatch.response_width(rows.mask, r)
-            logits = response_logits(
-                model,
-                rows.input_ids[r, : start + width],
-                rows.attention_mask[r, : start + width],
-                start,
-                rows.temperature,
-            )
+            ids, mask = rows.input_ids[r, : start + width], rows.attention_mask[r, : start + width]
+            logits = response_logits(model, ids, mask, start, rows.temperature, rows.model_inputs(model, r))
+            if rows.vision is not None and rows.vision.banned:  # never sampled: not in the policy
+                logits = logits.index_fill(-1, torch.tensor(rows.vision.banned, device=logits.device), -1e9)
             yield r, width, logits
 
     @torch.no_grad()

@@ -88,9 +88,10 @@ class HFEngine(RolloutEngine):
                 self._calls += 1
                 ids, mask = ids.repeat_interleave(n, 0).to(device), mask.repeat_interleave(n, 0).to(device)
                 prefill, banned = None, None
-                if images is not None:  # each row's prompt images, multimodal positions
+                if images is not None:  # a VL policy: each row's images, multimodal positions
                     rows_images = [images.images[start + i // n] for i in range(ids.shape[0])]
-                    prefill = images.vision.model_inputs(policy, ids, mask, ids.shape[1], rows_images)
+                    if any(im is not None for im in rows_images):
+                        prefill = images.vision.model_inputs(policy, ids, mask, ids.shape[1], rows_images)
                     banned = images.vision.banned
                 rows, lps = sample(policy, ids, mask, sampling, tok.eos_token_id, gen, prefill, banned)
                 responses += rows

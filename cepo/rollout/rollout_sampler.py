@@ -203,7 +203,7 @@ class RolloutSampler:
         g = n or self.group_size
         tokenizer = self.tokenizer
         t0 = time.perf_counter()
-        gen = self.engine.generate(prompt_ids, g, self.sampling, **self._images(images))
+        gen = self.engine.generate(prompt_ids, g, self.sampling, **self._images(images, len(prompt_ids)))
         t1 = time.perf_counter()
         responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         row_answers = [a for a in answers for _ in range(g)]
@@ -256,12 +256,15 @@ class RolloutSampler:
             reward_components=components,
             truncated=torch.tensor(truncated, device=device),
             images=images,
-            vision=self.policy.vision if images is not None else None,
+            vision=self.policy.vision,
         )
 
-    def _images(self, images: list | None) -> dict:
-        """``generate``'s ``images`` argument (none for text prompts, so text-only engines work)."""
-        return {} if images is None else {"images": PromptImages(images, self.policy.vision)}
+    def _images(self, images: list | None, n: int) -> dict:
+        """``generate``'s ``images`` argument: for a vision-language policy always (its engine also
+        bans the vision tokens from text prompts), else none (text-only engines need not know)."""
+        if self.policy.vision is None:
+            return {}
+        return {"images": PromptImages(images if images is not None else [None] * n, self.policy.vision)}
 
     def truncated(self, response_ids: list[list[int]], limit: int) -> list[bool]:
         """Whether each response hit ``limit`` tokens without its EOS."""
@@ -279,7 +282,7 @@ class RolloutSampler:
         prompt_ids = self.encode_eval(texts, images)
         limit, stop = self.eval_sampling.max_new_tokens, list(self.eval_sampling.stop)
         plain = SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=stop)
-        greedy = self.engine.generate(prompt_ids, 1, plain, **self._images(images))
+        greedy = self.engine.generate(prompt_ids, 1, plain, **self._images(images, len(prompt_ids)))
         responses = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
         greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(responses, examples)])
         greedy_cut = self.truncated(greedy.response_ids, limit)
@@ -290,7 +293,7 @@ class RolloutSampler:
         ]
         sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
         if k:
-            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling, **self._images(images))
+            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling, **self._images(images, len(prompt_ids)))
             stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
             answers = [e.answer for e in examples for _ in range(k)]
             sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)

@@ -1,0 +1,133 @@
+"""Vision-language policies on a tiny Qwen2-VL: image tokens aligned with features in rollouts,
+scoring and teacher contexts; image-blind teachers; exact gradient accumulation with images."""
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from cepo.credit import NEG, POS
+from cepo.evidence import gather
+from cepo.policy import PolicyRef, load_policy
+from cepo.rollout.batch import pack
+from cepo.rollout.engine import PromptImages, SamplingConfig
+from cepo.rollout.hf_engine import HFEngine
+from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.scoring import Packed, Scorer
+from cepo.tasks import Arithmetic, Example
+from cepo.teacher import Live, TeacherContexts
+from cepo.tiny import build_tiny_vl
+
+
+@pytest.fixture(scope="module")
+def vl(tmp_path_factory):
+    path = build_tiny_vl(tmp_path_factory.mktemp("vl") / "model", seed=0)
+    model, tok, vision = load_policy(str(path), "off")
+    return PolicyRef(model.eval(), tok, str(path), vision=vision)
+
+
+def digits(a: int, b: int, size: int = 56) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 20), str(a), fill="black")
+    draw.text((size // 2 + 4, 20), str(b), fill="black")
+    return image
+
+
+def rollouts(vl, examples, n=2, max_new=6):
+    engine = HFEngine()
+    sampler = RolloutSampler(
+        engine, Arithmetic(), SamplingConfig(max_new_tokens=max_new, seed=3), SamplingConfig(), n, 1.0
+    )
+    sampler.connect(vl)
+    sampler.sync()
+    return sampler.rollout(examples), sampler
+
+
+def unpadded_logprobs(vl, prompt_ids, images, response):
+    """The response's log-probs from one plain forward of one row (the model places its own
+    positions), with the vision tokens excluded from the distribution as the policy does."""
+    ids = torch.tensor([prompt_ids + response])
+    kinds = torch.zeros_like(ids)
+    kinds[0, : len(prompt_ids)] = (ids[0, : len(prompt_ids)] == vl.vision.image_token_id).long()
+    kwargs = {"mm_token_type_ids": kinds}
+    if images is not None:
+        kwargs.update(pixel_values=images.pixel_values, image_grid_thw=images.grid_thw)
+    with torch.no_grad():
+        logits = vl.model(input_ids=ids, **kwargs).logits[0, len(prompt_ids) - 1 : -1].float()
+    logits[:, vl.vision.banned] = -1e9
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def test_image_tokens_match_the_features(vl):
+    images = vl.vision.encode([digits(3, 8)])
+    ids = vl.encode("<image>+=", images)
+    assert ids.count(vl.vision.image_token_id) == images.tokens[0] == int(images.grid_thw.prod()) // 4 == 4
+    with pytest.raises(ValueError, match="1 <image> placeholder"):
+        vl.encode("<image>+=", None)
+    inputs = vl.vision.model_inputs(vl.model, torch.tensor([ids]), torch.ones(1, len(ids)), len(ids), [images])
+    assert inputs["position_ids"].shape == (3, 1, len(ids)) and inputs["pixel_values"].shape[0] == 16
+
+
+def test_rollouts_see_the_image_and_are_scored_on_policy(vl):
+    """Rollouts with images of different lengths in one left-padded batch: the engine's log-probs,
+    the scorer's (micro-batched) and a plain forward of each row alone agree; the image matters."""
+    examples = [
+        Example("<image>+=", "11", images=[digits(3, 8)]),
+        Example("1 <image>*=", "0", images=[digits(0, 9, 84)]),
+    ]
+    batch, _ = rollouts(vl, examples)
+    # 56x56 -> 4 image tokens, 84x84 -> 9, each between <|vision_start|> and <|vision_end|>
+    assert batch.images is not None and [len(p) for p in batch.prompt_ids] == [8, 15]
+    assert not any(t in vl.vision.banned for r in batch.response_ids for t in r)
+    for size in (0, 1):
+        scored, _ = Scorer(size).logprobs(vl.model, batch.packed())
+        for i, response in enumerate(batch.response_ids):
+            p = i // batch.group_size
+            direct = unpadded_logprobs(vl, batch.prompt_ids[p], batch.images[p], response)
+            assert torch.allclose(scored[i, : len(response)], direct, atol=1e-5), (size, i)
+            assert torch.allclose(batch.engine_logprobs[i, : len(response)], direct, atol=1e-5)
+    blank = unpadded_logprobs(
+        vl, batch.prompt_ids[0], vl.vision.encode([Image.new("RGB", (56, 56), "white")]), batch.response_ids[0]
+    )
+    assert not torch.allclose(
+        blank, unpadded_logprobs(vl, batch.prompt_ids[0], batch.images[0], batch.response_ids[0]), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("see", [True, False], ids=["image", "image-blind"])
+def test_teacher_contexts_keep_or_drop_the_image(vl, see):
+    examples = [Example("<image>+=", "11", images=[digits(3, 8)])]
+    batch, _ = rollouts(vl, examples, n=4)
+    batch.rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    batch.correct = batch.rewards >= 1
+    batch.extracted = ["11", "7", "7", "7"]
+    teacher = TeacherContexts(images=see)
+    teacher.setup(vl)
+    live = Live()
+    live.setup(vl.model)
+    scores = teacher.score(batch, torch.arange(4), True, True, live, Scorer(2))
+    for row, feedback, got in ((0, "11", scores.pos), (1, "7", scores.neg)):
+        text = ("<image>+=" if see else "+=") + " " + feedback  # raw: the feedback after the prompt
+        images = batch.images[0] if see else None
+        context = vl.encode(text, images)
+        assert (vl.vision.image_token_id in context) == see
+        direct = unpadded_logprobs(vl, context, images, batch.response_ids[row])
+        assert torch.allclose(got[row, : len(batch.response_ids[row])], direct, atol=1e-5)
+    inputs = gather(
+        frozenset({POS, NEG}), batch, torch.tensor([1.5, -0.5, -0.5, -0.5]), vl.model, Scorer(0), teacher, live
+    )
+    assert inputs.pos_logprobs is not None and bool(inputs.has_negative.all())
+
+
+def test_engine_rejects_images_without_its_own_loop(vl):
+    engine = HFEngine(compact=False)
+    engine.setup(vl.model, vl.tokenizer, vl.path)
+    images = vl.vision.encode([digits(1, 2)])
+    with pytest.raises(ValueError, match="compact"):
+        engine.generate([vl.encode("<image>+=", images)], 1, SamplingConfig(), PromptImages([images], vl.vision))
+
+
+def test_packing_is_unchanged_for_text_rows(vl):
+    ids, attn, start, mask = pack([[5, 6, 7]], [[8, 9]], vl.tokenizer.pad_token_id)
+    scored, _ = Scorer(0).logprobs(vl.model, Packed(ids, attn, start, mask, vision=vl.vision))
+    assert torch.allclose(scored[0], unpadded_logprobs(vl, [5, 6, 7], None, [8, 9]), atol=1e-5)
