@@ -5,6 +5,16 @@ question or an answer is an error naming the file and line. A row holds a questi
 (``prompt``, ``question`` or ``problem``) that ``prompt_template`` turns into the user turn, or
 a conversation (``messages``: ``role``/``content`` dicts ending with a user turn) used as is.
 
+A row may carry images (the Geo3k layout: ``problem`` with an ``<image>`` placeholder,
+``answer``, ``images``): ``images`` is a list of image specs or a single one (a path relative to
+the JSONL file's folder or absolute, a ``data:`` URL, raw base64, or ``{"bytes": base64}`` as
+Hugging Face ``datasets`` exports them; :mod:`cepo.tasks.images`). They are decoded when the task
+is loaded, into :attr:`Example.images`. The user turn (the prompt as ``prompt_template`` formats
+it, or the last user turn of ``messages``) must hold one ``<image>`` placeholder per image, in
+the images' order; when it holds none, the placeholders are put at its start
+(``"<image>" * n + prompt``). Any other count, or a placeholder in another turn, is an error
+naming the file and line; so is a text row whose prompt holds ``<image>`` without images.
+
 Responses are verified with math-verify (``verifier="math_verify"``, the default), which
 accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a boxed tuple),
 or by exact match of the normalised extracted answer (``verifier="exact"``). math-verify's own
@@ -25,7 +35,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from cepo import assets
-from cepo.tasks.base import Example, Task
+from cepo.tasks.base import IMAGE_PLACEHOLDER, Example, Task
+from cepo.tasks.images import load_images
 from cepo.templates import check, fill
 
 log = logging.getLogger(__name__)
@@ -141,9 +152,33 @@ def row_messages(row: dict, where: str) -> list[dict[str, str]] | None:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def place_images(
+    prompt: str, messages: list[dict[str, str]] | None, n: int, where: str
+) -> tuple[str, list[dict[str, str]] | None]:
+    """The user turn (and conversation) with one ``<image>`` placeholder per image: as given when
+    the user turn holds ``n`` of them, ``"<image>" * n`` prepended when it holds none.
+
+    Raises:
+        ValueError: naming ``where`` when the user turn holds another number of placeholders or
+            an earlier turn holds one.
+    """
+    for i, turn in enumerate((messages or [])[:-1]):
+        if IMAGE_PLACEHOLDER in turn["content"]:
+            raise ValueError(f"{where}: {IMAGE_PLACEHOLDER} in messages[{i}]; images go in the last (user) turn")
+    found = prompt.count(IMAGE_PLACEHOLDER)
+    if found == n:
+        return prompt, messages
+    if found == 0:
+        prompt = IMAGE_PLACEHOLDER * n + prompt
+        if messages is not None:
+            messages = [*messages[:-1], {"role": "user", "content": prompt}]
+        return prompt, messages
+    raise ValueError(f"{where}: the prompt has {found} {IMAGE_PLACEHOLDER} placeholder(s) but the row has {n} image(s)")
+
+
 def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
-    """Load and validate ``path`` (or ``asset:<name>``, :mod:`cepo.assets`); raise ``ValueError``
-    naming the file and line of a bad row."""
+    """Load and validate ``path`` (or ``asset:<name>``, :mod:`cepo.assets`) with its rows' images;
+    raise ``ValueError`` naming the file and line of a bad row."""
     path = Path(assets.resolve(str(path)))
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
@@ -162,7 +197,8 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: a row must be a JSON object, got {type(row).__name__}")
-            messages = row_messages(row, f"{path}:{lineno}")
+            where = f"{path}:{lineno}"
+            messages = row_messages(row, where)
             question = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str)), None)
             if messages is None and not question:
                 raise ValueError(f"{path}:{lineno}: row has no question (one of {QUESTION_KEYS}, or 'messages')")
@@ -171,7 +207,9 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
                 raise ValueError(f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
             solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
             prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
-            rows.append(Example(prompt, answer, solution, messages))
+            images = load_images(row.get("images"), path.parent, where)
+            prompt, messages = place_images(prompt, messages, len(images), where)
+            rows.append(Example(prompt, answer, solution, messages, images))
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
@@ -186,6 +224,8 @@ class JsonlTask(Task):
         test: path of the test split (defaults to none).
         prompt_template: how a question becomes the user turn; ``{question}`` is replaced (other
             braces are kept, e.g. ``... within \\boxed{}.``). Rows with ``messages`` are used as is.
+            A row's ``images`` are loaded with it; the module docstring says where their
+            ``<image>`` placeholders go.
         verifier: ``math_verify`` (a response is correct when its extracted answer matches
             exactly or math-verify finds it equivalent to the reference) or ``exact`` (exact
             match of the normalised extracted answer only).
