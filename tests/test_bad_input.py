@@ -49,6 +49,15 @@ CASES = {
         ),
         "e.jsonl:1: 'messages' must be",
     ),
+    "dataset image missing": (
+        lambda t, m: jsonl_task(
+            write(
+                t / "f.jsonl",
+                b'{"question": "q", "answer": "1"}\n{"problem": "<image>x", "answer": "1", "images": ["no.png"]}\n',
+            )
+        ),
+        "f.jsonl:2: image 0: file not found: ",
+    ),
     "reward function file missing": (
         lambda t, m: [
             "--data.rewards",
