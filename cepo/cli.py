@@ -7,12 +7,14 @@ composes YAML files left to right; later files and flags override earlier ones.
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from cepo.callbacks import BetaSchedule, EvalSamplesWriter, TokenWeightLogger
 from cepo.module import GRPOModule
@@ -65,6 +67,14 @@ class CepoCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        self.previous_rows: list[dict] = []
+        ckpt = Path(cfg.ckpt_path) if self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "last") else None
+        if ckpt is not None and ckpt.parent.name == "checkpoints" and cfg.run_version is None:
+            # a resumed run continues in the run directory it came from (<root>/<name>/<version>)
+            run_dir = ckpt.parent.parent
+            cfg.run_root, cfg.run_name, cfg.run_version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
+        if self.subcommand == "fit" and cfg.get("ckpt_path") is not None and cfg.run_version is not None:
+            self.previous_rows = previous_metrics(cfg)
         loggers = cfg.trainer.logger
         if not isinstance(loggers, list):
             loggers = [loggers] if loggers not in (None, True, False) else []
@@ -82,8 +92,10 @@ class CepoCLI(LightningCLI):
         return self.config[self.subcommand]
 
     def before_fit(self) -> None:
+        if self.previous_rows:  # the resumed run's CSV log keeps the rows of the steps before it
+            self.trainer.callbacks.append(KeepRows(self.previous_rows))
         self.base_metrics = None
-        if self._cfg().report_base:
+        if self._cfg().report_base and self._cfg().get("ckpt_path") is None:  # a resumed run reported it
             self.base_metrics = self._validate("base")
 
     def after_fit(self) -> None:
@@ -123,6 +135,34 @@ class CepoCLI(LightningCLI):
             shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
             print(f"[{label}] {shown}")
         return metrics
+
+
+def previous_metrics(cfg) -> list[dict]:
+    """The rows of the run directory's ``metrics.csv`` (the CSV logger deletes the file when it
+    opens an existing directory)."""
+    root = Path(cfg.run_root or "runs") / (cfg.run_name or "default") / str(cfg.run_version)
+    path = root / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+class KeepRows(Callback):
+    """Puts a resumed run's earlier CSV rows back, up to the restored step (none logged twice)."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        kept = [r for r in self.rows if int(float(r.get("step", 0))) < pl_module.rl_step]
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger) and kept:
+                writer = logger.experiment
+                writer.metrics[:0] = [
+                    {k: float(v) if k != "step" else int(float(v)) for k, v in r.items()} for r in kept
+                ]
+                logger.save()
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:

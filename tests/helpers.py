@@ -240,3 +240,14 @@ def row_logprobs(model: torch.nn.Module, prompt: list[int], response: list[int])
     ids = torch.tensor([list(prompt) + list(response)])
     logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+class KillAt(L.Callback):
+    """Kills its own process (``signal`` from ``$CEPO_TEST_KILL``, default SIGKILL) when rollout step
+    ``$CEPO_TEST_KILL_AT`` is about to start, i.e. after the checkpoints of the steps before it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import signal
+
+        if pl_module.rl_step == int(os.environ.get("CEPO_TEST_KILL_AT", "-1")):
+            os.kill(os.getpid(), getattr(signal, os.environ.get("CEPO_TEST_KILL", "SIGKILL")))

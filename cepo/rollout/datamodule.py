@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -33,6 +35,35 @@ from cepo.tasks import Arithmetic, Example, Task
 
 def _collate(rows: list[Example]) -> list[Example]:
     return rows
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """A shuffling sampler that can continue an epoch where a checkpoint left it.
+
+    Each epoch's order is ``torch.randperm`` seeded with a seed drawn from the global RNG when the
+    epoch starts, exactly as ``RandomSampler`` draws it (so a fresh run's order is the same as with
+    ``shuffle=True``). The seeds and the number of batches served are kept by the DataModule; after
+    a restore the interrupted epoch continues with its seed, past the batches already trained on.
+    """
+
+    def __init__(self, n: int, datamodule: RolloutDataModule) -> None:
+        self.n, self.dm = n, datamodule
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        dm = self.dm
+        skip = 0
+        if dm._resume is not None:  # continue the checkpointed epoch
+            seed, skip = dm._resume
+            dm._resume = None
+        else:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            dm._epochs.append((seed, dm.served))
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        yield from torch.randperm(self.n, generator=generator).tolist()[skip:]
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -146,6 +177,9 @@ class RolloutDataModule(L.LightningDataModule):
             rewards,
         )
         self.prompt_format, self.rewards = self.sampler.prompt_format, self.sampler.rewards
+        self.served = 0  # training batches handed to the module
+        self._epochs: list[tuple[int, int]] = []  # (shuffle seed, batches served before it) per epoch
+        self._resume: tuple[int, int] | None = None
 
     # -- data -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -176,13 +210,43 @@ class RolloutDataModule(L.LightningDataModule):
         return rows[: self.eval_size] if self.eval_size else rows
 
     def train_dataloader(self) -> DataLoader:
+        rows = _Rows(self.task.split("train"))
         return DataLoader(
-            _Rows(self.task.split("train")),
+            rows,
             batch_size=self.prompts_per_step,
-            shuffle=True,
+            sampler=ResumableSampler(len(rows), self),
             drop_last=True,
             collate_fn=_collate,
         )
+
+    # -- exact resume ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything that decides the next rollouts: the data order and position, the engine's
+        draw counter, and the global random streams (saved with every checkpoint)."""
+        return {
+            "served": self.served,
+            "epochs": list(self._epochs),
+            "engine": self.engine.state_dict(),
+            "rng": {  # plain types: LightningCLI reads checkpoints with weights_only
+                "torch": torch.get_rng_state(),
+                "python": list(random.getstate()[1]),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                "numpy_pos": int(np.random.get_state()[2]),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.served = state.get("served", 0)
+        self._epochs = [tuple(e) for e in state.get("epochs", [])]
+        if self._epochs:  # the epoch in progress: its seed, and the rows already served
+            seed, first = self._epochs[-1]
+            self._resume = (seed, (self.served - first) * self.prompts_per_step)
+        self.engine.load_state_dict(state.get("engine", {}))
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate((3, tuple(rng["python"]), None))
+            np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One DataLoader per benchmark (Lightning passes ``dataloader_idx``), else one."""
@@ -200,6 +264,7 @@ class RolloutDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0) -> object:
         self.sampler.sync()
         if self.trainer.training:
+            self.served += 1
             return self.sampler.rollout(batch)
         return self.evaluate(batch, self.eval_task(dataloader_idx))
 

@@ -113,6 +113,14 @@ class RolloutEngine:
         """Make the engine generate with ``policy``'s current weights from now on."""
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What decides the engine's next draws (saved in checkpoints for an exact resume)."""
+        return {"calls": getattr(self, "_calls", 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "calls" in state:
+            self._calls = int(state["calls"])
+
     def generate(
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
     ) -> Generation:
