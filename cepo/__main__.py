@@ -20,8 +20,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 def main(argv: list[str] | None = None) -> None:
     """Run ``cepo <command> ...``; bad input ends it with one line on stderr and exit code 2 (the
     full traceback with ``CEPO_DEBUG=1``)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         run(argv)
+    except SIGTERMException:  # the Preemption callback saved last.ckpt first
+        print("cepo: stopped on SIGTERM after saving checkpoints/last.ckpt; resume with --ckpt_path", file=sys.stderr)
+        sys.exit(0)
     except USER_ERRORS as err:
         if os.environ.get("CEPO_DEBUG"):
             raise

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from cepo.callbacks import BetaSchedule, EvalSamplesWriter, TokenWeightLogger
+from cepo.callbacks import AtomicCheckpointIO, BetaSchedule, EvalSamplesWriter, Preemption, TokenWeightLogger
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
 
@@ -34,6 +34,7 @@ class CepoCLI(LightningCLI):
         parser.add_lightning_class_args(BetaSchedule, "beta_schedule")
         parser.add_lightning_class_args(TokenWeightLogger, "token_weights")
         parser.add_lightning_class_args(EvalSamplesWriter, "eval_samples")
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.add_argument(
             "--run_name",
             type=str | None,
@@ -87,6 +88,13 @@ class CepoCLI(LightningCLI):
                 args.save_dir = cfg.run_root
             if "version" in args and (args.version is None or cfg.run_version is not None):
                 args.version = version
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, with checkpoints written atomically unless other plugins are configured."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and self._cfg().trainer.plugins is None:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _cfg(self):
         return self.config[self.subcommand]

@@ -7,6 +7,7 @@ import pytest
 
 from tests.helpers import fit_args, run_cli
 
+EMA = ["--model.teacher_weights", "EMA"]
 STEPS, KILL_AT = 8, 6  # checkpoints every 3 steps: the kill comes after step 6's
 
 
@@ -23,14 +24,22 @@ def metrics(run_dir):
 
 
 @pytest.mark.parametrize(
-    "overlays, extra",
+    "overlays, extra, kill",
     [
-        ((), []),
-        pytest.param(("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], marks=pytest.mark.slow),
+        ((), [], "SIGKILL"),
+        ((), [], "SIGTERM"),
+        pytest.param(
+            ("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], "SIGKILL", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            ("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], "SIGTERM", marks=pytest.mark.slow
+        ),
     ],
-    ids=["grpo", "cepo-ema"],
+    ids=["grpo-sigkill", "grpo-sigterm", "cepo-ema-sigkill", "cepo-ema-sigterm"],
 )
-def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, monkeypatch):
+def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, monkeypatch):
+    """SIGKILL: the run dies, its last checkpoint (step 6) is the resume point. SIGTERM: it saves
+    last.ckpt after the step in progress (7) and exits with 0."""
     common = [
         "--checkpoint.every_n_train_steps",
         "3",
@@ -47,8 +56,12 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, monkeyp
     whole = run_cli(args("whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
     monkeypatch.setenv("CEPO_TEST_KILL_AT", str(KILL_AT))
+    monkeypatch.setenv("CEPO_TEST_KILL", kill)
     killed = run_cli(args("cut", "--trainer.callbacks", "tests.helpers.KillAt"))
-    assert killed.returncode != 0  # killed
+    if kill == "SIGKILL":
+        assert killed.returncode != 0
+    else:
+        assert killed.returncode == 0 and "stopped on SIGTERM" in killed.stderr, killed.stderr[-2000:]
     monkeypatch.delenv("CEPO_TEST_KILL_AT")
     ckpt = tmp_path / "cut" / "v" / "checkpoints" / "last.ckpt"
     resumed = run_cli(
@@ -62,3 +75,23 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, monkeyp
             step,
             {k: (a[step].get(k), b[step].get(k)) for k in a[step] if a[step].get(k) != b[step].get(k)},
         )
+
+
+def test_a_checkpoint_killed_while_saving_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from lightning.fabric.plugins.io import torch_io
+
+    from cepo.callbacks import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 6}, path)
+
+    def dies_midway(checkpoint, filepath):
+        with open(filepath, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process is killed while writing
+
+    monkeypatch.setattr(torch_io, "_atomic_save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 7}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["step"] == 6
