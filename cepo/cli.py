@@ -92,7 +92,8 @@ class CepoCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         """The trainer, with checkpoints written atomically unless other plugins are configured."""
         trainer = super().instantiate_trainer(**kwargs)
-        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and self._cfg().trainer.plugins is None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and cfg.trainer.plugins is None:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
