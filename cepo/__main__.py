@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     full traceback with ``CEPO_DEBUG=1``)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from cepo.step_stats import NonFiniteError
+
     try:
         run(argv)
+    except NonFiniteError as err:
+        print(f"cepo: stopped: {err}", file=sys.stderr)
+        sys.exit(1)
     except SIGTERMException:  # the Preemption callback saved last.ckpt first
         print("cepo: stopped on SIGTERM after saving checkpoints/last.ckpt; resume with --ckpt_path", file=sys.stderr)
         sys.exit(0)

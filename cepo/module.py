@@ -36,7 +36,7 @@ from cepo.objectives import MicroBatch, Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
-from cepo.step_stats import UpdateStats, check_mismatch, log_step, step_metrics
+from cepo.step_stats import NonFiniteError, UpdateStats, check_mismatch, log_step, step_metrics
 from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 from cepo.warmup import resolve_model_path
@@ -86,6 +86,9 @@ class GRPOModule(L.LightningModule):
             per-token weight ``min(exp(logp_trainer - logp_engine), tis_cap)`` (None: off).
         mismatch_warn: warn when the mean |engine - trainer| log-prob gap exceeds this.
         mismatch_stop: stop training when it exceeds this (None: never).
+        max_nonfinite: an optimizer update whose gradient is not finite (NaN/Inf loss or gradient)
+            is skipped and counted (``train/nonfinite_updates``); this many in a row stop training
+            with an error.
         gradient_checkpointing: trade compute for memory in the policy forward.
     """
 
@@ -115,6 +118,7 @@ class GRPOModule(L.LightningModule):
         tis_cap: float | None = None,
         mismatch_warn: float = 1e-3,
         mismatch_stop: float | None = None,
+        max_nonfinite: int = 3,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -149,6 +153,7 @@ class GRPOModule(L.LightningModule):
         self.ref: PolicyRef | None = None  # shared with the rollout sampler and the objective
         self.reference: TeacherWeights | None = None  # the KL reference (initial weights)
         self.rl_step = 0
+        self.nonfinite_in_a_row = 0
         self.last_credit: CreditRecord | None = None
         # built in setup: the benchmarks and k come from the DataModule
         self.val_metrics: EvalMetrics | None = None
@@ -355,11 +360,21 @@ class GRPOModule(L.LightningModule):
         return out
 
     def _step(self, stats: UpdateStats) -> None:
-        """Clip, step the optimizer and scheduler, and bump the weight version."""
+        """Clip, step the optimizer and scheduler, and bump the weight version; an update whose
+        gradient is not finite is skipped (one host read of the norm per update)."""
         opt, sched = self.optimizers(), self.lr_schedulers()
-        if self.hparams.grad_clip is not None:
-            params = [p for p in self.policy.parameters() if p.requires_grad]
-            stats.grad_norm(torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip))
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        clip = self.hparams.grad_clip if self.hparams.grad_clip is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not bool(torch.isfinite(norm)):
+            opt.zero_grad(set_to_none=True)
+            stats.nonfinite()
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= self.hparams.max_nonfinite:
+                raise NonFiniteError(self.nonfinite_in_a_row, self.rl_step)
+            return
+        self.nonfinite_in_a_row = 0
+        stats.grad_norm(norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if sched is not None:

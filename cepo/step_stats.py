@@ -22,6 +22,16 @@ _TOKEN_KEYS = ("clip_frac", "dual_clip_frac", "entropy", "kl")
 _KEYS = ("loss", "grad_norm", "tokens", *_TOKEN_KEYS)
 
 
+class NonFiniteError(RuntimeError):
+    """Too many optimizer updates in a row had a non-finite gradient; none of them was applied."""
+
+    def __init__(self, count: int, rl_step: int) -> None:
+        super().__init__(
+            f"{count} optimizer updates in a row had a NaN/Inf loss or gradient (model.max_nonfinite), "
+            f"the last at rollout step {rl_step + 1}; none was applied, the last checkpoint is intact"
+        )
+
+
 class UpdateStats:
     """Device-side sums over micro-batches and updates.
 
@@ -35,6 +45,11 @@ class UpdateStats:
         self.with_kl = with_kl
         self.sums = torch.zeros(len(_KEYS), dtype=torch.float64, device=device)
         self.gaps: list[torch.Tensor] = []
+        self.skipped = 0
+
+    def nonfinite(self) -> None:
+        """An update skipped for a non-finite gradient."""
+        self.skipped += 1
 
     def _add(self, key: str, value: torch.Tensor) -> None:
         self.sums[_KEYS.index(key)] += value.detach().to(torch.float64)
@@ -72,7 +87,10 @@ class UpdateStats:
         extra = torch.stack([gaps.mean(), gaps.max()]).double() if gaps is not None and gaps.numel() else None
         values = (self.sums if extra is None else torch.cat([self.sums, extra])).tolist()
         sums = dict(zip(_KEYS, values))
-        out = {"loss": sums["loss"] / self.updates, "grad_norm": sums["grad_norm"] / self.updates}
+        applied = self.updates - self.skipped
+        out = {"loss": sums["loss"] / self.updates, "grad_norm": sums["grad_norm"] / max(applied, 1)}
+        if self.skipped:
+            out["nonfinite_updates"] = float(self.skipped)
         if sums["tokens"]:
             for key in _TOKEN_KEYS:
                 if key != "kl" or self.with_kl:

@@ -280,3 +280,42 @@ def test_a_step_logs_only_what_it_measured(tmp_path, tiny_dir):
     for key in ("train/entropy", "train/clip_frac", "credit/correct/weight_mean"):
         assert key in step[0] and key not in step[1], key
     assert step[1]["train/zero_var_frac"] == "1.0" and step[0]["train/zero_var_frac"] == "0.0"
+
+
+def test_nonfinite_updates_are_skipped_then_stop(tmp_path, tiny_dir):
+    """An update with a NaN gradient leaves the weights as they were and is counted; training goes
+    on after one, and max_nonfinite in a row stop it with NonFiniteError."""
+    from cepo.step_stats import NonFiniteError
+    from cepo.tiny import char_tokenizer
+    from tests.helpers import FixedBatches, make_batch, trainer
+
+    tok = char_tokenizer()
+    bad_steps = {0}
+
+    def batches(step, rank):
+        rewards = [float("nan"), 0.0, 1.0, 0.0] if step in bad_steps else [1.0, 0.0, 1.0, 0.0]
+        return make_batch(tok, ["1+2="], ["3"], [" 3", " 4", " 3", " 5"], rewards, ["3", "4", "3", "5"], 4)
+
+    class Watch(L.Callback):
+        def __init__(self):
+            self.weights, self.metrics = [], []
+
+        def on_train_batch_end(self, tr, pl_module, outputs, batch, batch_idx):
+            self.weights.append(next(pl_module.policy.parameters()).detach().clone())
+            self.metrics.append({k: float(v) for k, v in tr.callback_metrics.items()})
+
+    module = GRPOModule(model_path=str(tiny_dir), max_nonfinite=2)
+    watch = Watch()
+    start = None
+    tr = trainer(tmp_path / "a", steps=2, callbacks=[watch])
+    tr.fit(module, datamodule=FixedBatches(batches))
+    start = GRPOModule(model_path=str(tiny_dir))
+    start.configure_model()
+    first = next(start.policy.parameters())
+    assert torch.equal(watch.weights[0], first)  # the NaN update was not applied
+    assert watch.metrics[0]["train/nonfinite_updates"] == 1.0
+    assert not torch.equal(watch.weights[1], first) and module.nonfinite_in_a_row == 0  # and training went on
+    bad_steps.update(range(10))
+    stuck = GRPOModule(model_path=str(tiny_dir), max_nonfinite=2)
+    with pytest.raises(NonFiniteError, match="2 optimizer updates in a row"):
+        trainer(tmp_path / "b", steps=5).fit(stuck, datamodule=FixedBatches(batches))
