@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -132,8 +133,8 @@ class Vision:
         images: list[Images | None],
     ) -> dict:
         """Forward kwargs for rows ``input_ids`` (``[B, L]``, prompts in the first ``prompt_width``
-        columns) whose images are ``images`` (one entry per row): pixel values, grids, the
-        token types and the 3-D rotary positions."""
+        columns) whose images are ``images`` (one entry per row): the image features (each
+        prompt's encoded once), the token types and the 3-D rotary positions."""
         kinds = torch.zeros_like(input_ids)
         kinds[:, :prompt_width] = (input_ids[:, :prompt_width] == self.image_token_id).long()
         present = [im for im in images if im is not None]
@@ -144,7 +145,16 @@ class Vision:
         )
         out = {"position_ids": position, "mm_token_type_ids": kinds}
         if present:
+            # each prompt's images go through the vision tower once, however many rows (rollouts,
+            # teacher contexts) of this pass share them
             device = input_ids.device
-            out["pixel_values"] = torch.cat([im.pixel_values for im in present]).to(device)
-            out["image_grid_thw"] = grid.to(device)
+            features: dict[int, list[torch.Tensor]] = {}
+            for im in present:
+                if id(im) not in features:
+                    pooled = inner.get_image_features(
+                        im.pixel_values.to(device), im.grid_thw.to(device), return_dict=True
+                    ).pooler_output
+                    features[id(im)] = list(pooled)
+            pooled = tuple(f for im in present for f in features[id(im)])
+            out["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
         return out

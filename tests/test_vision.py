@@ -67,7 +67,9 @@ def test_image_tokens_match_the_features(vl):
     with pytest.raises(ValueError, match="1 <image> placeholder"):
         vl.encode("<image>+=", None)
     inputs = vl.vision.model_inputs(vl.model, torch.tensor([ids]), torch.ones(1, len(ids)), len(ids), [images])
-    assert inputs["position_ids"].shape == (3, 1, len(ids)) and inputs["pixel_values"].shape[0] == 16
+    assert inputs["position_ids"].shape == (3, 1, len(ids))
+    (features,) = inputs["mm_encoder_outputs"]["image"].pooler_output
+    assert features.shape == (4, vl.model.config.text_config.hidden_size)  # one feature per image token
 
 
 def test_rollouts_see_the_image_and_are_scored_on_policy(vl):
@@ -203,3 +205,15 @@ def test_vl_warmup_saves_a_loadable_base(tmp_path):
     assert summary["steps"] == 3 and len(summary["val_accuracy_curve"]) >= 1
     model, tok, vision = load_policy(str(tmp_path / "base"), "off")
     assert vision is not None and type(model).__name__ == "Qwen2VLForConditionalGeneration"
+
+
+def test_each_prompt_is_encoded_once_per_pass(vl, monkeypatch):
+    """Two prompts x 4 rollouts scored in one pass run the vision tower twice, not eight times."""
+    examples = [Example("<image>+=", "11", images=[digits(3, 8)]), Example("<image>*=", "0", images=[digits(0, 9)])]
+    batch, _ = rollouts(vl, examples, n=4)
+    inner = vl.model.model
+    calls = []
+    original = inner.get_image_features
+    monkeypatch.setattr(inner, "get_image_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    Scorer(0).logprobs(vl.model, batch.packed())
+    assert len(calls) == 2
