@@ -76,6 +76,9 @@ class Vision:
         self.processor = processor
         self.tokenizer = tokenizer
         self.image_token_id = int(config.image_token_id)
+        # Features computed once per prompt are handed to the model for Qwen2-VL (verified equal to
+        # its own encoding); Qwen2.5-VL and Qwen3-VL (deepstack features) encode their pixels per row.
+        self.share_features = getattr(config, "model_type", None) == "qwen2_vl"
         self.merge = int(getattr(config.vision_config, "spatial_merge_size", 2))
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.banned = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)) if i is not None and i >= 0]
@@ -144,7 +147,11 @@ class Vision:
             input_ids, mm_token_type_ids=kinds, image_grid_thw=grid, attention_mask=attention_mask
         )
         out = {"position_ids": position, "mm_token_type_ids": kinds}
-        if present:
+        if present and not self.share_features:
+            device = input_ids.device
+            out["pixel_values"] = torch.cat([im.pixel_values for im in present]).to(device)
+            out["image_grid_thw"] = grid.to(device)
+        elif present:
             # each prompt's images go through the vision tower once, however many rows (rollouts,
             # teacher contexts) of this pass share them
             device = input_ids.device
