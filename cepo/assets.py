@@ -42,6 +42,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CEPO_CACHE", Path.home() / ".cache" / "cepo"))
 
 
+WARMUP_SUMMARY = "cepo_warmup.json"
+"""The file a built-in base's folder holds once its warm-up is complete (the cache's marker)."""
+
+
+def publish_warmup(work: Path, out: Path, cfg: dict, steps: int, curve: list) -> dict:
+    """Finish a warm-up: write its summary into ``work/model`` and move that folder to ``out``
+    (removing ``work``); the summary file marks ``out`` complete."""
+    summary = {
+        "config": cfg,
+        "steps": steps,
+        "val_accuracy_curve": curve,
+        "final_val_accuracy": curve[-1][1] if curve else None,
+    }
+    (work / "model" / WARMUP_SUMMARY).write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    (work / "model").rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
 def root() -> Path:
     """Where prepared assets live: ``$CEPO_CACHE/assets``."""
     return cache_dir() / "assets"

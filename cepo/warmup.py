@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cepo import assets
-from cepo.assets import cache_dir
+from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
@@ -190,24 +190,14 @@ def run_warmup(out: Path, cfg: WarmupConfig) -> dict:
     )
     trainer.fit(module)
     module.save(work / "model")
-    summary = {
-        "config": asdict(cfg),
-        "steps": trainer.global_step,
-        "val_accuracy_curve": module.val_accuracy,
-        "final_val_accuracy": module.val_accuracy[-1][1] if module.val_accuracy else None,
-    }
-    (work / "model" / "cepo_warmup.json").write_text(json.dumps(summary, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    (work / "model").rename(out)
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+    return publish_warmup(work, out, asdict(cfg), trainer.global_step, module.val_accuracy)
 
 
 def builtin_base(cfg: WarmupConfig | None = None) -> Path:
     """The cached built-in base model folder, made by :func:`run_warmup` if missing."""
     cfg = cfg or WarmupConfig()
     out = cache_dir() / f"base-{warmup_key(cfg)}"
-    if not (out / "cepo_warmup.json").is_file():
+    if not (out / WARMUP_SUMMARY).is_file():
         log.warning("building the built-in base model (supervised warm-up, cached in %s)", out)
         out.parent.mkdir(parents=True, exist_ok=True)
         run_warmup(out, cfg)
@@ -250,5 +240,5 @@ def warmup_main(argv: list[str]) -> None:
     if cfg.force:
         shutil.rmtree(out, ignore_errors=True)
     path = builtin_base(wcfg)
-    summary = json.loads((path / "cepo_warmup.json").read_text())
+    summary = json.loads((path / WARMUP_SUMMARY).read_text())
     print(f"base model: {path}\nsteps: {summary['steps']}, greedy val accuracy: {summary['final_val_accuracy']}")

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from cepo.assets import cache_dir
+from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
 from cepo.logprobs import response_logits, token_logprobs
 from cepo.policy import PolicyRef, load_policy
 from cepo.rollout.batch import pack
@@ -160,24 +160,14 @@ def run_vl_warmup(out: Path, cfg: VLWarmupConfig) -> dict:
     module.policy.save_pretrained(work / "model")
     save_tokenizer(module.tokenizer, work / "model")
     module.ref.vision.processor.save_pretrained(work / "model")
-    summary = {
-        "config": asdict(cfg),
-        "steps": trainer.global_step,
-        "val_accuracy_curve": module.val_accuracy,
-        "final_val_accuracy": module.val_accuracy[-1][1] if module.val_accuracy else None,
-    }
-    (work / "model" / "cepo_warmup.json").write_text(json.dumps(summary, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    (work / "model").rename(out)
-    shutil.rmtree(work, ignore_errors=True)
-    return summary
+    return publish_warmup(work, out, asdict(cfg), trainer.global_step, module.val_accuracy)
 
 
 def builtin_vl_base(cfg: VLWarmupConfig | None = None) -> Path:
     """The cached built-in VL base folder, made by :func:`run_vl_warmup` if missing."""
     cfg = cfg or VLWarmupConfig()
     out = cache_dir() / f"vl-base-{vl_key(cfg)}"
-    if not (out / "cepo_warmup.json").is_file():
+    if not (out / WARMUP_SUMMARY).is_file():
         log.warning("building the built-in vision-language base (supervised warm-up, cached in %s)", out)
         out.parent.mkdir(parents=True, exist_ok=True)
         run_vl_warmup(out, cfg)
