@@ -11,7 +11,8 @@ One command runs both sides as subprocesses, one after the other, each on one to
 (``CEPO_NUM_THREADS=1``, ``OMP_NUM_THREADS=1``):
 
 - cepo in ``.venv``: ``cepo validate`` with configs/model/smollm2.yaml, configs/data/gsm8k.yaml and
-  configs/eval/gsm8k_greedy.yaml, LoRA off; per-sample outputs in ``samples/validate.jsonl``;
+  configs/eval/gsm8k_greedy.yaml with the transformers engine (configs/engine/hf.yaml), LoRA off;
+  per-sample outputs in ``samples/validate.jsonl``;
 - lm-eval in ``.venv-lm-eval`` (``scripts/setup_lm_eval.sh``, run first; never a cepo dependency):
   the local task ``benchmarks/lm_eval/gsm8k_boxed.yaml`` (``--include_path``) on the local model
   folder, ``--apply_chat_template --log_samples``, run in ``$CEPO_CACHE/assets/data`` so the task's
@@ -52,7 +53,7 @@ END = "<|im_end|>"
 TASK = "gsm8k_boxed"
 MODEL = "asset:smollm2-135m-instruct"
 DATA = "gsm8k/test.jsonl"
-CEPO_CONFIGS = ("default", "model/smollm2", "data/gsm8k", "eval/gsm8k_greedy")
+CEPO_CONFIGS = ("default", "model/smollm2", "engine/hf", "data/gsm8k", "eval/gsm8k_greedy")
 
 # Run in .venv-lm-eval: lm-eval's prompt token ids for each context (HFLM.tok_batch_encode, the
 # call generate_until makes; one context per call, so no padding), without generating.
@@ -334,8 +335,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--limit", type=int, default=100, help="first N problems of GSM8K test (default 100)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="greedy length limit (default 256)")
-    p.add_argument("--cepo-batch-size", type=int, default=1, help="cepo's data.eval_batch_size (default 1: no padding)")
-    p.add_argument("--lm-eval-batch-size", default="1", help="lm-eval's --batch_size (default 1: no padding)")
+    p.add_argument(
+        "--cepo-batch-size",
+        type=int,
+        default=16,
+        help="cepo's data.eval_batch_size (default 16, configs/model/smollm2.yaml's)",
+    )
+    p.add_argument("--lm-eval-batch-size", default="16", help="lm-eval's --batch_size (default 16)")
     p.add_argument(
         "--cepo-compact",
         type=lambda s: s.lower() in ("1", "true", "yes", "on"),
