@@ -29,6 +29,17 @@ and lm-eval's own metric (``exact_match`` of the last ``\\boxed{...}`` after gsm
 normalisation), each on the same problems; where the verdicts differ on an identical completion,
 that is the metrics', not the models'.
 
+Batching. Both sides left-pad a batch to its longest prompt (cepo: batches of
+``data.eval_batch_size`` in dataset order, decoded by the row-dropping loop or ``generate``;
+lm-eval: ``generate`` on batches of ``--batch_size``, longest context first). A left-padded row's
+logits differ from the unpadded row's in the last bits (SmolLM2 in float32, SDPA on CPU: up to
+1e-4, while a batch of equal-length rows gave bit-identical logits), so padding could flip a greedy
+near-tie. Measured on the 100 problems: the smallest top-1/top-2 logit margin along the 21,126
+greedy decisions is 2.5e-4, and every setting tried (cepo batch 1 or 16, compact loop or
+``generate``; lm-eval batch 1 or 16) gives 100/100 identical completions. With batch 1 on both
+sides nothing is padded and the two compute the same thing. The defaults (16 and 16) are the
+config's eval batch and three times faster than batch 1.
+
 Writes ``benchmarks/results/lm_eval_parity.json`` (and the runs under
 ``benchmarks/results/lm_eval_parity/``). Usage::
 
@@ -53,7 +64,7 @@ END = "<|im_end|>"
 TASK = "gsm8k_boxed"
 MODEL = "asset:smollm2-135m-instruct"
 DATA = "gsm8k/test.jsonl"
-CEPO_CONFIGS = ("default", "model/smollm2", "engine/hf", "data/gsm8k", "eval/gsm8k_greedy")
+CEPO_CONFIGS = ("default", "model/smollm2", "engine/{engine}", "data/gsm8k", "eval/gsm8k_greedy")
 
 # Run in .venv-lm-eval: lm-eval's prompt token ids for each context (HFLM.tok_batch_encode, the
 # call generate_until makes; one context per call, so no padding), without generating.
@@ -131,7 +142,7 @@ def run_cepo(args, env: dict[str, str], out: Path) -> tuple[list[dict], float, l
     cmd = [
         str(ROOT / ".venv" / "bin" / "cepo"),
         "validate",
-        *[x for c in CEPO_CONFIGS for x in ("--config", f"configs/{c}.yaml")],
+        *[x for c in CEPO_CONFIGS for x in ("--config", f"configs/{c.format(engine=args.cepo_engine)}.yaml")],
         "--model.lora", "off",
         "--data.eval_size", str(args.limit),
         "--data.eval_sampling.max_new_tokens", str(args.max_new_tokens),
@@ -141,7 +152,7 @@ def run_cepo(args, env: dict[str, str], out: Path) -> tuple[list[dict], float, l
         "--run_name", "parity",
         "--run_version", "v",
     ]  # fmt: skip
-    if not args.cepo_compact:
+    if args.cepo_engine == "hf" and not args.cepo_compact:
         cmd += ["--data.engine", "cepo.rollout.hf_engine.HFEngine", "--data.engine.init_args.compact", "false"]
     seconds = run(cmd, env, out, ROOT, args.reuse)
     rows = [json.loads(line) for line in (out / "parity" / "v" / "samples" / "validate.jsonl").open()]
@@ -295,6 +306,12 @@ def compare(cepo_rows: list[dict], lm_rows: list[dict], cepo_ids, lm_ids, cepo_b
     }
 
 
+def engine_name(setting: dict) -> str:
+    if setting.get("cepo_engine") == "vllm":
+        return "vLLM engine"
+    return "transformers engine, " + ("row-dropping loop" if setting["cepo_compact"] else "generate")
+
+
 def report(summary: dict) -> list[str]:
     """The printed summary."""
     n, s, t = summary["n"], summary["setting"], summary["seconds"]
@@ -316,7 +333,7 @@ def report(summary: dict) -> list[str]:
         lines.append(f"  verdicts differ on problems {summary['verdicts_differ']}")
     lines.append(
         f"  wall time: cepo {t['cepo']:.0f} s (eval batch {s['cepo_eval_batch_size']}, "
-        f"{'compact loop' if s['cepo_compact'] else 'generate'}), "
+        f"{engine_name(s)}), "
         f"lm-eval {t['lm_eval']:.0f} s (batch {s['lm_eval_batch_size']})"
     )
     if summary["differing"]:
@@ -343,10 +360,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--lm-eval-batch-size", default="16", help="lm-eval's --batch_size (default 16)")
     p.add_argument(
+        "--cepo-engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="cepo's engine: configs/engine/hf.yaml (default) or configs/engine/vllm.yaml",
+    )
+    p.add_argument(
         "--cepo-compact",
         type=lambda s: s.lower() in ("1", "true", "yes", "on"),
         default=True,
-        help="cepo's HFEngine row-dropping loop (true, default) or model.generate (false)",
+        help="with --cepo-engine hf: the row-dropping loop (true, default) or model.generate (false)",
     )
     p.add_argument(
         "--lm-eval-venv", default=".venv-lm-eval", help="lm-eval's virtual environment (scripts/setup_lm_eval.sh)"
@@ -368,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     model, data = prepare_assets(ROOT / ".venv" / "bin" / "python", env)
 
     # one folder per side and setting, so that --reuse keeps runs of other settings
-    loop = "compact" if args.cepo_compact else "generate"
+    loop = "vllm" if args.cepo_engine == "vllm" else "compact" if args.cepo_compact else "generate"
     size = f"n{args.limit}-t{args.max_new_tokens}"
     cepo_dir = work / f"cepo-b{args.cepo_batch_size}-{loop}-{size}"
     lm_dir = work / f"lm_eval-b{args.lm_eval_batch_size}-{size}"
@@ -396,7 +419,8 @@ def main(argv: list[str] | None = None) -> None:
             "data": f"asset:{DATA} ({data}), first {args.limit} problems",
             "max_new_tokens": args.max_new_tokens,
             "cepo_eval_batch_size": args.cepo_batch_size,
-            "cepo_compact": args.cepo_compact,
+            "cepo_engine": args.cepo_engine,
+            "cepo_compact": args.cepo_compact if args.cepo_engine == "hf" else None,
             "lm_eval_batch_size": args.lm_eval_batch_size,
             "threads": 1,
             "normalisation": "decoded with skip_special_tokens=True by both tools; cut at the first "
@@ -416,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
     print("\n" + "\n".join(report(summary)))
-    print(f"written to {out.relative_to(ROOT)}")
+    print(f"written to {os.path.relpath(out, ROOT)}")
 
 
 if __name__ == "__main__":
