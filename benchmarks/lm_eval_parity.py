@@ -35,10 +35,11 @@ lm-eval: ``generate`` on batches of ``--batch_size``, longest context first). A 
 logits differ from the unpadded row's in the last bits (SmolLM2 in float32, SDPA on CPU: up to
 1e-4, while a batch of equal-length rows gave bit-identical logits), so padding could flip a greedy
 near-tie. Measured on the 100 problems: the smallest top-1/top-2 logit margin along the 21,126
-greedy decisions is 2.5e-4, and every setting tried (cepo batch 1 or 16, compact loop or
-``generate``; lm-eval batch 1 or 16) gives 100/100 identical completions. With batch 1 on both
-sides nothing is padded and the two compute the same thing. The defaults (16 and 16) are the
-config's eval batch and three times faster than batch 1.
+greedy decisions is 2.5e-4, and every setting tried gives 100/100 identical completions: cepo
+batch 1 or 16, row-dropping loop or ``generate`` (``--cepo-compact false``), or the vLLM engine
+(``--cepo-engine vllm``, which does not pad); lm-eval batch 1 or 16. With batch 1 on both sides
+nothing is padded and the two compute the same thing. The defaults (16 and 16) are the config's
+eval batch and three times faster than batch 1.
 
 Writes ``benchmarks/results/lm_eval_parity.json`` (and the runs under
 ``benchmarks/results/lm_eval_parity/``). Usage::
@@ -407,7 +408,9 @@ def main(argv: list[str] | None = None) -> None:
         [r["arguments"]["gen_args_0"]["arg_0"] for r in lm_rows],
         work,
     )
-    result = compare(cepo_rows, lm_rows, cepo_ids, lm_ids, args.cepo_batch_size, args.lm_eval_batch_size)
+    # vLLM schedules sequences without padding; the transformers engine left-pads each batch
+    cepo_batch = 1 if args.cepo_engine == "vllm" else args.cepo_batch_size
+    result = compare(cepo_rows, lm_rows, cepo_ids, lm_ids, cepo_batch, args.lm_eval_batch_size)
     versions = subprocess.check_output(
         [str(ROOT / args.lm_eval_venv / "bin" / "python"), "-c",
          "import importlib.metadata as m; print(*(m.version(p) for p in ('lm_eval', 'torch', 'transformers')))"],
