@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         run(argv)
+        _close_process_group()
     except NonFiniteError as err:
         print(f"cepo: stopped: {err}", file=sys.stderr)
         sys.exit(1)
@@ -37,6 +38,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"cepo: error: {one_line(err)}  (CEPO_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)
+
+
+def _close_process_group() -> None:
+    """Shut a DDP run's process group down before the interpreter exits: a gloo group left open
+    aborted at exit now and then ("terminate called without an active exception", exit -6) after
+    the run had finished and written everything."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def one_line(err: BaseException) -> str:
