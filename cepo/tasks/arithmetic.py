@@ -115,12 +115,17 @@ class Arithmetic(Task):
         return self._splits[name]
 
     def extract_answer(self, response: str) -> str | None:
-        tail = response.split("=")[-1].strip()
-        return tail if tail.isdigit() else None
+        return final_number(response)
 
     def token_roles(self, response: str) -> list[str]:
         """Per-character roles (decisive / copied / filler) for credit diagnostics."""
         return token_roles(response)
+
+
+def final_number(response: str) -> str | None:
+    """The whole number after the last ``=`` of a worked response (``" 15-5 = 10"`` -> ``"10"``)."""
+    tail = response.split("=")[-1].strip()
+    return tail if tail.isdigit() else None
 
 
 def token_roles(response: str) -> list[str]:

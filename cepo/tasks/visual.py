@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from cepo.tasks.arithmetic import COPIED, DECISIVE, FILLER
+from cepo.tasks.arithmetic import COPIED, DECISIVE, FILLER, final_number
 from cepo.tasks.base import IMAGE_PLACEHOLDER, Example, Task
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -238,8 +238,7 @@ class VisualArithmetic(Task):
         return RenderedSplit(self, self._problems[name])
 
     def extract_answer(self, response: str) -> str | None:
-        tail = response.split("=")[-1].strip()
-        return tail if tail.isdigit() else None
+        return final_number(response)
 
     def token_roles(self, response: str) -> list[str]:
         """Per-character roles (decisive / copied / filler) for credit diagnostics."""

@@ -33,7 +33,13 @@ def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
 
 
 class TeacherWeights:
-    """Base class: the weights a no-grad teacher pass runs with."""
+    """Base class: the weights a no-grad teacher pass runs with.
+
+    Attributes:
+        keeps_copy: the strategy runs a frozen copy of the policy, made in :meth:`setup`.
+    """
+
+    keeps_copy = False
 
     def __init__(self) -> None:
         self.policy: torch.nn.Module | None = None
@@ -42,6 +48,8 @@ class TeacherWeights:
     def setup(self, policy: torch.nn.Module) -> None:
         """Bind to the trained policy (once it exists); make a copy if the strategy keeps one."""
         self.policy = policy
+        if self.keeps_copy:
+            self.copy = frozen_copy(policy)
 
     @contextlib.contextmanager
     def model(self) -> Iterator[torch.nn.Module]:
@@ -91,15 +99,13 @@ class Synced(TeacherWeights):
         every: refresh period in rollout steps (the paper: 25).
     """
 
+    keeps_copy = True
+
     def __init__(self, every: int = 25) -> None:
         super().__init__()
         if every < 1:
             raise ValueError(f"Synced.every must be >= 1, got {every}")
         self.every = every
-
-    def setup(self, policy: torch.nn.Module) -> None:
-        super().setup(policy)
-        self.copy = frozen_copy(policy)
 
     @torch.no_grad()
     def on_step_end(self, rl_step: int) -> None:
@@ -114,15 +120,13 @@ class EMA(TeacherWeights):
         tau: rate, ``theta_T <- (1 - tau) theta_T + tau theta_S`` (SDPO: 0.05).
     """
 
+    keeps_copy = True
+
     def __init__(self, tau: float = 0.05) -> None:
         super().__init__()
         if not 0 < tau <= 1:
             raise ValueError(f"EMA.tau must be in (0, 1], got {tau}")
         self.tau = tau
-
-    def setup(self, policy: torch.nn.Module) -> None:
-        super().setup(policy)
-        self.copy = frozen_copy(policy)
 
     @torch.no_grad()
     def on_step_end(self, rl_step: int) -> None:
