@@ -69,16 +69,25 @@ class CepoCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self.previous_rows: list[dict] = []
-        ckpt = Path(cfg.ckpt_path) if self.subcommand == "fit" and cfg.get("ckpt_path") not in (None, "last") else None
+        loggers = cfg.trainer.logger
+        if not isinstance(loggers, list):
+            loggers = [loggers] if loggers not in (None, True, False) else []
+        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            first = loggers[0].init_args if loggers else {}
+            root = Path(cfg.run_root or first.get("save_dir") or "runs") / (
+                cfg.run_name or first.get("name") or "default"
+            )
+            found = last_checkpoint(root, cfg.run_version)
+            where = root / cfg.run_version if cfg.run_version else root
+            print(f"--ckpt_path last: {found or f'no checkpoint under {where}, starting a new run'}", flush=True)
+            cfg.ckpt_path = str(found) if found else None
+        ckpt = Path(cfg.ckpt_path) if self.subcommand == "fit" and cfg.get("ckpt_path") is not None else None
         if ckpt is not None and ckpt.parent.name == "checkpoints" and cfg.run_version is None:
             # a resumed run continues in the run directory it came from (<root>/<name>/<version>)
             run_dir = ckpt.parent.parent
             cfg.run_root, cfg.run_name, cfg.run_version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         if self.subcommand == "fit" and cfg.get("ckpt_path") is not None and cfg.run_version is not None:
             self.previous_rows = previous_metrics(cfg)
-        loggers = cfg.trainer.logger
-        if not isinstance(loggers, list):
-            loggers = [loggers] if loggers not in (None, True, False) else []
         version = cfg.run_version or time.strftime("%Y%m%d-%H%M%S")
         for lg in loggers:
             args = lg.init_args
@@ -104,12 +113,21 @@ class CepoCLI(LightningCLI):
         if self.previous_rows:  # the resumed run's CSV log keeps the rows of the steps before it
             self.trainer.callbacks.append(KeepRows(self.previous_rows))
         self.base_metrics = None
-        if self._cfg().report_base and self._cfg().get("ckpt_path") is None:  # a resumed run reported it
+        base_file = self._run_dir() / "base_metrics.json"
+        if self._cfg().get("ckpt_path") is not None:  # a resumed run reported it before
+            self.base_metrics = json.loads(base_file.read_text()) if base_file.is_file() else None
+        elif self._cfg().report_base:
             self.base_metrics = self._validate("base")
+            if self.trainer.is_global_zero:
+                base_file.parent.mkdir(parents=True, exist_ok=True)
+                base_file.write_text(json.dumps(self.base_metrics, indent=2))
+
+    def _run_dir(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir).resolve()
 
     def after_fit(self) -> None:
         final = self._validate("final")
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir).resolve()
+        run_dir = self._run_dir()
         summary = {
             "base": self.base_metrics,
             "final": final,
@@ -144,6 +162,17 @@ class CepoCLI(LightningCLI):
             shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
             print(f"[{label}] {shown}")
         return metrics
+
+
+def last_checkpoint(root: Path, version: str | None = None) -> Path | None:
+    """The newest checkpoint of the run ``root/version``, or of any run under ``root``.
+
+    ``--ckpt_path last`` resolves through this: a requeued job, or a sweep re-run, finds its
+    latest checkpoint without knowing the run version (a timestamp) or the step.
+    """
+    dirs = [root / version / "checkpoints"] if version else sorted(root.glob("*/checkpoints"))
+    found = [p for d in dirs if d.is_dir() for p in d.glob("*.ckpt")]
+    return max(found, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt")) if found else None
 
 
 def previous_metrics(cfg) -> list[dict]:

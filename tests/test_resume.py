@@ -2,6 +2,9 @@
 equals the uninterrupted run's (one thread, same machine)."""
 
 import csv
+import json
+import os
+import time
 
 import pytest
 
@@ -63,11 +66,22 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, m
     else:
         assert killed.returncode == 0 and "stopped on SIGTERM" in killed.stderr, killed.stderr[-2000:]
     monkeypatch.delenv("CEPO_TEST_KILL_AT")
+    # SIGKILL resumes from the file, SIGTERM by `--ckpt_path last` (the run's newest checkpoint)
     ckpt = tmp_path / "cut" / "v" / "checkpoints" / "last.ckpt"
     resumed = run_cli(
-        ["fit", *fit_args(tiny_dir, tmp_path, "cut", *overlays, steps=STEPS, extra=common), "--ckpt_path", str(ckpt)]
+        [
+            "fit",
+            *fit_args(tiny_dir, tmp_path, "cut", *overlays, steps=STEPS, extra=common),
+            "--ckpt_path",
+            str(ckpt) if kill == "SIGKILL" else "last",
+        ]
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if kill == "SIGTERM":
+        assert f"--ckpt_path last: {ckpt}" in resumed.stdout
+    summaries = [json.loads((tmp_path / name / "v" / "summary.json").read_text()) for name in ("whole", "cut")]
+    assert summaries[1]["base"] == summaries[0]["base"] is not None  # the base evaluation survives the resume
+    assert summaries[1]["final"] == summaries[0]["final"]
     a, b = metrics(tmp_path / "whole" / "v"), metrics(tmp_path / "cut" / "v")
     assert sorted(a, key=int) == sorted(b, key=int) and len(a) == STEPS  # every step once, none missing
     for step in sorted(a, key=int):
@@ -95,3 +109,28 @@ def test_a_checkpoint_killed_while_saving_leaves_the_previous_one_whole(tmp_path
         io.save_checkpoint({"step": 7}, path)
     monkeypatch.undo()
     assert io.load_checkpoint(path)["step"] == 6
+
+
+def test_ckpt_path_last_finds_the_newest_checkpoint(tmp_path):
+    """Of one run version when given, else of every run under the run name; None when there is none."""
+    from cepo.cli import last_checkpoint
+
+    def ckpt(version, name, age):
+        path = tmp_path / version / "checkpoints" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+        return path
+
+    assert last_checkpoint(tmp_path) is None
+    old_last = ckpt("20261130-090000", "last.ckpt", age=3600)
+    ckpt("20261130-090000", "step=3.ckpt", age=3700)
+    (tmp_path / "20261130-090000" / "checkpoints" / "last.ckpt.tmp").write_bytes(b"half")  # a torn save
+    new_step = ckpt("20261201-100000", "step=6.ckpt", age=60)
+    new_last = ckpt("20261201-100000", "last.ckpt", age=60)  # same time as step=6: last wins
+    assert last_checkpoint(tmp_path) == new_last
+    assert last_checkpoint(tmp_path, "20261130-090000") == old_last
+    assert last_checkpoint(tmp_path, "missing") is None
+    new_last.unlink()
+    assert last_checkpoint(tmp_path) == new_step
