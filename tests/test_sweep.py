@@ -293,42 +293,70 @@ from pathlib import Path
 args = sys.argv[1:]
 flag = {k: v for k, v in zip(args[::2], args[1::2])}
 run = Path(flag["--run_root"]) / flag["--run_name"] / flag["--run_version"]
-if "--fail" in " ".join(args):
-    sys.exit(3)
 run.mkdir(parents=True, exist_ok=True)
+if "--bad" in args:  # fails before training: nothing to resume from
+    print("cepo: error: x.y: bad value", file=sys.stderr)
+    sys.exit(2)
+if "--fail" in args and flag.get("--ckpt_path") != "last":  # crashes after a checkpoint
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "checkpoints" / "last.ckpt").write_text("step 3")
+    print("step 3 done\\nTraceback (most recent call last):\\nRuntimeError: boom at step 4", file=sys.stderr)
+    sys.exit(3)
 clip = float(flag["--model.credit.init_args.clip"])
 (run / "summary.json").write_text(json.dumps({"base": None, "final": {"val/acc": clip}, "rl_steps": 1}))
 """
 
 
-def test_failed_points_do_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
+def test_failed_points_are_reported_then_resumed_from_their_checkpoint(tmp_path, monkeypatch, capsys):
     script = tmp_path / "fake_fit.py"
     script.write_text(FAKE_FIT)
     monkeypatch.setattr(sweep, "fit_command", lambda args: [sys.executable, str(script), *args])
     monkeypatch.setattr(sweep, "check_points", lambda arg_lists: {})
     grid_file = tmp_path / "g.yaml"
+    tags = [{"x.y": "ok"}, {"x.y": "--fail"}, {"x.y": "--bad"}]
     grid_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": "g",
-                "grid": {"model.credit.init_args.clip": [0.2, 0.5], "tag": [{"x.y": "ok"}, {"x.y": "--fail"}]},
-            }
-        )
+        yaml.safe_dump({"name": "g", "grid": {"model.credit.init_args.clip": [0.2, 0.5], "tag": tags}})
     )
-    with pytest.raises(SystemExit, match="2 of 4 point"):
-        sweep_main([str(grid_file), "--out", str(tmp_path / "out"), "--parallel", "2"])
+    argv = [str(grid_file), "--out", str(tmp_path / "out"), "--parallel", "2"]
+    with pytest.raises(SystemExit, match="4 of 6 point"):
+        sweep_main(argv)
     text = capsys.readouterr().out
     assert "clip=0.2_tag=ok" in text and "FAILED" in text
-    with (tmp_path / "out" / "g" / "results.csv").open() as f:
-        status = {r["slug"]: r["status"] for r in csv.DictReader(f)}
-    assert status == {
+    out = tmp_path / "out" / "g"
+
+    def table():
+        with (out / "results.csv").open() as f:
+            return {r["slug"]: r for r in csv.DictReader(f)}
+
+    rows = table()
+    assert {slug: r["status"] for slug, r in rows.items()} == {
         "clip=0.2_tag=ok": "ok",
         "clip=0.2_tag=--fail": "failed",
+        "clip=0.2_tag=--bad": "failed",
         "clip=0.5_tag=ok": "ok",
         "clip=0.5_tag=--fail": "failed",
+        "clip=0.5_tag=--bad": "failed",
     }
-    meta = json.loads((tmp_path / "out" / "g" / "clip=0.2_tag=--fail" / "sweep_point.json").read_text())
+    assert rows["clip=0.2_tag=--fail"]["error"] == "RuntimeError: boom at step 4"
+    assert rows["clip=0.5_tag=--bad"]["error"] == "cepo: error: x.y: bad value"
+    assert rows["clip=0.2_tag=ok"]["error"] == ""
+    md = (out / "results.md").read_text()
+    assert "## Failed points (4)" in md and "### clip=0.5_tag=--fail" in md
+    assert "step 3 done\nTraceback (most recent call last):\nRuntimeError: boom at step 4\n```" in md
+    meta = json.loads((out / "clip=0.2_tag=--fail" / "sweep_point.json").read_text())
     assert meta["returncode"] == 3 and meta["status"] == "failed" and meta["wall_time_s"] >= 0
+
+    # the re-run resumes the points that left a checkpoint, and only those, from it
+    with pytest.raises(SystemExit, match="2 of 6 point"):
+        sweep_main(argv)
+    text = capsys.readouterr().out
+    assert "resuming 2 unfinished point(s)" in text and text.count(" skip ") == 2
+    rows = table()
+    assert rows["clip=0.5_tag=--fail"]["status"] == "ok" and rows["clip=0.5_tag=--fail"]["error"] == ""
+    assert rows["clip=0.5_tag=--bad"]["status"] == "failed"
+    log = (out / "clip=0.5_tag=--fail" / "stdout.log").read_text()
+    assert "boom at step 4" in log and log.count("--ckpt_path last") == 1  # both attempts kept
+    assert "--ckpt_path" not in (out / "clip=0.5_tag=--bad" / "stdout.log").read_text()
 
 
 # -- the real thing: validation subprocess and tiny training runs -----------------------

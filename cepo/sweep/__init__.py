@@ -35,10 +35,12 @@ the key's last dotted component, longer where two axes would clash; ``seed_every
 Before anything runs, every pending point is parsed and instantiated, exactly as ``cepo fit``
 would, in one validation subprocess; an invalid point stops the sweep, named with its error.
 Points whose run directory already holds ``summary.json`` are skipped, so an interrupted
-sweep resumes by re-running the same command. A failed point does not stop the others; the
-exit code is non-zero if any failed. At the end ``OUT/NAME`` gets ``results.csv``,
-``results.md`` (with a mean ± std table over seeds when the grid has a ``seed_everything``
-axis), ``acc_vs_<axis>.png`` and ``learning_curves.png``.
+sweep resumes by re-running the same command; an unfinished point that left a checkpoint
+continues from it (``--ckpt_path last``), appending to its ``stdout.log``. A failed point does
+not stop the others; it is marked ``failed`` in the tables, with its error line in
+``results.csv`` and the tail of its log in ``results.md``, and the exit code is non-zero. At the end
+``OUT/NAME`` gets ``results.csv``, ``results.md`` (with a mean ± std table over seeds when
+the grid has a ``seed_everything`` axis), ``acc_vs_<axis>.png`` and ``learning_curves.png``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,16 @@ from cepo.sweep.grid import (
     value_label,
 )
 from cepo.sweep.report import write_results
-from cepo.sweep.run import RunResult, check_points, progress_line, read_curve, read_run, run_all, run_point
+from cepo.sweep.run import (
+    RunResult,
+    check_points,
+    has_checkpoint,
+    progress_line,
+    read_curve,
+    read_run,
+    run_all,
+    run_point,
+)
 
 __all__ = [
     "Axis",
@@ -119,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_flags(resume: bool) -> list[str]:
+    """``--ckpt_path last`` for a point that left a checkpoint: it continues in its run directory."""
+    return ["--ckpt_path", "last"] if resume else []
+
+
 def validate_or_exit(pending: list[Point], arg_lists: dict[str, list[str]], total: int) -> None:
     """Check every pending point (one subprocess); exit naming each invalid one and its error."""
     print(f"validating {len(pending)} point(s) ...", flush=True)
@@ -167,7 +183,13 @@ def sweep_main(argv: list[str]) -> None:
             results[p.index] = read_run(sweep_dir / p.slug)
             line = progress_line(p, total, "skip", results[p.index], sweep_dir / p.slug, slug_width)
             print(line, flush=True)
-    jobs = [(p, fit_command([*arg_lists[p.slug], "--run_root", str(out)]), sweep_dir / p.slug) for p in pending]
+    resumed = [p for p in pending if has_checkpoint(sweep_dir / p.slug)]
+    if resumed:
+        print(f"resuming {len(resumed)} unfinished point(s) from their last checkpoint", flush=True)
+    jobs = [
+        (p, fit_command([*arg_lists[p.slug], "--run_root", str(out), *resume_flags(p in resumed)]), sweep_dir / p.slug)
+        for p in pending
+    ]
     results.update(run_all(jobs, total, args.parallel, lambda line: print(line, flush=True), slug_width))
     for path in write_results(sweep_dir, grid, points, results):
         print(f"wrote {path}")

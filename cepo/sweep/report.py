@@ -44,6 +44,7 @@ def result_row(point: Point, result: RunResult, columns: list[str]) -> dict[str,
         **{c: metrics.get(c) for c in columns},
         "rl_steps": result.rl_steps,
         "wall_s": None if result.wall_time is None else round(result.wall_time, 1),
+        "error": result.error if result.status != "ok" else None,
     }
 
 
@@ -86,7 +87,8 @@ def _cell(value: Any, column: str) -> str:
         return "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
     if isinstance(value, float):
         return f"{value:.1f}" if column == "wall_s" else f"{value:.3f}"
-    return str(value)
+    text = str(value).replace("|", "\\|")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -126,6 +128,12 @@ def write_results(out_dir: Path, grid: Grid, points: list[Point], results: dict[
     fixed = ", ".join(f"`{k}={cli_value(v)}`" for k, v in grid.fixed.items()) or "none"
     md = [f"# sweep `{grid.name}`\n\n- points: {len(points)}\n- base configs: {base}\n- fixed: {fixed}\n"]
     md += ["\n## Every point\n\n", markdown_table(rows)]
+    failed = [p for p in points if results[p.index].status != "ok"]
+    if failed:
+        md += [f"\n## Failed points ({len(failed)})\n\nRe-run the same command to resume them.\n"]
+        for p in failed:
+            tail = "\n".join(results[p.index].log_tail) or "(no log)"
+            md += [f"\n### {p.slug}\n\nLast lines of `{p.slug}/stdout.log`:\n\n```text\n{tail}\n```\n"]
     if any(a.is_seed for a in grid.axes):
         agg = aggregate(points, results, grid.axes, columns)
         md += ["\n## Mean ± std over seeds\n\n", markdown_table(agg)]

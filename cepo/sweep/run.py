@@ -21,6 +21,7 @@ from pathlib import Path
 from cepo.sweep.grid import Point
 
 ACC = "val/acc"
+TAIL_LINES = 15
 
 
 # -- validation -------------------------------------------------------------------------
@@ -95,6 +96,15 @@ class RunResult:
     curve: list[tuple[int, float]] = field(default_factory=list)
     rl_steps: int | None = None
     wall_time: float | None = None
+    log_tail: list[str] = field(default_factory=list)  # a failed point's last log lines
+
+    @property
+    def error(self) -> str:
+        """A failed point's one-line reason: its ``cepo: error:`` line, else the last log line."""
+        for line in reversed(self.log_tail):
+            if line.startswith(("cepo: error:", "cepo: stopped:")) or "Error:" in line:
+                return line.strip()
+        return self.log_tail[-1].strip() if self.log_tail else ""
 
     @property
     def best_acc(self) -> float | None:
@@ -122,7 +132,7 @@ def read_run(run_dir: Path) -> RunResult:
     meta = _read_json(run_dir / "sweep_point.json") or {}
     summary = _read_json(run_dir / "summary.json")
     if summary is None:
-        return RunResult("failed", wall_time=meta.get("wall_time_s"))
+        return RunResult("failed", wall_time=meta.get("wall_time_s"), log_tail=log_tail(run_dir / "stdout.log"))
     return RunResult(
         "ok",
         final={k: float(v) for k, v in (summary.get("final") or {}).items()},
@@ -133,6 +143,20 @@ def read_run(run_dir: Path) -> RunResult:
     )
 
 
+def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` non-empty lines of a log (none if it is missing)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether an unfinished point left a checkpoint to resume from."""
+    return any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -141,11 +165,14 @@ def _read_json(path: Path) -> dict | None:
 
 
 def run_point(cmd: list[str], run_dir: Path, meta: dict) -> RunResult:
-    """Run one ``cepo fit`` subprocess with its output in ``run_dir/stdout.log``."""
+    """Run one ``cepo fit`` subprocess with its output in ``run_dir/stdout.log``.
+
+    The log is appended to, so a resumed point keeps the output of its earlier attempts.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with (run_dir / "stdout.log").open("w") as log:
-        log.write(shlex.join(cmd) + "\n\n")
+    with (run_dir / "stdout.log").open("a") as log:
+        log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {shlex.join(cmd)}\n\n")
         log.flush()
         code = subprocess.run(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -156,6 +183,8 @@ def run_point(cmd: list[str], run_dir: Path, meta: dict) -> RunResult:
     (run_dir / "sweep_point.json").write_text(json.dumps(meta, indent=2))
     result = read_run(run_dir)
     result.status = status  # a failed run can still leave a summary (e.g. a crash in export)
+    if status == "failed":
+        result.log_tail = log_tail(run_dir / "stdout.log")
     return result
 
 
