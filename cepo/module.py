@@ -85,7 +85,8 @@ class GRPOModule(L.LightningModule):
         tis_cap: truncated importance-sampling correction for engine/trainer mismatch:
             per-token weight ``min(exp(logp_trainer - logp_engine), tis_cap)`` (None: off).
         mismatch_warn: warn when the mean |engine - trainer| log-prob gap exceeds this.
-        mismatch_stop: stop training when it exceeds this (None: never).
+        mismatch_stop: stop training when it exceeds this, before the update it measured (not
+            applied). None: never.
         max_nonfinite: an optimizer update whose gradient is not finite (NaN/Inf loss or gradient)
             is skipped and counted (``train/nonfinite_updates``); this many in a row stop training
             with an error.
@@ -170,10 +171,6 @@ class GRPOModule(L.LightningModule):
         """Optimizer updates applied to the policy so far (kept in the shared :class:`PolicyRef`)."""
         return self.ref.version if self.ref is not None else 0
 
-    @weight_version.setter
-    def weight_version(self, value: int) -> None:
-        self.ref.version = value
-
     # -- model -------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.policy is not None:  # Lightning calls this hook once per fit/validate
@@ -229,7 +226,7 @@ class GRPOModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("cepo", {})
-        self.weight_version = state.get("weight_version", 0)  # configure_model ran first
+        self.ref.version = state.get("weight_version", 0)  # configure_model ran first
         self.rl_step = state.get("rl_step", 0)
         self.teacher_weights.load_state_dict(state.get("teacher", {}))
         self.objective.load_state_dict(state.get("objective", {}))
@@ -306,6 +303,8 @@ class GRPOModule(L.LightningModule):
         # when objectives appended a different number of rows on each rank
         bounds = [(i * n_groups) // k for i in range(k + 1)]
         stats = UpdateStats(k, ref_logprobs is not None, self.device)
+        if batch.engine_logprobs is not None and old_logprobs is not None:
+            stats.gap((old_logprobs - batch.engine_logprobs).abs()[batch.response_mask])
         objective = self.objective
         for i in range(k):
             mb = slice(bounds[i] * g, bounds[i + 1] * g)
@@ -352,17 +351,18 @@ class GRPOModule(L.LightningModule):
                 if batch.engine_logprobs is not None and old_logprobs is None:
                     stats.gap((logp.detach() - batch.engine_logprobs[rows, :w]).abs()[m])
             self._step(stats)
-        if batch.engine_logprobs is not None and old_logprobs is not None:
-            stats.gap((old_logprobs - batch.engine_logprobs).abs()[batch.response_mask])
         out = stats.result()
-        if "logprob_gap_mean" in out and check_mismatch(out["logprob_gap_mean"], hp.mismatch_warn, hp.mismatch_stop):
-            self.trainer.should_stop = True
+        if "logprob_gap_mean" in out:  # warns; a stop was decided before the update (in _step)
+            check_mismatch(out["logprob_gap_mean"], hp.mismatch_warn, hp.mismatch_stop)
         return out
 
     def _step(self, stats: UpdateStats) -> None:
         """Clip, step the optimizer and scheduler, and bump the weight version; an update whose
         gradient is not finite is skipped (one host read of the norm per update)."""
         opt, sched = self.optimizers(), self.lr_schedulers()
+        if stats.mismatched(self.hparams.mismatch_stop):  # the engine gap measured for this update is too large
+            self.trainer.should_stop = True
+            return opt.zero_grad(set_to_none=True)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         clip = self.hparams.grad_clip if self.hparams.grad_clip is not None else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, clip)

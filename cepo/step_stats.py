@@ -81,6 +81,12 @@ class UpdateStats:
         """Engine/trainer log-prob gaps ``|logp_trainer - logp_engine|`` of response tokens."""
         self.gaps.append(gaps.detach().flatten())
 
+    def mismatched(self, stop: float | None) -> bool:
+        """Whether the gaps gathered so far average more than ``stop`` (None: never; one host
+        read, only when a stop is set). Checked before an update, so the update is not applied."""
+        gaps = torch.cat(self.gaps) if stop is not None and self.gaps else None
+        return gaps is not None and gaps.numel() > 0 and float(gaps.mean()) > stop
+
     def result(self) -> dict[str, float]:
         """The step's statistics (one host sync). Per-token ones only when rows were trained."""
         gaps = torch.cat(self.gaps) if self.gaps else None
@@ -153,7 +159,7 @@ def check_mismatch(gap: float, warn: float, stop: float | None) -> bool:
     """Warn when the mean engine/trainer log-prob gap exceeds ``warn``; True (stop training)
     when it exceeds ``stop``."""
     if stop is not None and gap > stop:
-        log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping", gap, stop)
+        log.error("engine/trainer log-prob gap %.2e > mismatch_stop %.2e: stopping, update not applied", gap, stop)
         return True
     if gap > warn:
         log.warning(

@@ -215,6 +215,9 @@ def test_mismatch_gap_is_logged_warned_and_stops(tmp_path, tiny_dir, caplog, gap
     assert bool(warnings) == warns and bool(errors) == stops
     assert tr.should_stop == stops
     assert module.rl_step == (1 if stops else 3)  # a stop ends training after the step that saw the gap
+    unchanged = all(torch.equal(a, b) for a, b in zip(rec.policies[0].parameters(), module.policy.parameters()))
+    assert unchanged == stops  # the gap is checked before the update it measured: a stop applies none
+    assert module.weight_version == (0 if stops else 3)
 
 
 # -- LoRA merged into the Hugging Face export -----------------------------------------------------
