@@ -408,6 +408,7 @@ def test_tiny_2x2_grid_runs_then_skips(tmp_path, tiny_dir, monkeypatch, capsys):
         raise AssertionError("a finished point was run or validated again")
 
     monkeypatch.setattr(sweep.subprocess, "run", no_subprocess)
+    monkeypatch.setattr(sweep.subprocess, "Popen", no_subprocess)
     sweep_main([str(grid), "--out", str(out)])
     text = capsys.readouterr().out
     assert text.count(" skip ") == 4

@@ -2,7 +2,8 @@
 
 Usage::
 
-    cepo sweep GRID.yaml [--parallel N] [--dry_run] [--out DIR] [--set KEY=VALUE ...]
+    cepo sweep GRID.yaml [--launcher local|slurm|submitit-local] [--parallel N] [--dry_run]
+                         [--out DIR] [--set KEY=VALUE ...] [--gpus_per_node G --time_min M ...]
 
 The grid file::
 
@@ -26,6 +27,15 @@ Keys are ``cepo fit`` flags without the dashes; values are YAML (``.inf`` is inf
 
 Relative paths are looked up next to the grid file, then in the repository root, then in the
 working directory. ``--set KEY=VALUE`` (repeatable) adds to ``fixed`` and wins over it.
+
+Launchers (``--launcher``, see ``cepo/sweep/launch.py``): ``local`` subprocesses (default,
+``--parallel N`` at a time); ``slurm``, one job array per sweep through submitit, one task per
+point, preempted points requeued to resume from their checkpoint (``--detach`` submits and
+exits; re-run to gather); ``submitit-local``, the same jobs on this machine. A grid file's
+optional ``resources:`` mapping (``gpus_per_node``, ``nodes``, ``tasks_per_node``,
+``cpus_per_task``, ``mem_gb``, ``time_min``, ``partition``, ``account``, ``qos``,
+``constraint``, ``array_parallelism``, ``setup``, ``max_requeues``) sets what each point asks
+for; flags of the same names win over it.
 
 Every point runs as ``cepo fit ... --run_root OUT --run_name NAME --run_version SLUG`` with
 its output in ``OUT/NAME/SLUG/stdout.log``. The slug joins ``short=value`` per axis (short:
@@ -69,6 +79,7 @@ from cepo.sweep.grid import (
     slugify,
     value_label,
 )
+from cepo.sweep.launch import LAUNCHERS, Resources, run_submitit
 from cepo.sweep.report import write_results
 from cepo.sweep.run import (
     RunResult,
@@ -85,6 +96,7 @@ __all__ = [
     "Axis",
     "Grid",
     "Point",
+    "Resources",
     "RunResult",
     "check_points",
     "cli_value",
@@ -114,7 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The grid file format is described in the docstring of cepo/sweep.py.",
     )
     parser.add_argument("grid", type=Path, help="the grid YAML file")
-    parser.add_argument("--parallel", type=int, default=1, help="points run at once (default 1)")
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="where points run: local subprocesses (default), a SLURM job array (submitit), or "
+        "submitit's local executor (the cluster path on this machine)",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="local launcher: points run at once (default 1)")
+    parser.add_argument(
+        "--detach", action="store_true", help="slurm: submit and exit; re-run the same command to gather results"
+    )
+    for flag, kind, text in RESOURCE_FLAGS:
+        parser.add_argument(f"--{flag}", type=kind, default=None, help=f"resources.{flag}: {text}")
     parser.add_argument(
         "--dry_run", action="store_true", help="expand and validate the grid, print the commands, run nothing"
     )
@@ -128,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="an extra fixed override for every point (repeatable), e.g. --set model.model_path=/tmp/m",
     )
     return parser
+
+
+RESOURCE_FLAGS = (
+    ("gpus_per_node", int, "GPUs per node"),
+    ("nodes", int, "nodes per point"),
+    ("cpus_per_task", int, "CPU cores per process"),
+    ("mem_gb", float, "memory per node (GB)"),
+    ("time_min", int, "time limit per point (minutes)"),
+    ("partition", str, "SLURM partition"),
+    ("account", str, "SLURM account"),
+    ("qos", str, "SLURM quality of service"),
+)
 
 
 def resume_flags(resume: bool) -> list[str]:
@@ -158,6 +194,13 @@ def sweep_main(argv: list[str]) -> None:
         points = expand(grid)
     except (ValueError, FileNotFoundError, yaml.YAMLError) as err:
         raise ValueError(f"cepo sweep: {args.grid}: {err}") from None
+    flags = {flag: getattr(args, flag) for flag, _, _ in RESOURCE_FLAGS if getattr(args, flag) is not None}
+    try:
+        resources = Resources.parse({**grid.resources, **flags})
+    except ValueError as err:
+        raise ValueError(f"cepo sweep: {args.grid}: {err}") from None
+    if args.detach and args.launcher != "slurm":
+        raise ValueError("cepo sweep: --detach needs --launcher slurm")
     out = args.out.resolve()
     sweep_dir = out / grid.name
     total = len(points)
@@ -190,7 +233,16 @@ def sweep_main(argv: list[str]) -> None:
         (p, fit_command([*arg_lists[p.slug], "--run_root", str(out), *resume_flags(p in resumed)]), sweep_dir / p.slug)
         for p in pending
     ]
-    results.update(run_all(jobs, total, args.parallel, lambda line: print(line, flush=True), slug_width))
+    emit = lambda line: print(line, flush=True)  # noqa: E731
+    if args.launcher == "local":
+        results.update(run_all(jobs, total, args.parallel, emit, slug_width))
+    else:
+        line = lambda p, status, result, run_dir: progress_line(p, total, status, result, run_dir, slug_width)  # noqa: E731
+        launched = run_submitit(args.launcher, jobs, sweep_dir, resources, grid.name, emit, line, args.detach)
+        if launched is None:
+            print(f"detached: re-run the same command to wait for the jobs and write {sweep_dir}/results.md")
+            return
+        results.update(launched)
     for path in write_results(sweep_dir, grid, points, results):
         print(f"wrote {path}")
     failed = [p.slug for p in points if results[p.index].status != "ok"]

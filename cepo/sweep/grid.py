@@ -8,7 +8,7 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class Grid:
     base: tuple[Path, ...]
     fixed: dict[str, Any]
     axes: tuple[Axis, ...]
+    resources: dict[str, Any] = field(default_factory=dict)  # per-point cluster resources (launchers)
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,11 @@ def parse_grid(spec: dict, grid_dir: Path, default_name: str, extra_fixed: dict 
     """
     if not isinstance(spec, dict):
         raise ValueError("a grid file must be a mapping with keys name, base, fixed, grid")
-    unknown = set(spec) - {"name", "base", "fixed", "grid"}
+    unknown = set(spec) - {"name", "base", "fixed", "grid", "resources"}
     if unknown:
-        raise ValueError(f"unknown grid file keys {sorted(unknown)} (expected name, base, fixed, grid)")
+        raise ValueError(f"unknown grid file keys {sorted(unknown)} (expected name, base, fixed, grid, resources)")
+    if not isinstance(spec.get("resources") or {}, dict):
+        raise ValueError("resources must be a mapping (gpus_per_node: 1, time_min: 120, ...)")
     name = slugify(str(spec.get("name") or default_name))
     if not name:
         raise ValueError("the sweep name is empty")
@@ -208,7 +211,7 @@ def parse_grid(spec: dict, grid_dir: Path, default_name: str, extra_fixed: dict 
     shorts = short_names([k for k in raw_axes if kinds[k] != "config"])
     shorts[CONFIG_AXIS] = CONFIG_AXIS
     axes = tuple(Axis(k, shorts[k], kinds[k], values[k]) for k in raw_axes)
-    return Grid(name, base, fixed, axes)
+    return Grid(name, base, fixed, axes, dict(spec.get("resources") or {}))
 
 
 def _check_overlaps(kinds: dict[str, str], values: dict[str, tuple], fixed: dict) -> None:

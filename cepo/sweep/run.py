@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -164,19 +165,35 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def run_point(cmd: list[str], run_dir: Path, meta: dict) -> RunResult:
+def run_point(
+    cmd: list[str],
+    run_dir: Path,
+    meta: dict,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    ignore_signal: int | None = None,
+) -> RunResult:
     """Run one ``cepo fit`` subprocess with its output in ``run_dir/stdout.log``.
 
     The log is appended to, so a resumed point keeps the output of its earlier attempts.
+
+    Args:
+        cmd: the command.
+        run_dir: the point's run directory.
+        meta: written to ``sweep_point.json`` with the return code, status and wall time.
+        on_start: called with the process once it runs (a launcher that forwards signals).
+        ignore_signal: a signal the process ignores (a launcher's own preemption notice).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    preexec = None if ignore_signal is None else (lambda: signal.signal(ignore_signal, signal.SIG_IGN))
     with (run_dir / "stdout.log").open("a") as log:
         log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {shlex.join(cmd)}\n\n")
         log.flush()
-        code = subprocess.run(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        ).returncode
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
+        if on_start is not None:
+            on_start(proc)
+        code = proc.wait()
     wall = time.perf_counter() - start
     status = "ok" if code == 0 and (run_dir / "summary.json").is_file() else "failed"
     meta = {**meta, "command": cmd, "returncode": code, "status": status, "wall_time_s": round(wall, 2)}
