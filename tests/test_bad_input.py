@@ -93,10 +93,25 @@ def test_debug_shows_the_traceback(tmp_path, tiny_dir, monkeypatch):
         main(["fit", "--config", DEFAULT, "--model.model_path", str(tmp_path / "none"), "--run_root", str(tmp_path)])
 
 
-def test_sweep_grid_errors_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "grid, flags, expected",
+    [
+        (None, [], "none.yaml: [Errno 2] No such file or directory"),
+        ({"resources": {"gpus": 1}}, [], "g.yaml: resources: unknown key(s) ['gpus']"),
+        ({}, ["--time_min", "0"], "g.yaml: resources.time_min must be an integer >= 1, got 0"),
+    ],
+    ids=["missing-grid", "unknown-resource", "bad-resource-flag"],
+)
+def test_sweep_grid_errors_exit_2(tmp_path, capsys, grid, flags, expected):
+    path = tmp_path / ("none.yaml" if grid is None else "g.yaml")
+    if grid is not None:
+        path.write_text(json.dumps({"name": "g", "grid": {"seed_everything": [0]}, **grid}))
     with pytest.raises(SystemExit) as exit_info:
-        main(["sweep", str(tmp_path / "none.yaml")])
-    assert exit_info.value.code == 2 and "none.yaml" in capsys.readouterr().err
+        main(["sweep", str(path), "--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cepo: error:")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 JSONISH = st.sampled_from(

@@ -194,7 +194,7 @@ def test_a_preempted_point_is_requeued_and_resumes_from_its_checkpoint(tmp_path,
     commands = [line for line in log.splitlines() if line.startswith("[20") and " -m cepo fit " in line]
     assert len(commands) == 2 and commands[1].endswith("--ckpt_path last"), commands  # the requeued task resumed
     assert "cepo: stopped on SIGTERM after saving checkpoints/last.ckpt" in log, log[-3000:]
-    steps = [int(float(r["step"])) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/loss")]
+    steps = [int(float(r["step"])) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/reward_mean")]
     assert steps == list(range(8))  # every step once, none twice
     assert json.loads((run / "summary.json").read_text())["rl_steps"] == 8
 
