@@ -59,7 +59,7 @@ def test_stale_batch_is_refused(tmp_path, tiny_dir):
     tr = trainer(tmp_path, steps=1)
     tr.fit(module, datamodule=dm)
     batch = dm.sampler.rollout(dm.task.split("train")[:2])
-    module.weight_version += 1  # as if an optimizer step happened after generation
+    module.ref.version += 1  # as if an optimizer step happened after generation
     with pytest.raises(RuntimeError, match="off-policy"):
         module.training_step(batch, 0)
 
