@@ -72,13 +72,15 @@ class CepoCLI(LightningCLI):
         loggers = cfg.trainer.logger
         if not isinstance(loggers, list):
             loggers = [loggers] if loggers not in (None, True, False) else []
-        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+        if self.subcommand in ("fit", "validate") and cfg.get("ckpt_path") == "last":
             first = loggers[0].init_args if loggers else {}
             root = Path(cfg.run_root or first.get("save_dir") or "runs") / (
                 cfg.run_name or first.get("name") or "default"
             )
             found = last_checkpoint(root, cfg.run_version)
             where = root / cfg.run_version if cfg.run_version else root
+            if found is None and self.subcommand == "validate":
+                raise FileNotFoundError(f"ckpt_path last: no checkpoint under {where}")
             print(f"--ckpt_path last: {found or f'no checkpoint under {where}, starting a new run'}", flush=True)
             cfg.ckpt_path = str(found) if found else None
         ckpt = Path(cfg.ckpt_path) if self.subcommand == "fit" and cfg.get("ckpt_path") is not None else None

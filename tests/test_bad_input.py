@@ -87,6 +87,28 @@ def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, tiny_dir, capsys
     assert "Traceback" not in err
 
 
+def test_validate_last_checkpoint_of_no_run_is_one_line(tmp_path, tiny_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "validate",
+                "--config",
+                DEFAULT,
+                "--model.model_path",
+                str(tiny_dir),
+                "--run_root",
+                str(tmp_path),
+                "--ckpt_path",
+                "last",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2
+        and err.strip() == f"cepo: error: --ckpt_path last: no checkpoint under {tmp_path}/default"
+    )
+
+
 def test_debug_shows_the_traceback(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setenv("CEPO_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match="model.model_path"):
