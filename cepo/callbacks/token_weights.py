@@ -43,11 +43,12 @@ def token_roles_of(task, tokenizer, ids: list[int], cache: dict[int, str] | None
     if roles_fn is None:
         return None
     pieces = token_texts(tokenizer, ids, cache)
-    text = "".join(p if i != tokenizer.eos_token_id else "" for p, i in zip(pieces, ids))
+    eos = tokenizer.eos_token_id  # a lookup on every read
+    text = "".join(p if i != eos else "" for p, i in zip(pieces, ids))
     char_roles = roles_fn(text)
     out, pos = [], 0
     for piece, i in zip(pieces, ids):
-        if i == tokenizer.eos_token_id or not piece:
+        if i == eos or not piece:
             out.append("special")
             continue
         out.append(char_roles[pos] if pos < len(char_roles) else "special")
