@@ -120,17 +120,12 @@ def unit_inputs(units: list[Unit], pad_id: int, device=None) -> tuple[torch.Tens
     right-padded to the longest; ``attention[b, 0, i, j]``: node ``i`` may attend to node ``j``
     (its ancestors and itself; a padding position attends to itself only)."""
     width = max(len(u) for u in units)
-    ids = torch.full((len(units), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(units), width), dtype=torch.long)
-    ends = torch.arange(1, width + 1).repeat(len(units), 1)  # padding: its own end
-    for b, u in enumerate(units):
-        n = len(u)
-        ids[b, :n] = torch.tensor(u.tokens, dtype=torch.long)
-        pos[b, :n] = torch.tensor(u.depths, dtype=torch.long)
-        ends[b, :n] = torch.tensor(u.ends, dtype=torch.long)
+    ids = torch.tensor([u.tokens + [pad_id] * (width - len(u)) for u in units], dtype=torch.long)
+    pos = torch.tensor([u.depths + [0] * (width - len(u)) for u in units], dtype=torch.long)
+    ends = torch.tensor([u.ends + list(range(len(u) + 1, width + 1)) for u in units], dtype=torch.long)
     i = torch.arange(width)[:, None]  # query
     j = torch.arange(width)[None, :]  # key
-    attention = (j <= i) & (i < ends[:, None, :])  # [B, L, L]
+    attention = (j <= i) & (i < ends[:, None, :])  # [B, L, L]; padding: its own end
     return ids.to(device), pos.to(device), attention[:, None].to(device)
 
 
