@@ -309,6 +309,10 @@ def test_cost_model_finds_a_superlinear_term_only_where_there_is_one():
     linear = cm.superlinear(points(0.0))
     assert linear["linear"]["coef"][1] == pytest.approx(0.001, rel=0.05)
     assert not linear["superlinear_significant"]
+    # a term that improves the adjusted R^2 (|t| > 1) but is within twice its error: not significant
+    weak = cm.superlinear(points(6e-6))
+    assert 1 < weak["superlinear"]["t"][2] < 2 and weak["superlinear"]["adj_r2"] > weak["linear"]["adj_r2"]
+    assert not weak["superlinear_significant"]
     quadratic = cm.superlinear(points(2e-5))
     assert quadratic["superlinear"]["coef"][2] == pytest.approx(2e-5, rel=0.1)
     assert quadratic["superlinear_significant"]
