@@ -69,7 +69,7 @@ class Scorer:
 
     Args:
         micro_batch_size: rows per forward pass (0: all requested rows at once). A pass over
-            shared prefixes holds as many positions as this many of the longest rows.
+            shared prefixes holds about as many positions as this many of its rows.
         share_prefixes: compute log-probs and entropies of text rows over shared prefixes.
         shared_len: positions per packed sequence of shared prefixes (at least the longest row).
     """
@@ -182,14 +182,15 @@ class Scorer:
         by_unit: dict[int, list[int]] = {}
         for k, u in enumerate(lay.unit):
             by_unit.setdefault(u, []).append(k)
-        budget = self.micro_batch_size * max(len(s) for s in seqs)
+        # a pass holds about as many positions as micro_batch_size of these rows
+        budget = self.micro_batch_size * sum(len(s) for s in seqs) // len(seqs)
         dtype = next(model.parameters()).dtype
         for units in prefix.plan_units(lay.units, budget):
-            ids, pos, attention = prefix.unit_inputs([lay.units[u] for u in units], 0, device)
-            if model.config._attn_implementation == "eager":  # an additive mask
-                attention = torch.zeros(attention.shape, dtype=dtype, device=device).masked_fill(
-                    ~attention, torch.finfo(dtype).min
-                )
+            ids, pos, allowed = prefix.unit_inputs([lay.units[u] for u in units], 0, device)
+            # additive (eager and sdpa both take it), made once for every layer
+            attention = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+                ~allowed, torch.finfo(dtype).min
+            )
             logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits
             at_unit, at_node, at_row, at_col, targets = [], [], [], [], []
             for b, u in enumerate(units):
