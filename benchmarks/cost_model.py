@@ -11,8 +11,10 @@ per step. Then it fits
     step time = a + b * X + c * Z      Z = rollouts x mean response tokens^2 (per-row quadratic)
 
 by least squares, prints the slope, intercept, R^2 and whether the super-linear term is
-significant (|t| > 2 and a better adjusted R^2), fits every stage alone against X, and gives
-each stage's share of the step. Writes ``benchmarks/results/cost_model.{json,md}``.
+significant (c > 0 with t > 2, and a better adjusted R^2), fits every stage alone against X (and
+the training pass against the tokens it trains: rollouts of groups with a nonzero advantage x
+tokens), and gives each stage's share of the step. Writes ``benchmarks/results/cost_model.{json,md}``;
+``--refit`` reads such a JSON file and fits its points again.
 
     .venv/bin/python benchmarks/cost_model.py [--prompts 8 16 32] [--groups 4 8 16] [--lengths 1 2 3]
         [--steps 5] [--credit uniform] [--repeats 1]
@@ -21,6 +23,7 @@ each stage's share of the step. Writes ``benchmarks/results/cost_model.{json,md}
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
@@ -77,7 +80,7 @@ def superlinear(points: list[dict]) -> dict:
     lin, quad = fit([x], y), fit([x, z], y)
     t_c = quad["t"][2] if quad["t"] is not None else None
     better = lin["adj_r2"] is not None and quad["adj_r2"] is not None and quad["adj_r2"] > lin["adj_r2"]
-    significant = t_c is not None and abs(t_c) > 2 and better
+    significant = t_c is not None and t_c > 2 and better  # a growing term: c > 0, twice its error
     return {"linear": lin, "superlinear": quad, "superlinear_significant": significant}
 
 
@@ -125,6 +128,8 @@ def run_point(prompts: int, group: int, length: int, steps: int, credit: str, ro
 def report(points: list[dict], meta: dict) -> tuple[dict, str]:
     fits = superlinear(points)
     stage_fits = {s: fit([[pt["X"] for pt in points]], [pt[s] for pt in points]) for s in [*STAGES, "total", "wall"]}
+    # rows of zero-variance groups do not train
+    trained = fit([[pt["X"] * (1 - pt["zero_var_frac"]) for pt in points]], [pt["train"] for pt in points])
     share = shares(points, STAGES)
     largest = max(points, key=lambda pt: pt["X"])
     share_largest = shares([largest], STAGES)
@@ -158,8 +163,13 @@ def report(points: list[dict], meta: dict) -> tuple[dict, str]:
         f = stage_fits[s]
         sh = f"{share[s]:.1%} | {share_largest[s]:.1%}" if s in share else " | "
         lines.append(f"| {s} | {f['coef'][0]:.3f} | {f['coef'][1] * 1e3:.4f} | {f['r2']:.3f} | {sh} |")
+    lines.append(
+        f"| train, against trained tokens | {trained['coef'][0]:.3f} | {trained['coef'][1] * 1e3:.4f} | "
+        f"{trained['r2']:.3f} | | |"
+    )
     lines.append(f"load average (1, 5, 15 min): before {meta['load_before']}, after {meta['load_after']}")
     payload = {**meta, "points": points, "fit": fits, "stage_fits": stage_fits, "shares": share}
+    payload["train_vs_trained_tokens"] = trained
     payload["shares_largest"] = share_largest
     return payload, "\n".join(lines)
 
@@ -175,7 +185,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="order of the runs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--refit", help="a cost_model.json: fit its points again instead of measuring")
     a = p.parse_args()
+    if a.refit:
+        old = json.loads(Path(a.refit).read_text())
+        meta = {k: old[k] for k in ("credit", "steps_per_run", "load_before", "load_after")}
+        payload, md = report(old["points"], meta)
+        write_results(a.out, "cost_model", payload, md)
+        return
     grid = [(pp, g, n) for pp in a.prompts for g in a.groups for n in a.lengths] * a.repeats
     random.Random(a.seed).shuffle(grid)
     meta = {"credit": a.credit, "steps_per_run": a.steps, "load_before": os.getloadavg()}

@@ -3,8 +3,10 @@
 Runs short ``cepo fit`` jobs in one process, alternating the rules (A B A B ...) so machine
 noise hits both alike, with beta held constant so the teacher passes run on every step.
 Prints a table of seconds per stage, the wall-clock seconds per step (callbacks and logging
-included), the ratio of each to the first rule's in every round and overall, the response length
-and zero-variance share that the step times depend on, and the load average; writes them to
+included), the ratio of each to the first rule's in every round and overall, the ratio at equal
+work (the first rule's step plus the other's extra stages: the runs' policies part after the
+first update, so they generate and train different tokens), the response length and
+zero-variance share that the step times depend on, and the load average; writes them to
 ``benchmarks/results/step_time.{json,md}``.
 
     .venv/bin/python benchmarks/step_time.py [--steps 12] [--rounds 2] [--credits uniform contrastive]
@@ -89,12 +91,27 @@ def main() -> None:
     lines.append("")
     for c, ratios in rounds.items():
         lines.append(f"total x {first} of {c} per round: " + ", ".join(f"{x:.3f}" for x in ratios))
+    # The rules' runs sample and train different tokens (their policies part after the first
+    # update), so also: the first rule's step plus the other rule's own extra work, its evidence
+    # passes scaled to the first rule's rows with a nonzero advantage (the rows they score).
+    same_work = {}
+    for c in a.credits[1:]:
+        t = table[c]
+        rows = (1 - base["zero_var_frac"]) / max(1 - t["zero_var_frac"], 1e-9)
+        extra = sum(t[k] * rows - base[k] for k in ("teacher", "old_logprobs"))
+        extra += (t["wall"] - t["total"]) - (base["wall"] - base["total"])
+        same_work[c] = 1 + extra / base["wall"]
+        lines.append(
+            f"{c} at {first}'s work: (wall of {first} + {c}'s extra teacher, old log-prob and callback "
+            f"seconds, its passes scaled by nonzero-advantage rows x {rows:.2f}) / wall of {first} = {same_work[c]:.3f}"
+        )
     lines.append(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
     payload = {
         "steps_per_run": a.steps,
         "rounds": a.rounds,
         "mean_seconds": table,
         "per_round": {f"{c}/{tag}": v for (c, tag), v in per_round.items()},
+        "same_work_ratio": same_work,
         "load_before": load_before,
         "load_after": load_after,
     }

@@ -316,5 +316,7 @@ def test_cost_model_finds_a_superlinear_term_only_where_there_is_one():
     quadratic = cm.superlinear(points(2e-5))
     assert quadratic["superlinear"]["coef"][2] == pytest.approx(2e-5, rel=0.1)
     assert quadratic["superlinear_significant"]
+    shrinking = cm.superlinear(points(-2e-5))  # a significant term, but cost growing less than linearly
+    assert shrinking["superlinear"]["t"][2] < -2 and not shrinking["superlinear_significant"]
     shares = cm.shares([{"wall": 2.0, "a": 1.0, "b": 0.5}, {"wall": 2.0, "a": 1.0, "b": 1.5}], ["a", "b"])
     assert shares == {"a": 0.5, "b": 0.5}
