@@ -139,16 +139,24 @@ class Scorer:
             return None
         shared = self._lay_out(config, rows, index)
         if shared is not None and key not in self.checked:
-            agrees = self._agrees(model, rows, torch.as_tensor(shared[1][:8], device=index.device))
-            if agrees is not None:
-                self.checked[key] = agrees
-            if agrees is False:
+            # check on a unit that branches (its masks and positions differ from a plain row's);
+            # where none does, every unit is one plain row and only the mask's form is checked
+            lay = shared[0]
+            branching = [u for u, unit in enumerate(lay.units) if any(e < len(unit) for e in unit.ends)]
+            unit = branching[0] if branching else 0
+            check = [row for row, u in zip(shared[1], lay.unit) if u == unit][:16]
+            agrees = self._agrees(model, rows, torch.as_tensor(check, device=index.device))
+            if agrees and branching:
+                self.checked[key] = True
+            elif not agrees:
+                self.checked[key] = False
                 log.warning("scoring: shared prefixes disagree with plain passes on %s; not sharing", key)
                 return None
         return shared
 
-    def _lay_out(self, config, rows: Packed, index: torch.Tensor):
-        """The shared-prefix layout of the rows ``index`` with a response (see :meth:`_shared`)."""
+    def _lay_out(self, config, rows: Packed, index: torch.Tensor, least_saving: float = 1 - SHARE_BELOW):
+        """The shared-prefix layout of the rows ``index`` with a response (see :meth:`_shared`),
+        or None when it does not save ``least_saving`` of their positions."""
         ctx_len = rows.attention_mask[index, : rows.start].sum(1).tolist()
         resp_len = rows.mask[index].sum(1).tolist()
         keep = [k for k in range(len(ctx_len)) if resp_len[k] > 0]
@@ -160,16 +168,15 @@ class Scorer:
         window = getattr(config, "sliding_window", None)
         if window is not None and max(len(u) for u in lay.units) > window:
             return None
-        if lay.size > SHARE_BELOW * sum(len(s) - 1 for s in seqs):
+        if lay.size > (1 - least_saving) * sum(len(s) - 1 for s in seqs):
             return None
         return lay, index[keep].tolist(), [ctx_len[k] for k in keep], seqs
 
-    def _agrees(self, model: torch.nn.Module, rows: Packed, index: torch.Tensor) -> bool | None:
-        """Whether the rows ``index`` score the same over shared prefixes as in plain passes
-        (None: they share too little to tell)."""
-        shared = self._lay_out(model.config, rows, index)
+    def _agrees(self, model: torch.nn.Module, rows: Packed, index: torch.Tensor) -> bool:
+        """Whether the rows ``index`` score the same over shared prefixes as in plain passes."""
+        shared = self._lay_out(model.config, rows, index, least_saving=0.0)
         if shared is None:
-            return None
+            return False
         plain = Scorer(self.micro_batch_size, share_prefixes=False).logprobs(model, rows, index)[0]
         got = torch.zeros_like(plain)
         self._score_shared(model, rows, *shared, got, None)

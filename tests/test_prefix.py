@@ -81,7 +81,8 @@ def test_shared_prefix_scores_equal_plain_passes_and_direct_forwards(tiny_model)
         lp0, ent0 = plain.logprobs(model, rows, index, entropy=True)
         assert torch.allclose(lp, lp0, atol=1e-5) and torch.allclose(ent, ent0, atol=1e-5)
         assert lp[4].eq(0).all() and lp[5].eq(0).all() and ent[4].eq(0).all()
-        assert scorer.checked == {("llama", "sdpa"): True}
+        # units of 20 positions hold two rows with the same input each (a chain): nothing to decide
+        assert scorer.checked == ({} if scorer.shared_len == 8 else {("llama", "sdpa"): True})
     for i in range(4):  # each row equals a forward of its own context and response
         with torch.no_grad():
             full = torch.tensor([ctx[i] + responses[i]])
@@ -127,3 +128,17 @@ def test_sharing_stays_off_where_it_disagrees_with_plain_passes(tiny_model, capl
     assert "disagree" in caplog.text
     assert torch.allclose(lp, Scorer(0, share_prefixes=False).logprobs(model, rows)[0], atol=1e-5)
     assert scorer._shared(broken, rows, torch.arange(6)) is None
+
+
+def test_sharing_is_decided_on_a_batch_that_branches(tiny_model):
+    """Rows that repeat one sequence share it without a branch: each unit is a plain row, right
+    even for a model that ignores the positions, so the check waits for a batch that branches."""
+    model, tok = tiny_model
+    ctx, responses, rows = _rows(tok)
+    same = pack_contexts([ctx[0]] * 3, [responses[0]] * 3, tok.pad_token_id, 0.7, "cpu")
+    broken, scorer = IgnoresPositions(model), Scorer(0)
+    assert scorer._shared(broken, same, torch.arange(3)) is not None and scorer.checked == {}
+    lp = scorer.logprobs(broken, same)[0]
+    assert torch.allclose(lp, Scorer(0, share_prefixes=False).logprobs(model, same)[0], atol=1e-5)
+    scorer.logprobs(broken, rows)
+    assert scorer.checked == {("llama", "sdpa"): False}
