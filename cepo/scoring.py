@@ -10,7 +10,8 @@ Log-probs and entropies of text rows are computed over shared prefixes (:mod:`ce
 rows are merged into token tries, so the prompt of a group's rollouts, the prompt of its ``c+`` and
 ``c-`` contexts and identical response beginnings are run once. This needs a model that takes a
 custom 4D attention mask with explicit positions (``sdpa`` or ``eager`` attention); the first
-batch of each model type is scored both ways and sharing stays off for it unless they agree.
+rows of each model type whose trie branches are scored both ways, and sharing stays off for it
+unless they agree.
 """
 
 from __future__ import annotations
