@@ -6,10 +6,33 @@ import csv
 import json
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class StepClock(L.Callback):
+    """Wall-clock time at the end of every training step, callbacks and logging included
+    (``time/total`` sums the module's own stages only). Add it to an in-process run with
+    ``CLOCK_ARGS``; read the intervals with :func:`wall_seconds`."""
+
+    ends: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        StepClock.ends.append(time.perf_counter())
+
+
+CLOCK_ARGS = ["--trainer.callbacks+=common.StepClock"]
+
+
+def wall_seconds() -> list[float]:
+    """Seconds from each step's end to the next one's (steps 2, 3, ...), then reset the clock."""
+    ends, StepClock.ends = StepClock.ends, []
+    return [b - a for a, b in zip(ends, ends[1:])]
 
 
 def timing_args(run_root: Path, run_name: str, run_version: str, steps: int, *overlays: str, eval_size: int = 10):
@@ -50,10 +73,13 @@ def timing_args(run_root: Path, run_name: str, run_version: str, steps: int, *ov
     ]
 
 
-def step_rows(metrics_csv: Path, keys: list[str]) -> list[dict[str, float]]:
-    """``time/<key>`` of every training step but the first (which pays one-off costs)."""
-    rows = list(csv.DictReader(open(metrics_csv)))
-    return [{k: float(r[f"time/{k}"]) for k in keys} for r in rows if r.get("time/total")][1:]
+def step_rows(metrics_csv: Path, keys: list[str], train_keys: tuple[str, ...] = ()) -> list[dict[str, float]]:
+    """``time/<key>`` (and ``train/<key>`` of ``train_keys``) of every training step but the first
+    (which pays one-off costs)."""
+    rows = [r for r in csv.DictReader(open(metrics_csv)) if r.get("time/total")]
+    return [
+        {**{k: float(r[f"time/{k}"]) for k in keys}, **{k: float(r[f"train/{k}"]) for k in train_keys}} for r in rows
+    ][1:]
 
 
 def write_results(out: str | Path, name: str, payload: dict, md: str) -> None:

@@ -5,17 +5,31 @@ distillation logits all run packed ``[left-padded context | right-padded respons
 through a model, a few rows at a time. :class:`Scorer` plans those rows with
 :mod:`cepo.microbatch` (grouped by length, each pass trimmed to its longest row) and reads the
 results back at the response positions only. Values past a row's response are 0.
+
+Log-probs and entropies of text rows are computed over shared prefixes (:mod:`cepo.prefix`): the
+rows are merged into token tries, so the prompt of a group's rollouts, the prompt of its ``c+`` and
+``c-`` contexts and identical response beginnings are run once. This needs a model that takes a
+custom 4D attention mask with explicit positions (``sdpa`` or ``eager`` attention); the first
+rows of each model type whose trie branches are scored both ways, and sharing stays off for it
+unless they agree.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from cepo import microbatch
+from cepo import microbatch, prefix
 from cepo.logprobs import response_logits, token_entropy, token_logprobs
+
+log = logging.getLogger(__name__)
+
+SHARE_BELOW = 0.8
+"""Shared prefixes are used when the trie holds at most this fraction of the rows' positions
+(below it, the saved positions pay for the longer attention of the packed sequences)."""
 
 
 @dataclass
@@ -55,13 +69,19 @@ class Scorer:
     """No-grad scoring of packed rows in micro-batches.
 
     Args:
-        micro_batch_size: rows per forward pass (0: all requested rows at once).
+        micro_batch_size: rows per forward pass (0: all requested rows at once). A pass over
+            shared prefixes holds about as many positions as this many of its rows.
+        share_prefixes: compute log-probs and entropies of text rows over shared prefixes.
+        shared_len: positions per packed sequence of shared prefixes (at least the longest row).
     """
 
-    def __init__(self, micro_batch_size: int = 0) -> None:
+    def __init__(self, micro_batch_size: int = 0, share_prefixes: bool = True, shared_len: int = 128) -> None:
         if micro_batch_size < 0:
             raise ValueError(f"micro_batch_size must be >= 0, got {micro_batch_size}")
         self.micro_batch_size = micro_batch_size
+        self.share_prefixes = share_prefixes
+        self.shared_len = shared_len
+        self.checked: dict[tuple, bool] = {}  # (model type, attention) -> sharing agreed with plain passes
 
     def plan(self, rows: Packed, index: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Micro-batches of the rows ``index`` (default all), grouped by length."""
@@ -93,12 +113,110 @@ class Scorer:
         """
         lp = torch.zeros(rows.mask.shape, device=rows.mask.device)
         ent = torch.zeros(rows.mask.shape, device=rows.mask.device) if entropy else None
-        for r, width, logits in self.passes(model, rows, self.plan(rows, index)):
-            lp[r, :width] = token_logprobs(logits, rows.input_ids[r, rows.start : rows.start + width])
-            if ent is not None:
-                ent[r, :width] = token_entropy(logits)
+        if index is None:
+            index = torch.arange(rows.input_ids.shape[0], device=rows.input_ids.device)
+        shared = self._shared(model, rows, index)
+        if shared is not None:
+            self._score_shared(model, rows, *shared, lp, ent)
+        else:
+            for r, width, logits in self.passes(model, rows, self.plan(rows, index)):
+                lp[r, :width] = token_logprobs(logits, rows.input_ids[r, rows.start : rows.start + width])
+                if ent is not None:
+                    ent[r, :width] = token_entropy(logits)
         zero = torch.zeros_like(lp)
         return torch.where(rows.mask, lp, zero), None if ent is None else torch.where(rows.mask, ent, zero)
+
+    # -- shared prefixes -------------------------------------------------------------
+    def _shared(self, model: torch.nn.Module, rows: Packed, index: torch.Tensor):
+        """``(layout, row indices, context lengths, token rows)`` to score ``index`` over shared
+        prefixes, or None where that does not apply, saves too little, or has not been found to
+        agree with plain passes on this model type."""
+        config = getattr(model, "config", None)
+        attention = getattr(config, "_attn_implementation", None)
+        if not self.share_prefixes or attention not in ("sdpa", "eager") or rows.vision is not None:
+            return None
+        key = (getattr(config, "model_type", type(model).__name__), attention)
+        if self.checked.get(key) is False:
+            return None
+        shared = self._lay_out(config, rows, index)
+        if shared is not None and key not in self.checked:
+            # check on a unit that branches (its masks and positions differ from a plain row's);
+            # where none does, every unit is one plain row and only the mask's form is checked
+            lay = shared[0]
+            branching = [u for u, unit in enumerate(lay.units) if any(e < len(unit) for e in unit.ends)]
+            unit = branching[0] if branching else 0
+            check = [row for row, u in zip(shared[1], lay.unit) if u == unit][:16]
+            agrees = self._agrees(model, rows, torch.as_tensor(check, device=index.device))
+            if agrees and branching:
+                self.checked[key] = True
+            elif not agrees:
+                self.checked[key] = False
+                log.warning("scoring: shared prefixes disagree with plain passes on %s; not sharing", key)
+                return None
+        return shared
+
+    def _lay_out(self, config, rows: Packed, index: torch.Tensor, least_saving: float = 1 - SHARE_BELOW):
+        """The shared-prefix layout of the rows ``index`` with a response (see :meth:`_shared`),
+        or None when it does not save ``least_saving`` of their positions."""
+        ctx_len = rows.attention_mask[index, : rows.start].sum(1).tolist()
+        resp_len = rows.mask[index].sum(1).tolist()
+        keep = [k for k in range(len(ctx_len)) if resp_len[k] > 0]
+        if not keep or any(ctx_len[k] == 0 for k in keep):
+            return None
+        ids, start = rows.input_ids[index].tolist(), rows.start
+        seqs = [ids[k][start - ctx_len[k] : start + resp_len[k]] for k in keep]
+        lay = prefix.layout(seqs, max(self.shared_len, max(len(s) for s in seqs)))
+        window = getattr(config, "sliding_window", None)
+        if window is not None and max(len(u) for u in lay.units) > window:
+            return None
+        if lay.size > (1 - least_saving) * sum(len(s) - 1 for s in seqs):
+            return None
+        return lay, index[keep].tolist(), [ctx_len[k] for k in keep], seqs
+
+    def _agrees(self, model: torch.nn.Module, rows: Packed, index: torch.Tensor) -> bool:
+        """Whether the rows ``index`` score the same over shared prefixes as in plain passes."""
+        shared = self._lay_out(model.config, rows, index, least_saving=0.0)
+        if shared is None:
+            return False
+        plain = Scorer(self.micro_batch_size, share_prefixes=False).logprobs(model, rows, index)[0]
+        got = torch.zeros_like(plain)
+        self._score_shared(model, rows, *shared, got, None)
+        tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
+        return bool(((got - plain).abs() * rows.mask).max() <= tol)
+
+    def _score_shared(self, model, rows: Packed, lay: prefix.Layout, row_ids, ctx_len, seqs, lp, ent) -> None:
+        """Fill ``lp`` (and ``ent``) at the rows ``row_ids`` from passes over ``lay``'s units."""
+        device = rows.mask.device
+        by_unit: dict[int, list[int]] = {}
+        for k, u in enumerate(lay.unit):
+            by_unit.setdefault(u, []).append(k)
+        # a pass holds about as many positions as micro_batch_size of these rows
+        budget = self.micro_batch_size * sum(len(s) for s in seqs) // len(seqs)
+        dtype = next(model.parameters()).dtype
+        for units in prefix.plan_units(lay.units, budget):
+            ids, pos, allowed = prefix.unit_inputs([lay.units[u] for u in units], 0, device)
+            # additive (eager and sdpa both take it), made once for every layer
+            attention = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+                ~allowed, torch.finfo(dtype).min
+            )
+            logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits
+            at_unit, at_node, at_row, at_col, targets = [], [], [], [], []
+            for b, u in enumerate(units):
+                for k in by_unit[u]:
+                    s, c = seqs[k], ctx_len[k]
+                    n = len(s) - c  # response tokens, predicted by the nodes of s[:c] .. s[:-1]
+                    at_unit += [b] * n
+                    at_node += lay.nodes[k][c - 1 :]
+                    at_row += [row_ids[k]] * n
+                    at_col += range(n)
+                    targets += s[c:]
+            picked = logits[torch.tensor(at_unit, device=device), torch.tensor(at_node, device=device)]
+            if rows.temperature != 1.0:
+                picked = picked / rows.temperature
+            where = (torch.tensor(at_row, device=device), torch.tensor(at_col, device=device))
+            lp[where] = token_logprobs(picked[None], torch.tensor(targets, device=device)[None])[0]
+            if ent is not None:
+                ent[where] = token_entropy(picked)
 
     @torch.no_grad()
     def logits(self, model: torch.nn.Module, rows: Packed) -> torch.Tensor:

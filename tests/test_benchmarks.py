@@ -267,3 +267,56 @@ def test_validate_without_benchmarks_keeps_the_single_task_keys(tmp_path, tiny_d
     assert set(cli.trainer.callback_metrics) == keys
     assert cli.model.val_metrics.names == []
     assert torch.is_tensor(cli.trainer.callback_metrics["val/acc"])
+
+
+# -- the step-time cost model (benchmarks/cost_model.py): its fitting code on hand-worked numbers --
+def _cost_model():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import cost_model
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return cost_model
+
+
+def test_cost_model_fit_by_hand():
+    fit = _cost_model().fit
+    exact = fit([[0, 1, 2, 3]], [1, 3, 5, 7])  # y = 1 + 2x
+    assert exact["coef"] == pytest.approx([1, 2]) and exact["r2"] == pytest.approx(1)
+    # y = (0, 2, 1) at x = (0, 1, 2): slope 0.5, intercept 0.5, fitted (0.5, 1, 1.5), residuals
+    # (-0.5, 1, -0.5): RSS 1.5 of TSS 2, R^2 0.25; var(b) = 1.5 / (3 - 2) / Sxx 2 = 0.75
+    noisy = fit([[0, 1, 2]], [0, 2, 1])
+    assert noisy["coef"] == pytest.approx([0.5, 0.5]) and noisy["r2"] == pytest.approx(0.25)
+    assert noisy["se"][1] == pytest.approx(0.75**0.5) and noisy["t"][1] == pytest.approx(0.5 / 0.75**0.5)
+    assert noisy["adj_r2"] == pytest.approx(1 - 0.75 * 2 / 1)
+    assert fit([[0, 1]], [0, 1])["se"] is None  # two points, two coefficients: no error estimate
+
+
+def test_cost_model_finds_a_superlinear_term_only_where_there_is_one():
+    cm = _cost_model()
+    # rollouts x tokens: 4 x 10, 8 x 10, 4 x 20, 8 x 20, 16 x 30, 16 x 10
+    grid = [(4, 10), (8, 10), (4, 20), (8, 20), (16, 30), (16, 10)]
+    noise = [0.01, -0.01, 0.0, 0.01, -0.01, 0.0]
+
+    def points(c):
+        return [
+            {"X": n * t, "Z": n * t * t, "total": 0.2 + 0.001 * n * t + c * n * t * t + e}
+            for (n, t), e in zip(grid, noise)
+        ]
+
+    linear = cm.superlinear(points(0.0))
+    assert linear["linear"]["coef"][1] == pytest.approx(0.001, rel=0.05)
+    assert not linear["superlinear_significant"]
+    # a term that improves the adjusted R^2 (|t| > 1) but is within twice its error: not significant
+    weak = cm.superlinear(points(6e-6))
+    assert 1 < weak["superlinear"]["t"][2] < 2 and weak["superlinear"]["adj_r2"] > weak["linear"]["adj_r2"]
+    assert not weak["superlinear_significant"]
+    quadratic = cm.superlinear(points(2e-5))
+    assert quadratic["superlinear"]["coef"][2] == pytest.approx(2e-5, rel=0.1)
+    assert quadratic["superlinear_significant"]
+    shrinking = cm.superlinear(points(-2e-5))  # a significant term, but cost growing less than linearly
+    assert shrinking["superlinear"]["t"][2] < -2 and not shrinking["superlinear_significant"]
+    shares = cm.shares([{"wall": 2.0, "a": 1.0, "b": 0.5}, {"wall": 2.0, "a": 1.0, "b": 1.5}], ["a", "b"])
+    assert shares == {"a": 0.5, "b": 0.5}

@@ -26,22 +26,29 @@ from cepo.step_stats import log_step
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def token_texts(tokenizer, ids: list[int]) -> list[str]:
-    """The text of each token (decoded one by one, special tokens shown as their names)."""
-    return [tokenizer.decode([i]) for i in ids]
+def token_texts(tokenizer, ids: list[int], cache: dict[int, str] | None = None) -> list[str]:
+    """The text of each token (decoded one by one, special tokens shown as their names);
+    ``cache`` keeps the texts of ``tokenizer``'s tokens decoded so far."""
+    if cache is None:
+        return [tokenizer.decode([i]) for i in ids]
+    for i in ids:
+        if i not in cache:
+            cache[i] = tokenizer.decode([i])
+    return [cache[i] for i in ids]
 
 
-def token_roles_of(task, tokenizer, ids: list[int]) -> list[str] | None:
+def token_roles_of(task, tokenizer, ids: list[int], cache: dict[int, str] | None = None) -> list[str] | None:
     """Role of each token from the task's per-character roles (first character wins)."""
     roles_fn = getattr(task, "token_roles", None)
     if roles_fn is None:
         return None
-    pieces = token_texts(tokenizer, ids)
-    text = "".join(p if i != tokenizer.eos_token_id else "" for p, i in zip(pieces, ids))
+    pieces = token_texts(tokenizer, ids, cache)
+    eos = tokenizer.eos_token_id  # a lookup on every read
+    text = "".join(p if i != eos else "" for p, i in zip(pieces, ids))
     char_roles = roles_fn(text)
     out, pos = [], 0
     for piece, i in zip(pieces, ids):
-        if i == tokenizer.eos_token_id or not piece:
+        if i == eos or not piece:
             out.append("special")
             continue
         out.append(char_roles[pos] if pos < len(char_roles) else "special")
@@ -81,6 +88,7 @@ class TokenWeightLogger(L.Callback):
         self.num_examples = num_examples
         self.delta_threshold = delta_threshold
         self.role_totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.pieces: dict[int, str] = {}  # token texts of the policy's tokenizer
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_credit
@@ -113,14 +121,15 @@ class TokenWeightLogger(L.Callback):
         if record.inputs.has_negative is not None:
             metrics["credit/has_negative_frac"] = float(record.inputs.has_negative.float().mean())
         role_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        abs_delta = out.delta.abs().tolist() if out.delta is not None else []  # one host read
         for i, ids in enumerate(batch.response_ids if out.delta is not None else []):
             if not credited[i]:
                 continue
-            roles = token_roles_of(task, tokenizer, ids)
+            roles = token_roles_of(task, tokenizer, ids, self.pieces)
             if roles is None:
                 break
             for t, role in enumerate(roles[: mask.shape[1]]):
-                d = abs(float(out.delta[i, t]))
+                d = abs_delta[i][t]
                 role_sums[role][0] += d
                 role_sums[role][1] += 1
         for role, (s, n) in role_sums.items():

@@ -188,17 +188,13 @@ def pack(
     Returns:
         ``input_ids [N, L]``, ``attention_mask [N, L]``, ``response_start``, ``response_mask [N, T]``.
     """
-    n = len(prompt_ids)
     lp = max(len(p) for p in prompt_ids)
     t = max(1, max(len(r) for r in response_ids))
-    input_ids = torch.full((n, lp + t), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, lp + t), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        input_ids[i, lp - len(p) : lp] = torch.tensor(p, dtype=torch.long)
-        attention[i, lp - len(p) : lp] = 1
-        if r:
-            input_ids[i, lp : lp + len(r)] = torch.tensor(r, dtype=torch.long)
-            attention[i, lp : lp + len(r)] = 1
+    pairs = list(zip(prompt_ids, response_ids))  # one tensor each, built from Python lists
+    ids = [[pad_id] * (lp - len(p)) + list(p) + list(r) + [pad_id] * (t - len(r)) for p, r in pairs]
+    attn = [[0] * (lp - len(p)) + [1] * (len(p) + len(r)) + [0] * (t - len(r)) for p, r in pairs]
+    input_ids = torch.tensor(ids, dtype=torch.long).reshape(len(pairs), lp + t)
+    attention = torch.tensor(attn, dtype=torch.long).reshape(len(pairs), lp + t)
     response_mask = attention[:, lp:].bool()
     return input_ids, attention, lp, response_mask
 

@@ -145,7 +145,8 @@ class TeacherContexts:
         return GroupFeedback(pos_text, neg_text)
 
     def _rollout_text(self, batch: RolloutBatch, row: int) -> str:
-        ids = [t for t in batch.response_ids[row] if t != self.tokenizer.eos_token_id]
+        eos = self.tokenizer.eos_token_id  # a lookup on every read
+        ids = [t for t in batch.response_ids[row] if t != eos]
         if self.feedback in ("first_k", "last_k"):
             ids = ids[: self.k] if self.feedback == "first_k" else ids[-self.k :]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
