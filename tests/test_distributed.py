@@ -53,8 +53,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(credit: str, model_dir, out, timeout: float = 240) -> list[dict]:
-    """``tests.ddp_step`` as 2 DDP ranks (gloo on CPU); returns each rank's result."""
+def run_two_ranks(credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp") -> list[dict]:
+    """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
     port = str(free_port())
     procs = []
     for rank in range(2):
@@ -66,7 +66,7 @@ def run_two_ranks(credit: str, model_dir, out, timeout: float = 240) -> list[dic
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port,
         }
-        cmd = [sys.executable, "-m", "tests.ddp_step", credit, str(model_dir), str(out)]
+        cmd = [sys.executable, "-m", "tests.ddp_step", credit, str(model_dir), str(out), strategy]
         log = open(out / f"rank{rank}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
@@ -82,14 +82,18 @@ def run_two_ranks(credit: str, model_dir, out, timeout: float = 240) -> list[dic
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("credit", ["uniform", "contrastive"], ids=["grpo", "cepo"])
-def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit):
+def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit, strategy):
     """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches take the
-    same update as one process on both ranks' rows (token-mean over the global batch)."""
+    same update as one process on both ranks' rows (token-mean over the global batch), with DDP
+    and with FSDP2 (``ModelParallelStrategy``: each rank holds half of every weight; the teachers'
+    no-grad passes run on gathered weights, rank 1 matches rank 0's passes with zero-loss ones)."""
     from transformers import AutoTokenizer
 
-    ranks = run_two_ranks(credit, tiny_dir, tmp_path)
+    ranks = run_two_ranks(credit, tiny_dir, tmp_path, strategy=strategy)
     assert [r["forwards"] for r in ranks] == [6, 2]  # the ranks trained different numbers of micro-batches
+    assert [r["sharded"] for r in ranks] == [strategy == "fsdp"] * 2
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     single = ddp_step.one_update(str(tiny_dir), credit, lambda step, rank: ddp_step.global_batch(tok), tmp_path)
     assert single["forwards"] == 8
