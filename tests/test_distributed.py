@@ -53,20 +53,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp") -> list[dict]:
-    """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
+def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[dict]:
+    """``python -m module *args`` as 2 processes of one gloo group; returns what each rank saved
+    to ``out/rank<r>.pt``."""
     port = str(free_port())
     procs = []
     for rank in range(2):
         env = {
             **os.environ,
+            "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "NODE_RANK": "0",
             "WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port,
         }
-        cmd = [sys.executable, "-m", "tests.ddp_step", credit, str(model_dir), str(out), strategy]
+        cmd = [sys.executable, "-m", module, *args]
         log = open(out / f"rank{rank}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
@@ -80,6 +82,11 @@ def run_two_ranks(credit: str, model_dir, out, timeout: float = 240, strategy: s
     logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(2))
     assert codes == [0, 0], logs
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+def run_two_ranks(credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp") -> list[dict]:
+    """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
+    return run_ranks("tests.ddp_step", [credit, str(model_dir), str(out), strategy], out, timeout)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -103,3 +110,18 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_
     for k in initial:
         for r in ranks:  # SGD with lr 1: parameter change = -gradient
             assert torch.allclose(r["state"][k], single["state"][k], rtol=0, atol=1e-6), k
+
+
+@pytest.mark.parametrize("lora", ["full", "lora"])
+def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
+    """Under FSDP each rank holds half of every weight; the vLLM push gathers them one at a time:
+    the same names, shapes and values as the unsharded model's push (LoRA merged, the tied
+    ``lm_head.weight`` included), on both ranks."""
+    ranks = run_ranks("tests.fsdp_weights", [lora, str(tmp_path)], tmp_path)
+    for r in ranks:
+        reference = dict(r["reference"])
+        assert r["local"][0] * 2 == reference["model.embed_tokens.weight"].shape[0]  # really sharded
+        assert [k for k, _ in r["pushed"]] == list(reference) and "lm_head.weight" in reference
+        assert r["shapes"] == {k: tuple(v.shape) for k, v in reference.items()}
+        for k, v in r["pushed"]:
+            assert torch.allclose(v, reference[k], rtol=0, atol=1e-6), k
