@@ -22,7 +22,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from cepo import distributed, evidence, microbatch, parallel
 from cepo.advantages import group_advantages
@@ -180,12 +180,15 @@ class GRPOModule(L.LightningModule):
         if self.policy is not None:  # Lightning calls this hook once per fit/validate
             return
         hp = self.hparams
+        strategy = getattr(self._trainer, "strategy", None)
+        if isinstance(strategy, FSDPStrategy):  # cepo's sharded paths (cepo.parallel) are FSDP2's
+            raise ValueError("trainer.strategy: FSDPStrategy (FSDP1) is unsupported; use ModelParallelStrategy (FSDP2)")
         self.model_path = resolve_model_path(self.model_path)
         vision_args = dataclasses.asdict(self.vision_settings)
         self.policy, self.tokenizer, vision = load_policy(
             self.model_path, hp.lora, self.lora_settings, hp.dtype, hp.gradient_checkpointing, **vision_args
         )
-        if isinstance(getattr(self._trainer, "strategy", None), ModelParallelStrategy):  # FSDP2
+        if isinstance(strategy, ModelParallelStrategy):  # FSDP2
             parallel.shard(self.policy, self.device_mesh)
         self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path, vision=vision)
         if hp.kl_coef > 0:
