@@ -241,8 +241,8 @@ class GRPOModule(L.LightningModule):
         self.objective.load_state_dict(state.get("objective", {}))
 
     def export_hf(self, path) -> None:
-        """Save the policy (LoRA merged into a copy) and tokenizer as a Hugging Face folder."""
-        export_hf(self.policy, self.tokenizer, path)
+        """Save the policy (LoRA merged) and tokenizer as a Hugging Face folder (FSDP: call on every rank)."""
+        export_hf(self.policy, self.tokenizer, path, write=self._trainer is None or self.trainer.is_global_zero)
 
     @torch.no_grad()
     def policy_logprobs(

@@ -125,3 +125,47 @@ def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
         assert r["shapes"] == {k: tuple(v.shape) for k, v in reference.items()}
         for k, v in r["pushed"]:
             assert torch.allclose(v, reference[k], rtol=0, atol=1e-6), k
+
+
+def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(tmp_path, tiny_dir):
+    """Under DDP each rank rolls out its own prompts: in every epoch the two ranks' prompts are
+    disjoint and together the whole training split, even when the ranks' global random streams
+    differ; every rollout row belongs to a group of G rows of one prompt, on one rank."""
+    ranks = run_ranks("tests.ddp_data", [str(tiny_dir), str(tmp_path)], tmp_path, timeout=300)
+    train = ranks[0]["train"]
+    assert len(train) == 8 and all(len(r["steps"]) == 6 for r in ranks)  # 2 steps per epoch and rank
+    for epoch in range(3):
+        seen = [[p for s in r["steps"][2 * epoch : 2 * epoch + 2] for p in s["prompts"]] for r in ranks]
+        assert not set(seen[0]) & set(seen[1]), (epoch, seen)
+        assert sorted(seen[0] + seen[1]) == sorted(train), (epoch, seen)
+    for r in ranks:
+        for step in r["steps"]:
+            g, rows = step["group_size"], step["row_prompts"]
+            assert len(rows) == len(step["prompts"]) * g
+            for i in range(len(step["prompts"])):  # rows i*G .. (i+1)*G: one prompt's group
+                assert len(set(rows[i * g : (i + 1) * g])) == 1
+            assert len(set(rows)) == len(step["prompts"])
+
+
+def test_fit_fsdp_equals_ddp_end_to_end(tmp_path, tiny_dir):
+    """`cepo fit` with configs/scale/cpu_fsdp.yaml (FSDP2: rollouts and validation on gathered
+    weights, checkpoints, the export gathered into an unsharded copy) and with cpu_ddp.yaml, LoRA
+    on, 2 rollout steps: both export the same trained model, and it moved."""
+    from safetensors.torch import load_file
+
+    extra = ["--model.lora", "on", "--model.optimizer.init_args.lr", "0.02", "--data.task", "tests.helpers.TextParity"]
+    extra += ["--report_base", "false", "--checkpoint.every_n_train_steps", "1"]
+    weights = {}
+    for name in ("ddp", "fsdp"):
+        args = fit_args(tiny_dir, tmp_path, name, f"scale/cpu_{name}.yaml", steps=2, extra=extra)
+        out = run_cli(["fit", *args], timeout=400)
+        assert out.returncode == 0, out.stderr[-3000:]
+        run = tmp_path / name / "v"
+        assert json.loads((run / "summary.json").read_text())["optimizer_steps"] == 2
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        weights[name] = load_file(run / "hf_model" / "model.safetensors")
+    base = load_file(tiny_dir / "model.safetensors")
+    assert sorted(weights["ddp"]) == sorted(weights["fsdp"]) == sorted(base)
+    assert max(float((weights["ddp"][k] - base[k]).abs().max()) for k in base) > 1e-3
+    for k in base:
+        assert torch.allclose(weights["fsdp"][k], weights["ddp"][k], rtol=0, atol=1e-5), k
