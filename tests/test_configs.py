@@ -243,7 +243,8 @@ def test_scale_gpu_configs_use_colocated_vllm_engines(tmp_path):
         engine = cli.datamodule.engine
         assert type(engine).__name__ == "VLLMEngine" and engine.distributed_executor_backend == "external_launcher"
         assert engine.enable_sleep_mode and engine.tensor_parallel_size == 1 and engine.gpu_memory_utilization < 1
-        assert cli.config.trainer.precision == "bf16-mixed" and cli.model.hparams.dtype == "bfloat16"
+        assert cli.config.trainer.precision == "bf16-mixed" and engine.dtype == "bfloat16"
+        assert cli.model.hparams.dtype == ("float32" if name == "fsdp.yaml" else "bfloat16")  # FSDP: master weights
 
 
 def test_fsdp1_strategy_is_refused_by_name(tiny_dir):
