@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo, 2 processes): the GPU code path that can run here."""
+"""DDP and FSDP2 on CPU (gloo, 2 processes): the multi-GPU code paths that can run here (docs/scaling.md)."""
 
 import json
 import os
