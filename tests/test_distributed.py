@@ -112,7 +112,7 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_
             assert torch.allclose(r["state"][k], single["state"][k], rtol=0, atol=1e-6), k
 
 
-@pytest.mark.parametrize("lora", ["full", "lora"])
+@pytest.mark.parametrize("lora", [pytest.param("full", marks=pytest.mark.slow), "lora"])
 def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
     """Under FSDP each rank holds half of every weight; the vLLM push gathers them one at a time:
     the same names, shapes and values as the unsharded model's push (LoRA merged, the tied
@@ -147,6 +147,7 @@ def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(tmp_path, tiny_dir)
             assert len(set(rows)) == len(step["prompts"])
 
 
+@pytest.mark.slow
 def test_fit_fsdp_equals_ddp_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with configs/scale/cpu_fsdp.yaml (FSDP2: rollouts and validation on gathered
     weights, checkpoints, the export gathered into an unsharded copy) and with cpu_ddp.yaml, LoRA
