@@ -196,3 +196,32 @@ def test_fit_ddp_with_one_vllm_engine_per_process(tmp_path, tiny_dir):
     col = rows[0].split(",").index("train/logprob_gap_max")
     gaps = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
     assert len(gaps) == 2 and max(gaps) < 1e-3, gaps  # rank 0's engine generated with the trained weights
+
+
+def test_sharded_sampler_resumes_each_rank_where_it_stopped():
+    """The training sampler with 2 replicas (no process group: both ranks draw the same seed, as
+    rank 0's broadcast makes them): disjoint halves of the epoch's order, the odd problem left out,
+    and after a restore from a DataModule state each rank continues its own half past the batches
+    it served."""
+    from cepo.rollout.datamodule import ResumableSampler, RolloutDataModule
+    from tests.helpers import TextParity
+
+    def datamodule():
+        return RolloutDataModule(task=TextParity(train_size=9, val_size=2, test_size=2), prompts_per_step=2)
+
+    torch.manual_seed(5)
+    dms = [datamodule() for _ in range(2)]
+    state = torch.get_rng_state()
+    orders = []
+    for rank, dm in enumerate(dms):
+        torch.set_rng_state(state)
+        sampler = ResumableSampler(9, dm, num_replicas=2, rank=rank)
+        assert len(sampler) == 4
+        orders.append(list(sampler))
+    assert not set(orders[0]) & set(orders[1]) and len(set(orders[0]) | set(orders[1])) == 8
+    assert dms[0]._epochs == dms[1]._epochs  # one seed
+    for rank, dm in enumerate(dms):  # one batch of 2 served, then a checkpoint
+        dm.served = 1
+        restored = datamodule()
+        restored.load_state_dict(dm.state_dict())
+        assert list(ResumableSampler(9, restored, num_replicas=2, rank=rank)) == orders[rank][2:]

@@ -67,7 +67,7 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
             dm._resume = None
         else:
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            if self.num_replicas > 1:
+            if self.num_replicas > 1 and distributed.initialized():
                 seed = distributed.broadcast_int(seed, dm.trainer.strategy.root_device)
             dm._epochs.append((seed, dm.served))
         generator = torch.Generator()
