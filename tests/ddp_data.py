@@ -2,7 +2,7 @@
 :class:`RolloutDataModule` (transformers engine, tiny model), used by ``tests/test_distributed.py``.
 
 ``python -m tests.ddp_data MODEL_DIR OUT_DIR`` (with ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT`` set) trains 6 rollout steps over 3 epochs of an 8-problem task, 2 prompts per step
+``MASTER_PORT`` set) trains 4 rollout steps over 2 epochs of an 8-problem task, 2 prompts per step
 and rank, and saves every step's prompts and the prompt of every rollout row. Rank 1 draws from the
 global random stream after each step, as a rank does whose extra micro-batches run dropout: the
 ranks' global streams then differ, and the data order must not depend on them.
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
         eval_k=0,
     )
     record = Record()
-    tr = trainer(out, steps=6, devices=2, strategy="ddp", callbacks=[record])
+    tr = trainer(out, steps=4, devices=2, strategy="ddp", callbacks=[record])
     tr.fit(module, datamodule=data)
     train = [e.prompt for e in data.task.split("train")]
     torch.save({"steps": record.steps, "train": train}, Path(out) / f"rank{dist.get_rank()}.pt")
