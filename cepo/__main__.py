@@ -46,6 +46,10 @@ def _close_process_group() -> None:
     the run had finished and written everything."""
     import torch.distributed as dist
 
+    vllm_groups = sys.modules.get("vllm.distributed.parallel_state")
+    if vllm_groups is not None:  # the engines' groups first: vLLM's exit clean-up fails on destroyed ones
+        vllm_groups.destroy_model_parallel()
+        vllm_groups.destroy_distributed_environment()  # and the trainer's group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

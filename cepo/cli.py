@@ -137,11 +137,11 @@ class CepoCLI(LightningCLI):
             "optimizer_steps": self.trainer.global_step,
             "run_dir": str(run_dir),
         }
+        if self._cfg().export_hf:  # every process (FSDP gathers the weights); the first one writes
+            self.model.export_hf(run_dir / "hf_model")
         if self.trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            if self._cfg().export_hf:
-                self.model.export_hf(run_dir / "hf_model")
             acc = "val/acc"
             base = f"{self.base_metrics[acc]:.3f}" if self.base_metrics else "n/a"
             print(

@@ -28,6 +28,15 @@ def global_max(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every process."""
+    if not initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def normaliser(mask: torch.Tensor, loss_agg: str, world_size: int, device: torch.device) -> float:
     """The loss normaliser of a mini-batch: its tokens (``token_mean``) or rows (``seq_mean``)
     summed over every process, divided by the number of processes (DDP averages gradients)."""

@@ -22,10 +22,11 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-from cepo import distributed, evidence, microbatch
+from cepo import distributed, evidence, microbatch, parallel
 from cepo.advantages import group_advantages
-from cepo.credit import CreditAssigner, MixedCredit
+from cepo.credit import CreditAssigner
 from cepo.credit.uniform import Uniform
 from cepo.evaluation import EvalMetrics
 from cepo.evidence import CreditRecord
@@ -36,7 +37,7 @@ from cepo.objectives import MicroBatch, Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
-from cepo.step_stats import NonFiniteError, UpdateStats, check_mismatch, log_step, step_metrics
+from cepo.step_stats import NonFiniteError, UpdateStats, check_mismatch, log_rollout_step
 from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 from cepo.warmup import resolve_model_path
@@ -176,11 +177,16 @@ class GRPOModule(L.LightningModule):
         if self.policy is not None:  # Lightning calls this hook once per fit/validate
             return
         hp = self.hparams
+        strategy = getattr(self._trainer, "strategy", None)
+        if isinstance(strategy, FSDPStrategy):  # cepo's sharded paths (cepo.parallel) are FSDP2's
+            raise ValueError("trainer.strategy: FSDPStrategy (FSDP1) is unsupported; use ModelParallelStrategy (FSDP2)")
         self.model_path = resolve_model_path(self.model_path)
         vision_args = dataclasses.asdict(self.vision_settings)
         self.policy, self.tokenizer, vision = load_policy(
             self.model_path, hp.lora, self.lora_settings, hp.dtype, hp.gradient_checkpointing, **vision_args
         )
+        if isinstance(strategy, ModelParallelStrategy):  # FSDP2
+            parallel.shard(self.policy, self.device_mesh)
         self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path, vision=vision)
         if hp.kl_coef > 0:
             self.reference = Base()
@@ -232,8 +238,8 @@ class GRPOModule(L.LightningModule):
         self.objective.load_state_dict(state.get("objective", {}))
 
     def export_hf(self, path) -> None:
-        """Save the policy (LoRA merged into a copy) and tokenizer as a Hugging Face folder."""
-        export_hf(self.policy, self.tokenizer, path)
+        """Save the policy (LoRA merged) and tokenizer as a Hugging Face folder (FSDP: call on every rank)."""
+        export_hf(self.policy, self.tokenizer, path, write=self._trainer is None or self.trainer.is_global_zero)
 
     @torch.no_grad()
     def policy_logprobs(
@@ -243,6 +249,7 @@ class GRPOModule(L.LightningModule):
         return self.scorer.logprobs(model or self.policy, batch.packed(), rows)[0]
 
     # -- training ----------------------------------------------------------------------
+    @parallel.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see _update)
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
         if batch.weight_version != self.weight_version:
             raise RuntimeError(
@@ -291,10 +298,11 @@ class GRPOModule(L.LightningModule):
             "teacher": t_teacher - t_old,
             "train": t_end - t_teacher,
         }
-        self._log_step(original, advantages[: original.num_rollouts], stats, timings)
+        log_rollout_step(self, original, advantages[: original.num_rollouts], stats, timings)
 
     def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
         """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
+        parallel.release(self.policy)  # FSDP: the training passes run sharded
         hp = self.hparams
         g = batch.group_size
         n_groups = batch.num_rollouts // g
@@ -326,7 +334,7 @@ class GRPOModule(L.LightningModule):
             # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
             # an update with no loss-carrying row anywhere still runs one
             for _ in range(max(distributed.global_max(len(chunks), self.device), 1) - len(chunks)):
-                self.manual_backward(sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad))
+                self.manual_backward(parallel.zero_loss(self.policy))
             for rows, w, logits in self.scorer.passes(self.policy, packed, chunks):
                 m = batch.response_mask[rows, :w]
                 logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :][:, :w])
@@ -365,7 +373,7 @@ class GRPOModule(L.LightningModule):
             return opt.zero_grad(set_to_none=True)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         clip = self.hparams.grad_clip if self.hparams.grad_clip is not None else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        norm = parallel.clip_grad_norm_(params, clip)
         if not bool(torch.isfinite(norm)):
             opt.zero_grad(set_to_none=True)
             stats.nonfinite()
@@ -380,14 +388,6 @@ class GRPOModule(L.LightningModule):
         if sched is not None:
             sched.step()
         self.ref.version += 1
-
-    def _log_step(self, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
-        beta = self.credit.beta if isinstance(self.credit, MixedCredit) else None
-        lr = self.optimizers().param_groups[0]["lr"]
-        log_step(self.trainer, step_metrics(batch, advantages, stats, timings, self.rl_step, lr, beta), self.rl_step)
-        n = batch.num_rollouts
-        self.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
-        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)
 
     # -- evaluation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:

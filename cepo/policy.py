@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cepo import lora
+from cepo import lora, parallel
 from cepo.lora import LoraSettings
 from cepo.vision import VL_MODEL_TYPES, Images, Vision
 
@@ -104,9 +104,31 @@ def load_policy(
     return policy, tokenizer, vision
 
 
-def export_hf(policy: torch.nn.Module, tokenizer, path) -> None:
-    """Save ``policy`` (LoRA merged into a copy) and its tokenizer as a Hugging Face folder."""
+def export_hf(policy: torch.nn.Module, tokenizer, path, write: bool = True) -> None:
+    """Save ``policy`` (LoRA merged into a copy) and its tokenizer as a Hugging Face folder.
+
+    A policy sharded with FSDP is gathered into an unsharded copy first: every process must call
+    this (a collective); only those with ``write`` save."""
     from cepo.tiny import save_tokenizer
 
-    lora.merged_copy(policy).save_pretrained(path)
-    save_tokenizer(tokenizer, path)
+    if parallel.is_sharded(policy):
+        policy = unsharded_copy(policy)
+    if write:
+        lora.merged_copy(policy).save_pretrained(path)
+        save_tokenizer(tokenizer, path)
+
+
+def unsharded_copy(policy: torch.nn.Module) -> torch.nn.Module:
+    """A plain (unsharded) copy of an FSDP-sharded policy, LoRA adapter included (a collective)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    state = parallel.full_state_dict(policy)
+    base = policy.get_base_model() if lora.is_peft(policy) else policy
+    cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))  # fully_shard subclasses it
+    twin = cls(base.config).to(next(iter(state.values())).dtype)
+    if lora.is_peft(policy):
+        from peft import get_peft_model
+
+        twin = get_peft_model(twin, policy.peft_config[policy.active_adapter])
+    twin.load_state_dict(state)
+    return twin

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from cepo.advantages import zero_variance_groups
+from cepo.credit import MixedCredit
 from cepo.loss import SurrogateStats
 from cepo.rollout.batch import RolloutBatch
 
@@ -185,3 +186,14 @@ def log_step(trainer, metrics: dict, rl_step: int) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(values, step=rl_step - 1)
     trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+
+
+def log_rollout_step(module, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
+    """Log a :class:`~cepo.module.GRPOModule` rollout step: its metrics to every logger
+    (:func:`log_step`), and reward and accuracy to the progress bar."""
+    beta = module.credit.beta if isinstance(module.credit, MixedCredit) else None
+    lr = module.optimizers().param_groups[0]["lr"]
+    log_step(module.trainer, step_metrics(batch, advantages, stats, timings, module.rl_step, lr, beta), module.rl_step)
+    n = batch.num_rollouts
+    module.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
+    module.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)

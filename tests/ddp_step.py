@@ -1,7 +1,7 @@
 """One optimizer update of :class:`GRPOModule` on hand-made rollout batches, on one process or
-as one rank of a 2-process DDP (gloo) run; used by ``tests/test_distributed.py``.
+as one rank of a 2-process DDP or FSDP2 (gloo) run; used by ``tests/test_distributed.py``.
 
-A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR`` from the repository root with
+A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp]`` from the repository root with
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set (Lightning then joins the
 process group instead of launching processes) and saves its policy after the update and the
 number of gradient-carrying forward passes it ran to ``OUT_DIR/rank<r>.pt``.
@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from cepo import parallel
 from cepo.credit import Contrastive, Uniform
 from cepo.module import GRPOModule
 from tests.helpers import FixedBatches, make_batch, trainer
@@ -55,21 +56,36 @@ def global_batch(tok):
 
 
 class CountForwards(L.Callback):
-    """Counts the policy's gradient-carrying forward passes (the trained micro-batches)."""
+    """Counts the policy's gradient-carrying forward passes over rows (the trained micro-batches;
+    not FSDP's one-token zero-loss passes)."""
 
     def __init__(self):
         self.count = 0
 
     def on_fit_start(self, tr, pl_module):
         def hook(mod, args, kwargs):
-            self.count += torch.is_grad_enabled()
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.count += torch.is_grad_enabled() and ids is not None and ids.numel() > 1
 
         pl_module.policy.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def one_update(model_dir: str, credit: str, batches, root, devices: int = 1) -> dict:
+def strategy(name: str):
+    """The Lightning strategy of 2 processes: ``ddp``, or ``fsdp`` (FSDP2 through
+    ``ModelParallelStrategy``, as ``configs/scale/cpu_fsdp.yaml``). A collective that one rank
+    never joins raises after a minute instead of hanging."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    if name == "fsdp":
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=timedelta(seconds=60))
+    return DDPStrategy(timeout=timedelta(seconds=60))
+
+
+def one_update(model_dir: str, credit: str, batches, root, devices: int = 1, strategy_name: str = "ddp") -> dict:
     """One SGD update (lr 1, no clipping) on ``batches(step, rank)``; returns the policy's state
-    after it and the number of gradient-carrying forward passes."""
+    after it (gathered whole under FSDP) and the number of gradient-carrying forward passes."""
     L.seed_everything(0)
     module = GRPOModule(
         model_path=model_dir,
@@ -79,21 +95,22 @@ def one_update(model_dir: str, credit: str, batches, root, devices: int = 1) -> 
         micro_batch_size=MICRO_BATCH,
     )
     counter = CountForwards()
-    extra = {"devices": devices, "strategy": "ddp"} if devices > 1 else {}
+    extra = {"devices": devices, "strategy": strategy(strategy_name)} if devices > 1 else {}
     tr = trainer(root, steps=1, callbacks=[counter], **extra)
     tr.fit(module, datamodule=FixedBatches(batches))
     assert module.rl_step == 1 and module.weight_version == 1
-    state = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
-    return {"state": state, "forwards": counter.count}
+    state = parallel.full_state_dict(module.policy)
+    return {"state": state, "forwards": counter.count, "sharded": parallel.is_sharded(module.policy)}
 
 
 def main(argv: list[str]) -> None:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    credit, model_dir, out = argv
+    credit, model_dir, out, *name = argv
     tok = AutoTokenizer.from_pretrained(model_dir)
-    result = one_update(model_dir, credit, lambda step, rank: rank_batch(tok, rank), out, devices=2)
+    batches = lambda step, rank: rank_batch(tok, rank)
+    result = one_update(model_dir, credit, batches, out, devices=2, strategy_name=(name or ["ddp"])[0])
     import torch.distributed as dist
 
     torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")

@@ -4,6 +4,7 @@ import importlib
 import json
 
 import pytest
+import torch
 import yaml
 
 from cepo.cli import cli_main
@@ -69,8 +70,8 @@ def same(parsed, written) -> bool:
 
 def instance_at(cli, path):
     """The instantiated object a config path sets, or None where it is not an attribute of the
-    same name (``init_args`` is skipped; ``model.<key>`` falls back to the module's hparams)."""
-    node = {"model": cli.model, "data": cli.datamodule}.get(path[0])
+    same name (``init_args`` is skipped; ``model.<key>`` is the module's hparam where it is one)."""
+    node = {"model": cli.model, "data": cli.datamodule, "trainer": cli.trainer}.get(path[0])
     for key in path[1:]:
         if node is None:
             return None
@@ -78,10 +79,10 @@ def instance_at(cli, path):
             continue
         if isinstance(node, dict):
             node = node.get(key)
+        elif node is cli.model and key in cli.model.hparams:  # e.g. model.dtype (not the module's .dtype)
+            node = cli.model.hparams[key]
         elif hasattr(node, key):
             node = getattr(node, key)
-        elif node is cli.model and key in cli.model.hparams:
-            node = cli.model.hparams[key]
         else:
             return None
     return node
@@ -102,6 +103,8 @@ def check_overlay_took_effect(cli, written):
         else:
             assert same(parsed, value), (name, parsed, value)
             made = instance_at(cli, path)
+            if path[0] == "trainer" and not isinstance(made, (str, int, float)):
+                continue  # e.g. trainer.accelerator: "gpu" becomes an Accelerator object
             if made is not None and not callable(made):
                 assert same(made, value), (name, made, value)
 
@@ -118,12 +121,25 @@ def changes(base, written) -> bool:
     return False
 
 
+def on_this_machine(overlay) -> tuple[list[str], list]:
+    """The flags that compose ``overlay`` here, and the leaves it sets that can be checked here. A GPU
+    config (``trainer.accelerator: gpu``) on a machine without one is composed with
+    ``--trainer.accelerator cpu`` after it: every other value (strategy, devices, nodes, precision,
+    engine settings) is still parsed and instantiated, nothing is launched."""
+    written = list(leaves(yaml.safe_load(overlay.read_text())))
+    flags = ["--config", str(overlay)]
+    if dict(written).get(("trainer", "accelerator")) == "gpu" and not torch.cuda.is_available():
+        flags += ["--trainer.accelerator", "cpu"]
+        written = [(path, value) for path, value in written if path != ("trainer", "accelerator")]
+    return flags, written
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_config_composes_on_default(tmp_path, overlay):
     """The values an overlay sets reach the config and the instantiated objects."""
-    cli = run_cli(tmp_path, "--config", str(overlay))
+    flags, written = on_this_machine(overlay)
+    cli = run_cli(tmp_path, *flags)
     assert cli.model is not None and cli.datamodule is not None
-    written = list(leaves(yaml.safe_load(overlay.read_text())))
     assert written, overlay
     check_overlay_took_effect(cli, written)
     if changes(run_cli(tmp_path).config, written):
@@ -131,8 +147,8 @@ def test_every_config_composes_on_default(tmp_path, overlay):
     # The overlay restates the default (e.g. credit/uniform.yaml), so the check above could not see
     # it ignored: compose it after a sibling it overrides (e.g. credit/contrastive.yaml) instead.
     for sibling in sorted(p for p in overlay.parent.glob("*.yaml") if p != overlay):
-        if changes(run_cli(tmp_path, "--config", str(sibling)).config, written):
-            check_overlay_took_effect(run_cli(tmp_path, "--config", str(sibling), "--config", str(overlay)), written)
+        if changes(run_cli(tmp_path, *on_this_machine(sibling)[0]).config, written):
+            check_overlay_took_effect(run_cli(tmp_path, *on_this_machine(sibling)[0], *flags), written)
             return
     pytest.fail(f"{overlay.name} sets nothing that the default or a sibling config does not")
 
@@ -193,3 +209,55 @@ def test_bad_objective_setting_names_the_field(tmp_path, capsys):
     with pytest.raises((SystemExit, ValueError)) as err:
         run_cli(tmp_path, "--config", cipo, "--model.objective.init_args.max_share", "1.5")
     assert "cipo.max_share" in str(err.value) + capsys.readouterr().err
+
+
+SCALE = ROOT / "configs" / "scale"
+
+
+@pytest.mark.parametrize(
+    "files, strategy, processes, backend",
+    [
+        (["cpu_ddp.yaml"], "DDPStrategy", 2, "gloo"),
+        (["cpu_fsdp.yaml"], "ModelParallelStrategy", 2, "gloo"),
+        (["ddp.yaml"], "DDPStrategy", 8, "nccl"),
+        (["fsdp.yaml"], "ModelParallelStrategy", 8, None),
+        (["ddp.yaml", "multinode.yaml"], "DDPStrategy", 16, "nccl"),
+    ],
+)
+def test_scale_configs_build_their_strategies(tmp_path, files, strategy, processes, backend):
+    """Each configs/scale file builds the Lightning strategy it names, for devices x nodes processes
+    (GPU files with the accelerator set to CPU here: built, not launched), and a FSDP file shards
+    data-parallel over every process."""
+    flags = [f for name in files for f in on_this_machine(SCALE / name)[0]]
+    trainer = run_cli(tmp_path, *flags).trainer
+    assert type(trainer.strategy).__name__ == strategy
+    assert trainer.num_devices * trainer.num_nodes == processes
+    assert trainer.strategy.process_group_backend == backend
+    if strategy == "ModelParallelStrategy":
+        assert trainer.strategy._data_parallel_size == processes and trainer.strategy._tensor_parallel_size == 1
+
+
+def test_scale_gpu_configs_use_colocated_vllm_engines(tmp_path):
+    for name in ("ddp.yaml", "fsdp.yaml"):
+        cli = run_cli(tmp_path, *on_this_machine(SCALE / name)[0])
+        engine = cli.datamodule.engine
+        assert type(engine).__name__ == "VLLMEngine" and engine.distributed_executor_backend == "external_launcher"
+        assert engine.enable_sleep_mode and engine.tensor_parallel_size == 1 and engine.gpu_memory_utilization < 1
+        assert cli.config.trainer.precision == "bf16-mixed" and engine.dtype == "bfloat16"
+        assert cli.model.hparams.dtype == ("float32" if name == "fsdp.yaml" else "bfloat16")  # FSDP: master weights
+
+
+def test_fsdp1_strategy_is_refused_by_name(tiny_dir):
+    """Lightning's FSDPStrategy (FSDP1) cannot run on CPU (Lightning refuses it) and cepo's sharded
+    paths are FSDP2's: the module says so before loading anything."""
+    import types
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from cepo.module import GRPOModule
+
+    module = GRPOModule(model_path=str(tiny_dir))
+    module._trainer = types.SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="trainer.strategy: FSDPStrategy .FSDP1. is unsupported"):
+        module.configure_model()
+    assert module.policy is None

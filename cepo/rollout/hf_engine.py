@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cepo import parallel
 from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 from cepo.rollout.sampler import Penalties, sample
 
@@ -47,11 +48,15 @@ class HFEngine(RolloutEngine):
             raise RuntimeError("HFEngine generates with the trainer's policy object; rebind it")
         self.weight_version = version
 
-    @torch.no_grad()
     def generate(
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
     ) -> Generation:
         assert self.policy is not None, "HFEngine.setup was not called"
+        with parallel.gathered(self.policy):  # FSDP: sample on whole weights, without collectives
+            return self._generate(prompt_ids, n, sampling, images)
+
+    @torch.no_grad()
+    def _generate(self, prompt_ids, n: int, sampling: SamplingConfig, images: PromptImages | None) -> Generation:
         if images is not None and (not self.compact or sampling.stop):
             raise ValueError("HFEngine samples images with its own loop: compact must be true and no stop strings")
         policy, tok = self.policy, self.tokenizer

@@ -5,15 +5,24 @@ The engine is built from the policy's Hugging Face folder. After every optimizer
 trainer's weights are pushed in (LoRA merged into the pushed copy, tied ``lm_head.weight``
 included), the prefix cache is reset, and a probe compares the engine's log-probs of a
 fixed sequence with the trainer's: a sync that silently failed (stale policy) raises.
+
+Placement (``docs/scaling.md``): under DDP or FSDP every training process builds its own engine,
+which rolls out that process's prompts (colocated: it shares the process's GPU, with
+``gpu_memory_utilization`` of it, and ``distributed_executor_backend: external_launcher`` on GPUs);
+``tensor_parallel_size`` spreads one engine over several GPUs; ``enable_sleep_mode`` frees the
+engine's GPU memory while the policy trains (:meth:`VLLMEngine.release`; vLLM supports it on CUDA,
+ROCm and XPU, not on CPU). Under FSDP the pushed weights are gathered whole one weight at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 
 import torch
 
+from cepo import parallel
 from cepo.lora import is_peft
 from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 
@@ -38,6 +47,14 @@ def _set_env() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
+def full(value: torch.Tensor) -> torch.Tensor:
+    """A detached whole copy of a state-dict tensor (gathered when FSDP shards it: a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    value = value.detach()
+    return value.full_tensor() if isinstance(value, DTensor) else value.clone()
+
+
 def hf_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The policy's weights under plain Hugging Face names, LoRA merged, as detached copies.
 
@@ -46,8 +63,10 @@ def hf_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     unmerging again would not restore the frozen base weights exactly (float rounding: up to 1e-2
     in bfloat16 after 50 syncs, measured), and those base weights are also the KL reference and
     the ``Base`` teacher. ``lm_head.weight`` is kept even when tied: vLLM would otherwise keep
-    stale logits without an error.
+    stale logits without an error. A policy sharded with FSDP: :func:`sharded_hf_weights`.
     """
+    if parallel.is_sharded(policy):
+        return [(k, get()) for k, _, get in sharded_hf_weights(policy)]
     with torch.no_grad():
         if not is_peft(policy):
             return [(k, v.detach().clone()) for k, v in policy.state_dict().items()]
@@ -74,15 +93,70 @@ def hf_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         return out
 
 
+def sharded_hf_weights(policy: torch.nn.Module) -> list[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]]:
+    """The weights of an FSDP-sharded policy as :func:`hf_weights` names them, with their whole
+    shapes and a function that gathers each (every rank must call them in the same order: each is a collective), so
+    a push holds one unsharded weight at a time. LoRA (linear layers): ``base + scaling * B @ A``
+    in float32, rounded once."""
+    state = policy.state_dict()  # sharded DTensors: no communication yet
+    if not is_peft(policy):
+        return [(k, tuple(v.shape), lambda k=k: full(state[k])) for k, v in state.items()]
+    from peft.tuners.lora import LoraLayer
+
+    adapters: dict[str, list[tuple[str, float, bool]]] = {}  # base weight key -> (lora prefix, scaling, fan_in_fan_out)
+    for name, module in policy.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
+            for adapter in module.active_adapters:
+                if adapter not in module.lora_A:
+                    raise NotImplementedError(f"FSDP weight sync: LoRA on {type(module).__name__} ({name})")
+                fan = bool(getattr(module, "fan_in_fan_out", False))
+                adapters.setdefault(f"{name}.base_layer.weight", []).append((f"{name}.", adapter, fan))
+
+    def merged(key: str) -> torch.Tensor:
+        weight = full(state[key])
+        if key not in adapters:
+            return weight
+        total = weight.float()
+        for prefix, adapter, fan in adapters[key]:
+            a = full(state[f"{prefix}lora_A.{adapter}.weight"]).float()
+            b = full(state[f"{prefix}lora_B.{adapter}.weight"]).float()
+            module = policy.get_submodule(prefix[:-1])
+            delta = (b @ a) * module.scaling[adapter]
+            total = total + (delta.T if fan else delta)
+        return total.to(weight.dtype)
+
+    return [
+        (k.removeprefix("base_model.model.").replace(".base_layer", ""), tuple(v.shape), lambda k=k: merged(k))
+        for k, v in state.items()
+        if "lora_" not in k
+    ]
+
+
 class VLLMEngine(RolloutEngine):
     """An in-process ``vllm.LLM`` that generates rollouts from the current policy weights.
 
     Args:
         dtype: engine dtype (``float32`` on CPU; ``bfloat16`` on GPUs).
         max_model_len: longest prompt + response the engine accepts (None: the model's own context).
-        gpu_memory_utilization: share of (GPU, or on CPU the NUMA node's) memory for the
-            KV cache; on CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB, default 1) takes precedence.
-        tensor_parallel_size: GPUs per engine.
+        gpu_memory_utilization: share of the GPU's memory the engine may use (weights, activations
+            and KV cache), in (0, 1]; a colocated engine leaves the rest to training (e.g. 0.3). On
+            CPU ``VLLM_CPU_KVCACHE_SPACE`` (GiB, default 1) sizes the KV cache instead.
+        tensor_parallel_size: GPUs one engine spans (>= 1). Above 1 the engine starts its own
+            workers (``distributed_executor_backend`` ``mp`` or ``ray``) on GPUs next to the
+            trainer's: meant for a single training process; under DDP/FSDP with
+            ``external_launcher`` it is refused (the ranks of a tensor-parallel group would have
+            to share their prompts, which is not implemented).
+        distributed_executor_backend: how vLLM runs its workers: None (vLLM's default: in this
+            process for one GPU), ``uni``, ``mp``, ``ray``, or ``external_launcher`` (the engine
+            is one rank of the trainer's own processes, on that process's GPU; what colocated
+            engines under DDP/FSDP on GPUs use, as TRL's colocate mode does).
+        enable_sleep_mode: free the engine's GPU memory while the policy trains: every
+            :meth:`generate` ends with :meth:`release` (``LLM.sleep``), and the next sync or
+            generation wakes the engine (``LLM.wake_up``), so the engine sleeps through the
+            teacher passes and the update. vLLM supports it on CUDA, ROCm and XPU only; on CPU
+            vLLM refuses to build the engine with it (keep it false there).
+        sleep_level: 1 (weights copied to host memory, KV cache dropped) or 2 (both dropped; the
+            weights are pushed again on wake-up).
         enforce_eager: skip graph compilation (on CPU compiling took 40 s and was not faster).
         seed: engine seed.
         verify_sync: probe the engine after every weight sync and raise if its log-probs
@@ -97,12 +171,38 @@ class VLLMEngine(RolloutEngine):
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
+        distributed_executor_backend: str | None = None,
+        enable_sleep_mode: bool = False,
+        sleep_level: int = 1,
         enforce_eager: bool = True,
         seed: int = 0,
         verify_sync: bool = True,
         sync_tolerance: float = 1e-3,
         engine_kwargs: dict | None = None,
     ) -> None:
+        backends = (None, "uni", "mp", "ray", "external_launcher")
+        for name, value, ok, wanted in (
+            ("gpu_memory_utilization", gpu_memory_utilization, 0 < gpu_memory_utilization <= 1, "in (0, 1]"),
+            ("tensor_parallel_size", tensor_parallel_size, tensor_parallel_size >= 1, ">= 1"),
+            (
+                "distributed_executor_backend",
+                distributed_executor_backend,
+                distributed_executor_backend in backends,
+                f"one of {backends}",
+            ),
+            ("sleep_level", sleep_level, sleep_level in (1, 2), "1 or 2"),
+        ):
+            if not ok:
+                raise ValueError(f"data.engine.{name} must be {wanted}, got {value!r}")
+        if tensor_parallel_size > 1 and distributed_executor_backend == "external_launcher":
+            raise ValueError(
+                "data.engine.tensor_parallel_size must be 1 with distributed_executor_backend external_launcher "
+                "(the ranks of a tensor-parallel group would have to share their prompts: not implemented)"
+            )
+        self.distributed_executor_backend = distributed_executor_backend
+        self.enable_sleep_mode = enable_sleep_mode
+        self.sleep_level = sleep_level
+        self.asleep = False
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.gpu_memory_utilization = gpu_memory_utilization
@@ -134,6 +234,8 @@ class VLLMEngine(RolloutEngine):
             max_model_len=self.max_model_len,
             gpu_memory_utilization=self.gpu_memory_utilization,
             tensor_parallel_size=self.tensor_parallel_size,
+            distributed_executor_backend=self.distributed_executor_backend,
+            enable_sleep_mode=self.enable_sleep_mode,
             enforce_eager=self.enforce_eager,
             seed=self.seed,
             logprobs_mode="processed_logprobs",
@@ -146,19 +248,46 @@ class VLLMEngine(RolloutEngine):
         if self.max_model_len is None:  # what vLLM derived from the model (evaluation prompts are cut to it)
             self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-    def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
+    def _weights(self, policy: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], Iterator]:
+        """The names and shapes of the weights to push, and the weights (under FSDP gathered one at
+        a time while vLLM loads them, so no rank holds the whole unsharded model at once)."""
+        if parallel.is_sharded(policy):
+            entries = sharded_hf_weights(policy)
+            return {k: shape for k, shape, _ in entries}, ((k, get()) for k, _, get in entries)
         weights = hf_weights(policy)
-        shapes = {k: tuple(v.shape) for k, v in weights}
+        return {k: tuple(v.shape) for k, v in weights}, iter(weights)
+
+    def _push(self, weights: Iterator) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+        if hasattr(self.llm.llm_engine, "reset_encoder_cache"):  # image features of the old weights
+            self.llm.llm_engine.reset_encoder_cache()
+
+    def release(self) -> None:
+        """Put the engine to sleep (``enable_sleep_mode``: its weights and KV cache leave the GPU)
+        until the next sync or generation; otherwise nothing."""
+        if self.enable_sleep_mode and self.llm is not None and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def _wake(self, repush: bool = True) -> None:
+        if not self.asleep:
+            return
+        self.llm.wake_up()
+        self.asleep = False
+        if self.sleep_level == 2 and repush:  # level 2 dropped the weights: the held version again
+            self._push(self._weights(self.policy)[1])
+
+    def sync_weights(self, policy: torch.nn.Module, version: int) -> None:
+        self._wake(repush=False)  # the push below brings the weights
+        shapes, weights = self._weights(policy)
         if self._names is None:
             self._names = shapes
         elif shapes != self._names:
             # A push with unknown names or wrong shapes can leave vLLM unusable: refuse it.
             diff = set(shapes.items()) ^ set(self._names.items())
             raise RuntimeError(f"weight sync refused: names/shapes changed ({sorted(diff)[:4]} ...)")
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
-        self.llm.reset_prefix_cache()
-        if hasattr(self.llm.llm_engine, "reset_encoder_cache"):  # image features of the old weights
-            self.llm.llm_engine.reset_encoder_cache()
+        self._push(weights)
         if self.verify_sync:
             gap = self.probe(policy)
             self.last_probe_gap = gap
@@ -198,6 +327,13 @@ class VLLMEngine(RolloutEngine):
     def generate(
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
     ) -> Generation:
+        self._wake()
+        try:
+            return self._generate(prompt_ids, n, sampling, images)
+        finally:
+            self.release()
+
+    def _generate(self, prompt_ids, n: int, sampling: SamplingConfig, images: PromptImages | None) -> Generation:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
