@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from cepo import distributed
 from cepo.advantages import zero_variance_groups
 from cepo.credit import MixedCredit
 from cepo.loss import SurrogateStats
@@ -83,10 +84,14 @@ class UpdateStats:
         self.gaps.append(gaps.detach().flatten())
 
     def mismatched(self, stop: float | None) -> bool:
-        """Whether the gaps gathered so far average more than ``stop`` (None: never; one host
-        read, only when a stop is set). Checked before an update, so the update is not applied."""
-        gaps = torch.cat(self.gaps) if stop is not None and self.gaps else None
-        return gaps is not None and gaps.numel() > 0 and float(gaps.mean()) > stop
+        """Whether the gaps gathered so far average more than ``stop`` on any process (None:
+        never; one host read and one all-reduce, only when a stop is set). Checked before an
+        update, so that no process applies it."""
+        if stop is None:
+            return False
+        gaps = torch.cat(self.gaps) if self.gaps else None
+        local = gaps is not None and gaps.numel() > 0 and float(gaps.mean()) > stop
+        return bool(distributed.global_max(int(local), self.sums.device))
 
     def result(self) -> dict[str, float]:
         """The step's statistics (one host sync). Per-token ones only when rows were trained."""
