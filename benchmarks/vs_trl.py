@@ -181,6 +181,7 @@ def cepo_fit_args(s: Matched, run_root: Path, name: str, version: str, clock: Pa
         "--data.sampling.temperature", str(s.temperature),
         "--data.sampling.top_p", "1.0",
         "--data.sampling.top_k", "0",
+        "--data.sampling.seed", str(s.seed),
         "--model.optimizer", "torch.optim.AdamW",
         "--model.optimizer.init_args.lr", str(s.lr),
         "--model.optimizer.init_args.weight_decay", str(s.weight_decay),
