@@ -157,6 +157,18 @@ def main(settings_path: str) -> None:
         peft_config=peft_config,
         callbacks=[clock],
     )
+    # time TRL's generation stage (generate, decode, reward, advantages: `_generate_and_score_completions`)
+    gen_seconds = []
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return generate_and_score(*args, **kwargs)
+        finally:
+            gen_seconds.append(time.perf_counter() - t0)
+
+    trainer._generate_and_score_completions = timed
     t_train = time.perf_counter()
     trainer.train()
     t_trained = time.perf_counter()
@@ -171,6 +183,7 @@ def main(settings_path: str) -> None:
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {
         "step_seconds": [b - a for a, b in zip(marks, marks[1:])],
+        "generate_seconds": gen_seconds,
         "rewards": [h["reward"] for h in logs],
         "train_seconds": t_trained - t_train,
         "setup_seconds": t_train - T_START,
@@ -180,7 +193,7 @@ def main(settings_path: str) -> None:
         "model": str(out / "model"),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("step_seconds", "rewards")}))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("step_seconds", "generate_seconds", "rewards")}))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ One command prepares a shared model folder and a shared JSONL file, then alterna
   adapter on both sides (r 16, alpha 32, dropout 0, ``all-linear``) and its chat template;
 - the same prompts: the train and test rows written to ``<out>/data/{train,test}.jsonl``. ``tiny``:
   cepo's arithmetic task (its default splits), which cepo reads as its own task and TRL from the
-  file; ``smollm2``: one-operation problems of the same generator as a question with an
-  instruction ("What is 5+6? Put the final answer within \\boxed{}."), which both read from the file
+  file; ``smollm2``: one-operation problems of the same generator (operands up to 20) as a question
+  with an instruction ("What is 15+6? Put the final answer within \\boxed{}."), which both read from the file
   (cepo: ``JsonlTask``, exact verifier);
 - the same reward: 1 for a correct final answer, else 0, with cepo's verifier on cepo's side and
   the same rule restated in the runner on TRL's (``tests/test_benchmarks.py`` checks they agree);
@@ -106,7 +106,8 @@ def data_rows(model: str, split: str) -> list[dict]:
 
     if model == "tiny":
         return [{"prompt": e.prompt, "answer": e.answer} for e in Arithmetic().split(split)]
-    task = Arithmetic(min_ops=1, max_ops=1, val_size=100, test_size=100)
+    # one operation on operands up to 20 (460 distinct training problems; 100 held out for test)
+    task = Arithmetic(min_ops=1, max_ops=1, max_operand=20, val_size=50, test_size=100)
     rows = []
     for e in task.split(split):
         rows.append({"prompt": SMOLLM2_INSTRUCTION.format(problem=e.prompt.rstrip("=")), "answer": e.answer})
@@ -334,6 +335,7 @@ def run_trl(s: Matched, out: Path, tag: str, skip: int, trl_python: Path) -> dic
     seconds = run([str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), str(settings)], env, folder / "log.txt")
     result = json.loads((folder / "result.json").read_text())
     result.update(steady=steady(result["step_seconds"], skip), process_seconds=seconds)
+    result["generate"] = steady(result["generate_seconds"], skip)
     result.update(load_before=load, load_after=os.getloadavg())
     return result
 
@@ -405,12 +407,15 @@ def table(s: Matched, summary: dict, base_acc: float, eval_size: int, rounds: li
         )
     ratio_rounds = " / ".join(f"{v:.2f}" for v in summary["ratio_per_round"])
     stages = {k: statistics.mean(r["cepo"]["stages"][k] for r in rounds) for k in rounds[0]["cepo"]["stages"]}
+    trl_gen = statistics.mean(r["trl"]["generate"]["mean"] for r in rounds)
     lines += [
         "",
         f"step-time ratio cepo/TRL: {summary['ratio']:.2f} (per round {ratio_rounds}); with cepo's own "
         f"time/total ({summary['cepo']['time_total_s']:.3f} s) instead of its wall step: "
         f"{summary['ratio_time_total']:.2f}; whole processes: {summary['process_ratio']:.2f}",
         "cepo stages (s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items() if v > 0.0005),
+        f"TRL stages (s/step): generate and score {trl_gen:.3f}, the rest (forward/backward, optimizer, "
+        f"logging) {summary['trl']['step_s'] - trl_gen:.3f}",
         f"cepo zero-variance groups: {statistics.mean(r['cepo']['zero_var_frac'] for r in rounds):.0%} of a batch "
         "(their rows skip cepo's forward/backward; TRL runs them)",
         f"target cepo <= 0.4x TRL: {'met' if summary['ratio'] <= 0.4 else 'not met'}",
