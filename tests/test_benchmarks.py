@@ -320,3 +320,174 @@ def test_cost_model_finds_a_superlinear_term_only_where_there_is_one():
     assert shrinking["superlinear"]["t"][2] < -2 and not shrinking["superlinear_significant"]
     shares = cm.shares([{"wall": 2.0, "a": 1.0, "b": 0.5}, {"wall": 2.0, "a": 1.0, "b": 1.5}], ["a", "b"])
     assert shares == {"a": 0.5, "b": 0.5}
+
+
+# -- benchmarks/vs_trl.py: cepo against TRL's GRPOTrainer --------------------------------
+TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
+needs_trl = pytest.mark.skipif(not TRL_PYTHON.is_file(), reason="no .venv-trl (run `bash scripts/setup_trl.sh`)")
+
+
+@pytest.fixture(scope="module")
+def vs_trl():
+    """benchmarks/vs_trl.py and benchmarks/trl_runner.py (which imports no cepo and no TRL at import)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("vs_trl"), importlib.import_module("trl_runner")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _matched(vs, model, tmp_path, **kw):
+    train, test = vs.write_data(model, tmp_path / "data")
+    size = dict(vs.DEFAULTS[model], **kw)
+    return vs.Matched(
+        model=model,
+        model_path=str(tmp_path / "model"),
+        train_file=str(train),
+        test_file=str(test),
+        chat=model == "smollm2",
+        verifier="final_number" if model == "tiny" else "exact",
+        seed=3,
+        lora=vs.LORA if model == "smollm2" else None,
+        **size,
+    )
+
+
+@pytest.mark.parametrize("model", ["tiny", "smollm2"])
+def test_vs_trl_gives_both_sides_the_same_settings(vs_trl, model, tmp_path, capsys):
+    """cepo's resolved config (its own parser) and TRL's GRPOConfig arguments say the same thing."""
+    import yaml
+
+    vs, _ = vs_trl
+    s = _matched(vs, model, tmp_path)
+    args = vs.cepo_fit_args(s, tmp_path / "runs", "cepo", "v", tmp_path / "clock.json")
+    with pytest.raises(SystemExit):  # benchmarks/ is on sys.path (the fixture): StepClock resolves
+        cli_main(["fit", *args, "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    trl = vs.trl_settings(s, tmp_path / "trl")
+    g = trl["grpo_config"]
+    m, d = cfg["model"], cfg["data"]
+    assert m["model_path"] == trl["model_path"] == s.model_path
+    assert (
+        d["prompts_per_step"] * d["group_size"] == g["per_device_train_batch_size"] * g["gradient_accumulation_steps"]
+    )
+    assert d["group_size"] == g["num_generations"] == 8
+    assert m["micro_batch_size"] == g["per_device_train_batch_size"]
+    assert d["sampling"]["max_new_tokens"] == g["max_completion_length"]
+    assert d["sampling"]["temperature"] == g["temperature"] == 1.0
+    assert d["sampling"]["top_p"] == g["top_p"] == 1.0 and d["sampling"]["top_k"] == g["top_k"] == 0
+    assert m["optimizer"]["class_path"] == "torch.optim.AdamW" and g["optim"] == "adamw_torch"
+    assert m["optimizer"]["init_args"]["lr"] == g["learning_rate"] == s.lr
+    assert m["optimizer"]["init_args"]["weight_decay"] == g["weight_decay"] == 0.01
+    assert m["lr_scheduler"] is None and g["lr_scheduler_type"] == "constant"
+    assert m["grad_clip"] == g["max_grad_norm"] == 1.0
+    assert m["kl_coef"] == g["beta"] == 0.0
+    assert (
+        m["num_minibatches"] == g["num_iterations"] == 1
+        and g["gradient_accumulation_steps"] * g["per_device_train_batch_size"] == s.prompts_per_step * s.group_size
+    )  # one optimizer update per rollout batch
+    assert "steps_per_generation" not in g and "generation_batch_size" not in g  # TRL: one generation per update
+    assert (m["eps_low"], m["eps_high"]) == (g["epsilon"], g["epsilon_high"]) == (0.2, 0.28)
+    assert m["loss_agg"] == "token_mean" and g["loss_type"] == "dapo"
+    assert m["advantage_scale"] == "std" and g["scale_rewards"] == "group"
+    assert cfg["trainer"]["max_steps"] == g["max_steps"] == s.steps
+    assert cfg["seed_everything"] == d["sampling"]["seed"] == g["seed"] == 3
+    assert m["dtype"] == "float32" and g["bf16"] is False and g["fp16"] is False
+    assert m["gradient_checkpointing"] is False and g["gradient_checkpointing"] is False
+    assert cfg["trainer"]["callbacks"][0]["class_path"] == "step_clock.StepClock"
+    if model == "smollm2":
+        assert m["lora"] == "on" and m["lora_settings"] == trl["lora"] == vs.LORA
+        assert d["prompt_format"]["class_path"] == "cepo.prompting.Chat" and trl["chat"] is True
+        assert d["task"]["init_args"]["train"] == trl["train_file"]
+        assert d["task"]["init_args"]["verifier"] == "exact" and trl["verifier"] == "exact"
+        assert d["engine"]["class_path"] == "cepo.rollout.hf_engine.HFEngine"
+    else:
+        assert m["lora"] == "off" and trl["lora"] is None
+        assert d["task"]["class_path"] == "cepo.tasks.Arithmetic" and trl["verifier"] == "final_number"
+        assert trl["chat"] is False
+
+
+def test_vs_trl_data_file_holds_the_rows_cepo_trains_on(vs_trl, tmp_path):
+    vs, runner = vs_trl
+    train, test = vs.write_data("tiny", tmp_path / "tiny")
+    task = Arithmetic()
+    for path, split in ((train, "train"), (test, "test")):
+        rows = runner.load_rows(str(path), chat=False)  # what TRL's side reads
+        assert [(r["prompt"], r["answer"]) for r in rows] == [(e.prompt, e.answer) for e in task.split(split)]
+    train, test = vs.write_data("smollm2", tmp_path / "smollm2")
+    cepo_rows = JsonlTask(train=str(train), test=str(test), prompt_template="{question}", verifier="exact")
+    for path, split in ((train, "train"), (test, "test")):
+        rows = runner.load_rows(str(path), chat=True)
+        assert [r["prompt"] for r in rows] == [[{"role": "user", "content": e.prompt}] for e in cepo_rows.split(split)]
+        assert [r["answer"] for r in rows] == [e.answer for e in cepo_rows.split(split)]
+    assert rows[0]["prompt"][0]["content"].startswith("What is ") and "\\boxed{}" in rows[0]["prompt"][0]["content"]
+
+
+RESPONSES = [
+    " 15-5+9 = 10+9 = 19",
+    " 15-5+9 = 10+9 = 18",
+    " 15-5+9 = 10+9 =19 ",
+    " 15-5+9 = 10+9 = ",
+    " 15-5+9 = 10+9",
+    "19",
+    "= 19.",
+    "= -19",
+    "The answer is \\boxed{19}.",
+    "\\boxed{1,9} then 19",
+    "so #### 19 eggs",
+    "19.0",
+    "8 + 11 = 19\n\nThe final answer is 19.",
+    "\\boxed{\\frac{38}{2}}",
+    "",
+]
+
+
+def test_trl_runner_reward_gives_cepos_verdicts(vs_trl):
+    """The reward TRL's side computes is the verifier cepo's side uses (the runner imports no cepo)."""
+    _, runner = vs_trl
+    arithmetic, exact = Arithmetic(), JsonlTask(verifier="exact")
+    verdicts = {"final_number": [], "exact": []}
+    for answer in ("19", "0"):
+        for response in RESPONSES + [e.solution for e in arithmetic.split("test")[:50]]:
+            for verifier, task in (("final_number", arithmetic), ("exact", exact)):
+                got = runner.is_correct(response, answer, verifier)
+                assert got == task.is_correct(response, answer), (verifier, response, answer)
+                verdicts[verifier].append(got)
+    assert all(any(v) and not all(v) for v in verdicts.values())  # both verdicts occur
+    reward = runner.make_reward("exact")
+    assert reward(["= 19", [{"role": "assistant", "content": "\\boxed{19}"}], "18"], ["19", "19", "19"]) == [1, 1, 0]
+
+
+@needs_trl
+def test_trl_runner_trains_and_saves_a_folder_cepo_loads(vs_trl, tiny_dir, tmp_path):
+    """TRL's side end to end in .venv-trl: two GRPO steps on the tiny model, per-step wall times,
+    and a saved folder that cepo's evaluator reads."""
+    import subprocess
+
+    vs, _ = vs_trl
+    s = _matched(vs, "tiny", tmp_path, prompts_per_step=2, group_size=2, max_new_tokens=8, steps=2, micro_batch=2)
+    s.model_path = str(tiny_dir)
+    out = tmp_path / "trl"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(vs.trl_settings(s, out)))
+    env = dict(vs.base_env(), PYTHONPATH="")
+    done = subprocess.run(
+        [str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_runner.py"), str(out / "settings.json")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 2 and len(result["step_seconds"]) == 2 and len(result["rewards"]) == 2
+    assert result["versions"]["trl"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    after = AutoModelForCausalLM.from_pretrained(result["model"])
+    assert (
+        AutoTokenizer.from_pretrained(result["model"])("1+2=").input_ids
+        == AutoTokenizer.from_pretrained(tiny_dir)("1+2=").input_ids
+    )
+    assert set(before.state_dict()) == set(after.state_dict())
