@@ -127,3 +127,34 @@ def test_one_step_off_with_dynamic_sampling(tmp_path, tiny_dir):
     tr.fit(module, datamodule=data)
     assert [lag for lag, _ in seen] == [0, 1, 1]
     assert data.stream.taken == sum(drawn for _, drawn in seen)  # the pending batch's draws rewound
+
+
+def test_a_checkpoint_while_a_batch_is_pending_resumes_by_drawing_it_again(tmp_path, tiny_dir):
+    """The DataModule state saved after step 1 (batch 2 generating in the background) is the
+    state from before batch 2's draws: restored, it draws batch 2's prompts with the same engine
+    draw counter."""
+    L.seed_everything(0)
+    module = GRPOModule(model_path=str(tiny_dir), tis_cap=2.0)
+    data = small_data(one_step_off=True)
+    seen, saved = [], []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
+            seen.append(list(batch.prompts))
+
+        def on_train_batch_end(self, tr, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                assert data.background.pending
+                saved.append(data.state_dict())
+
+    tr = trainer(tmp_path, steps=3)
+    tr.callbacks.append(Spy())
+    tr.fit(module, datamodule=data)
+    (state,) = saved
+    assert state["stream"] == {"taken": 2 * data.prompts_per_step} and state["rollout_engine"] == {"calls": 2}
+    again = small_data(one_step_off=True)
+    again.load_state_dict(state)
+    again.train_dataloader()
+    rows = again.task.split("train")
+    assert [rows[i].prompt for i in again.stream.take(again.prompts_per_step)] == seen[2]
+    assert again.background.sampler.engine.state_dict() == {"calls": 2}
