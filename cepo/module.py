@@ -37,7 +37,7 @@ from cepo.objectives import MicroBatch, Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
-from cepo.step_stats import NonFiniteError, UpdateStats, check_mismatch, log_rollout_step
+from cepo.step_stats import NonFiniteError, UpdateStats, allowed_lag, check_lag, check_mismatch, log_rollout_step
 from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 from cepo.warmup import resolve_model_path
@@ -156,6 +156,7 @@ class GRPOModule(L.LightningModule):
         self.reference: TeacherWeights | None = None  # the KL reference (initial weights)
         self.rl_step = 0
         self.nonfinite_in_a_row = 0
+        self.max_lag = 0  # optimizer updates a batch may lag the policy by (set in setup)
         self.last_credit: CreditRecord | None = None
         # built in setup: the benchmarks and k come from the DataModule
         self.val_metrics: EvalMetrics | None = None
@@ -208,6 +209,9 @@ class GRPOModule(L.LightningModule):
                 f"model.num_minibatches ({self.hparams.num_minibatches}) must be <= data.prompts_per_step "
                 f"({datamodule.prompts_per_step}): each mini-batch holds whole groups"
             )
+        builds = type(self.objective).build_samples is not Objective.build_samples
+        stale = getattr(datamodule, "max_staleness", 0)
+        self.max_lag = allowed_lag(stale, self.hparams.num_minibatches, self.hparams.tis_cap, builds)
         if self.val_metrics is None:
             names = list(getattr(datamodule, "benchmark_names", []))
             self.val_metrics = EvalMetrics(names, datamodule.eval_k).to(self.device)
@@ -251,11 +255,7 @@ class GRPOModule(L.LightningModule):
     # -- training ----------------------------------------------------------------------
     @parallel.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see _update)
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
-        if batch.weight_version != self.weight_version:
-            raise RuntimeError(
-                f"off-policy rollouts: generated with weight version {batch.weight_version}, "
-                f"policy is at {self.weight_version} (engine weight sync failed or was skipped)"
-            )
+        lag = check_lag(batch.weight_version, self.weight_version, self.max_lag)
         t_start = time.perf_counter()
         hp = self.hparams
         original = batch
@@ -291,6 +291,7 @@ class GRPOModule(L.LightningModule):
         self.teacher_weights.on_step_end(self.rl_step)
         self.objective.on_step_end(self.rl_step)
         stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
+        stats.update({"staleness": float(lag)} if self.max_lag else {})
         timings = {
             **batch.timings,
             "samples": t_samples - t_start,

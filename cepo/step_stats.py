@@ -128,7 +128,8 @@ def step_metrics(
         batch: the rollouts sampled on the task's prompts.
         advantages: ``[N]`` their sequence advantages.
         stats: :meth:`UpdateStats.result` plus objective metrics (logged as ``train/<key>``).
-        timings: seconds per stage (logged as ``time/<stage>``).
+        timings: seconds per stage (logged as ``time/<stage>``); stages named ``*_background``
+            ran in another thread (one-step-off rollouts) and are left out of ``time/total``.
         rl_step: rollout steps done.
         lr: the learning rate of the first parameter group.
         beta: the credit rule's mixing coefficient, for rules that have one.
@@ -136,7 +137,7 @@ def step_metrics(
     rewards = batch.rewards
     mask = batch.response_mask
     n_tokens = float(mask.sum())
-    total = sum(timings.values())
+    total = sum(v for k, v in timings.items() if not k.endswith("_background"))
     metrics = {
         "train/reward_mean": rewards.mean(),
         "train/reward_std": rewards.std() if rewards.numel() > 1 else 0.0,
@@ -146,11 +147,12 @@ def step_metrics(
         "train/adv_abs_mean": advantages.abs().mean(),
         "train/lr": lr,
         "train/rl_step": float(rl_step),
+        **{f"train/{k}": v for k, v in batch.info.items()},
         **{f"train/{k}": v for k, v in stats.items()},
         **{f"time/{k}": v for k, v in timings.items()},
         "time/total": total,
         "time/tokens_per_sec": n_tokens / max(total, 1e-9),
-        "time/gen_tokens_per_sec": n_tokens / max(timings.get("generate", 0.0), 1e-9),
+        "time/gen_tokens_per_sec": n_tokens / max(timings.get("generate", timings.get("generate_background", 0)), 1e-9),
     }
     if beta is not None:
         metrics["train/beta"] = beta
@@ -159,6 +161,39 @@ def step_metrics(
     for name, values in (batch.reward_components or {}).items():
         metrics[f"train/reward/{name}"] = values.mean()
     return metrics
+
+
+def allowed_lag(staleness: int, num_minibatches: int, tis_cap: float | None, appends_rows: bool) -> int:
+    """Optimizer updates a training batch may lag the policy by: 0 (on-policy), or with
+    one-step-off rollouts (``staleness`` 1 rollout step) ``num_minibatches``.
+
+    Raises:
+        ValueError: one-step-off without ``model.tis_cap`` (the stale rollouts need the importance
+            correction), or with an objective that appends rows (they would be sampled with newer
+            weights than the batch they join).
+    """
+    if staleness == 0:
+        return 0
+    if tis_cap is None:
+        raise ValueError("data.one_step_off needs model.tis_cap (the importance correction of stale rollouts)")
+    if appends_rows:
+        raise ValueError("data.one_step_off cannot be combined with a model.objective that appends rows (CIPO, HDPO)")
+    return staleness * num_minibatches
+
+
+def check_lag(batch_version: int, version: int, allowed: int) -> int:
+    """The optimizer updates ``version - batch_version`` a batch lags the policy by.
+
+    Raises:
+        RuntimeError: the lag is negative or above ``allowed`` (off-policy rollouts).
+    """
+    lag = version - batch_version
+    if not 0 <= lag <= allowed:
+        raise RuntimeError(
+            f"off-policy rollouts: generated with weight version {batch_version}, policy is at {version} "
+            f"({allowed} updates behind allowed; engine weight sync failed or was skipped)"
+        )
+    return lag
 
 
 def check_mismatch(gap: float, warn: float, stop: float | None) -> bool:

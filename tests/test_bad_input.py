@@ -69,6 +69,10 @@ CASES = {
         lambda t, m: ["--data.prompt_format", "cepo.prompting.Chat"],
         "the tokenizer has no chat template",
     ),
+    "settings that do not go together": (
+        lambda t, m: ["--data.one_step_off", "true"],
+        "data.one_step_off needs model.tis_cap",
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """A run killed after a checkpoint and resumed continues exactly: every metric of every step
-equals the uninterrupted run's (one thread, same machine)."""
+equals the uninterrupted run's (one thread, same machine); with dynamic sampling too (its refill
+prompts come from the DataModule's prompt stream, whose position is checkpointed)."""
 
 import csv
 import json
@@ -31,6 +32,7 @@ def metrics(run_dir):
     [
         ((), [], "SIGKILL"),
         ((), [], "SIGTERM"),
+        (("sampling/dapo.yaml",), [], "SIGKILL"),
         pytest.param(
             ("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], "SIGKILL", marks=pytest.mark.slow
         ),
@@ -38,7 +40,7 @@ def metrics(run_dir):
             ("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], "SIGTERM", marks=pytest.mark.slow
         ),
     ],
-    ids=["grpo-sigkill", "grpo-sigterm", "cepo-ema-sigkill", "cepo-ema-sigterm"],
+    ids=["grpo-sigkill", "grpo-sigterm", "grpo-dapo-sigkill", "cepo-ema-sigkill", "cepo-ema-sigterm"],
 )
 def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, monkeypatch):
     """SIGKILL: the run dies, its last checkpoint (step 6) is the resume point. SIGTERM: it saves

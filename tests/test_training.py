@@ -58,8 +58,10 @@ def test_stale_batch_is_refused(tmp_path, tiny_dir):
     dm = small_data()
     tr = trainer(tmp_path, steps=1)
     tr.fit(module, datamodule=dm)
+    dm.sampler.sync()
     batch = dm.sampler.rollout(dm.task.split("train")[:2])
-    module.ref.version += 1  # as if an optimizer step happened after generation
+    assert batch.weight_version == module.weight_version
+    module.ref.version += 1  # as if one optimizer step happened after generation: one is too many
     with pytest.raises(RuntimeError, match="off-policy"):
         module.training_step(batch, 0)
 

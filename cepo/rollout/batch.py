@@ -54,6 +54,8 @@ class RolloutBatch:
         images: ``P`` processed images of each prompt (``cepo.vision.Images`` or None), for a
             vision-language policy; None: a text batch.
         vision: the policy's image handling (``cepo.vision.Vision``), with ``images``.
+        info: how the batch was drawn (dynamic sampling's rounds and group counts, one-step-off
+            staleness), logged as ``train/<key>``.
     """
 
     input_ids: torch.Tensor
@@ -82,6 +84,7 @@ class RolloutBatch:
     truncated: torch.Tensor | None = None
     images: list | None = None
     vision: object | None = None
+    info: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_rollouts(self) -> int:
@@ -206,3 +209,65 @@ def pad_right(rows: list[list[float]], width: int) -> torch.Tensor:
         if r:
             out[i, : len(r)] = torch.tensor(r[:width], dtype=torch.float)
     return out
+
+
+def gather_groups(parts: list[tuple[RolloutBatch, int]], pad_id: int) -> RolloutBatch:
+    """A batch of the groups ``(batch, group index)`` of ``parts``, in that order, re-packed.
+
+    The batches must share the group size, temperature and weight version (rounds of one step's
+    sampling); their timings are summed. Appended-row fields (``row_weight``) must be unset.
+    """
+    first = parts[0][0]
+    g = first.group_size
+    for b, _ in parts:
+        if (b.group_size, b.temperature, b.weight_version) != (g, first.temperature, first.weight_version):
+            raise ValueError("cannot gather groups of batches of different group sizes, temperatures or weights")
+        if b.row_weight is not None:
+            raise ValueError("cannot gather groups of batches with appended rows")
+    rows = [(b, p * g + i) for b, p in parts for i in range(g)]
+    response_ids = [b.response_ids[r] for b, r in rows]
+    input_ids, attention, start, mask = pack([b.prompt_ids[r // g] for b, r in rows], response_ids, pad_id)
+    device = first.input_ids.device
+    width = mask.shape[1]
+
+    def cat(name: str) -> torch.Tensor | None:
+        if getattr(first, name) is None:
+            return None
+        values = [getattr(b, name)[r] for b, r in rows]
+        if values[0].dim() == 0:
+            return torch.stack(values)
+        return torch.stack([torch.nn.functional.pad(v[:width], (0, width - len(v[:width]))) for v in values])
+
+    timings: dict[str, float] = {}
+    for b in {id(b): b for b, _ in parts}.values():
+        for k, v in b.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    components = None
+    if first.reward_components is not None:
+        components = {k: torch.stack([b.reward_components[k][r] for b, r in rows]) for k in first.reward_components}
+    return RolloutBatch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        response_start=start,
+        response_mask=mask.to(device),
+        rewards=cat("rewards"),
+        correct=cat("correct"),
+        engine_logprobs=cat("engine_logprobs"),
+        group_size=g,
+        prompts=[b.prompts[p] for b, p in parts],
+        answers=[b.answers[p] for b, p in parts],
+        solutions=[b.solutions[p] for b, p in parts],
+        responses=[b.responses[r] for b, r in rows],
+        extracted=[b.extracted[r] for b, r in rows],
+        prompt_ids=[b.prompt_ids[p] for b, p in parts],
+        response_ids=response_ids,
+        weight_version=first.weight_version,
+        timings=timings,
+        temperature=first.temperature,
+        messages=None if first.messages is None else [b.messages[p] for b, p in parts],
+        prompt_format=first.prompt_format,
+        reward_components=components,
+        truncated=cat("truncated"),
+        images=None if first.images is None else [b.images[p] for b, p in parts],
+        vision=first.vision,
+    )

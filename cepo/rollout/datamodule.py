@@ -9,12 +9,17 @@ weights. The DataModule owns a :class:`~cepo.rollout.rollout_sampler.RolloutSamp
 (:meth:`RolloutDataModule.connect`); before generating, the sampler re-syncs the engine if
 the policy's weight version moved.
 
+With dynamic sampling (``dynamic_sampling``) or one-step-off rollouts (``one_step_off``) on, the
+DataModule draws the prompts itself from a resumable :class:`~cepo.rollout.stream.PromptStream`
+(refill rounds, the next batch while this one trains) and the DataLoader yields step tickets.
+
 Evaluation scores the task's held-out split, or, when ``benchmarks`` are named, one
 validation DataLoader per benchmark, each verified by its own task.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -28,9 +33,13 @@ from cepo import distributed
 from cepo.policy import PolicyRef
 from cepo.prompting import PromptFormat
 from cepo.rewards import Reward, check_names
+from cepo.rollout.batch import RolloutBatch
+from cepo.rollout.dynamic import DynamicSampling, dynamic_batch
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
+from cepo.rollout.one_step_off import OneStepOff
 from cepo.rollout.rollout_sampler import EvalBatch, RolloutSampler
+from cepo.rollout.stream import PromptStream
 from cepo.tasks import Arithmetic, Example, Task
 
 
@@ -117,6 +126,12 @@ class RolloutDataModule(L.LightningDataModule):
             training and every benchmark: ``cepo.prompting.Plain`` (as is, the default; base
             models) or ``cepo.prompting.Chat`` (the tokenizer's chat template, optional system
             prompt). Teacher contexts and correction prompts are rendered the same way.
+        rewards: reward components summed with their weights (None: the task's own reward).
+        dynamic_sampling: DAPO dynamic sampling (``max_rounds`` 0, the default: off): train on
+            groups whose rewards differ, refilled from further prompts (docs/algorithms.md §9).
+        one_step_off: generate the next step's rollouts in a background thread while this step
+            trains, with a copy of the weights one rollout step old; needs ``model.tis_cap`` and
+            no objective that appends rows (docs/algorithms.md §10). Default off.
     """
 
     def __init__(
@@ -135,6 +150,8 @@ class RolloutDataModule(L.LightningDataModule):
         benchmarks: dict[str, Task] | None = None,
         prompt_format: PromptFormat | None = None,
         rewards: list[Reward] | None = None,
+        dynamic_sampling: DynamicSampling | None = None,
+        one_step_off: bool = False,
     ) -> None:
         super().__init__()
         if group_size < 2:
@@ -187,6 +204,14 @@ class RolloutDataModule(L.LightningDataModule):
             rewards,
         )
         self.prompt_format, self.rewards = self.sampler.prompt_format, self.sampler.rewards
+        self.dynamic_sampling = dynamic_sampling if dynamic_sampling is not None else DynamicSampling()
+        self.one_step_off = bool(one_step_off)
+        self.background: OneStepOff | None = None  # the one-step-off generator
+        if one_step_off:  # its own engine (set up on a copy of the policy) and sampler
+            args = (self.task, self.sampling, self.eval_sampling, group_size, success_threshold)
+            self.background = OneStepOff(RolloutSampler(copy.deepcopy(self.engine), *args, prompt_format, rewards))
+        self.stream: PromptStream | None = None  # the prompts, when the DataModule draws them
+        self._stream_state: dict | None = None
         self.served = 0  # training batches handed to the module
         self._epochs: list[tuple[int, int]] = []  # (shuffle seed, batches served before it) per epoch
         self._resume: tuple[int, int] | None = None
@@ -219,9 +244,28 @@ class RolloutDataModule(L.LightningDataModule):
         rows = (task if task is not None else self.task).split(self.eval_split)
         return rows[: self.eval_size] if self.eval_size else rows
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the DataModule draws training prompts itself (the DataLoader yields tickets)."""
+        return self.dynamic_sampling.enabled or self.background is not None
+
+    @property
+    def max_staleness(self) -> int:
+        """Rollout steps a training batch may lag the policy by (1 with one-step-off, else 0)."""
+        return int(self.background is not None)
+
     def train_dataloader(self) -> DataLoader:
         rows = _Rows(self.task.split("train"))
         shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
+        if self.streamed:
+            if shard.get("num_replicas", 1) > 1:  # the prompt stream is not split across ranks (yet)
+                raise ValueError("data.dynamic_sampling / data.one_step_off: one training process only")
+            self._train_rows = rows.rows
+            if self.stream is None:
+                self.stream = PromptStream(len(rows), self.sampling.seed + 20_000_003)
+                self.stream.load_state_dict(self._stream_state or {})
+            tickets = _Rows(list(range(max(len(rows) // self.prompts_per_step, 1))))
+            return DataLoader(tickets, batch_size=1, collate_fn=_collate)
         return DataLoader(
             rows,
             batch_size=self.prompts_per_step,
@@ -234,7 +278,7 @@ class RolloutDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """Everything that decides the next rollouts: the data order and position, the engine's
         draw counter, and the global random streams (saved with every checkpoint)."""
-        return {
+        state = {
             "served": self.served,
             "epochs": list(self._epochs),
             "engine": self.engine.state_dict(),
@@ -245,6 +289,25 @@ class RolloutDataModule(L.LightningDataModule):
                 "numpy_pos": int(np.random.get_state()[2]),
             },
         }
+        if self.streamed:  # with a batch pending, the draw state from before its draws
+            pending = self.background is not None and self.background.pending
+            state.update(self.background.state_at_launch if pending else self._draw_state())
+        return state
+
+    def _draw_state(self) -> dict:
+        """The prompt stream's position and the training engine's draw counter."""
+        stream = self.stream.state_dict() if self.stream is not None else (self._stream_state or {})
+        state = {"stream": dict(stream)}
+        if self.background is not None:
+            state["rollout_engine"] = self.background.sampler.engine.state_dict()
+        return state
+
+    def _load_draw_state(self, state: dict) -> None:
+        self._stream_state = state.get("stream")
+        if self.stream is not None:
+            self.stream.load_state_dict(self._stream_state or {})
+        if self.background is not None:
+            self.background.sampler.engine.load_state_dict(state.get("rollout_engine", {}))
 
     def load_state_dict(self, state: dict) -> None:
         self.served = state.get("served", 0)
@@ -253,6 +316,7 @@ class RolloutDataModule(L.LightningDataModule):
             seed, first = self._epochs[-1]
             self._resume = (seed, (self.served - first) * self.prompts_per_step)
         self.engine.load_state_dict(state.get("engine", {}))
+        self._load_draw_state(state)
         rng = state.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -271,13 +335,38 @@ class RolloutDataModule(L.LightningDataModule):
     def connect(self, policy: PolicyRef) -> None:
         """Connect the rollout sampler to the policy (the module calls this once it exists)."""
         self.sampler.connect(policy)
+        if self.background is not None:
+            self.background.connect(policy)
 
     def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0) -> object:
         self.sampler.sync()
         if self.trainer.training:
             self.served += 1
-            return self.sampler.rollout(batch)
+            if not self.streamed:
+                return self.sampler.rollout(batch)
+            if self.background is None:
+                return self.rollouts(self.sampler)
+            return self.background.next(self.rollouts, self._draw_state)
         return self.evaluate(batch, self.eval_task(dataloader_idx))
+
+    def rollouts(self, sampler: RolloutSampler) -> RolloutBatch:
+        """One step's rollouts from the prompt stream, with ``sampler`` (dynamic sampling's
+        rounds when it is on)."""
+
+        def draw(n: int) -> list[Example]:
+            return [self._train_rows[i] for i in self.stream.take(n)]
+
+        if not self.dynamic_sampling.enabled:
+            return sampler.rollout(draw(self.prompts_per_step))
+        pad_id = sampler.tokenizer.pad_token_id
+        return dynamic_batch(draw, sampler.rollout, self.prompts_per_step, self.dynamic_sampling.max_rounds, pad_id)
+
+    def teardown(self, stage: str) -> None:
+        """Stop a pending one-step-off batch; the draw state goes back to before its draws."""
+        if self.background is not None and self.background.pending:
+            state = self.background.state_at_launch
+            self.background.wait()
+            self._load_draw_state(state)
 
     def evaluate(self, examples: list[Example], task: Task | None = None) -> EvalBatch:
         """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``."""
