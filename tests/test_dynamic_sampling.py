@@ -133,3 +133,19 @@ def test_fit_trains_on_groups_with_differing_rewards(tmp_path, tiny_dir):
         assert ties.sum() == 2 - batch.info["groups_kept"]  # ties only when the rounds ran out
         assert batch.info["prompts_drawn"] >= 2 and 1 <= batch.info["gen_rounds"] <= 4
     assert data.stream.taken == sum(b.info["prompts_drawn"] for b in seen)
+
+
+def test_streamed_prompts_are_refused_with_several_training_processes():
+    """The prompt stream is one per run, not split across ranks: with DDP every rank would draw
+    the same prompts, so it is refused in one line."""
+
+    class TwoRanks:
+        distributed_sampler_kwargs = {"num_replicas": 2, "rank": 0}
+
+    data = small_data(dynamic_sampling=DynamicSampling(max_rounds=4))
+    data.setup("fit")
+    data.trainer = TwoRanks()
+    with pytest.raises(ValueError, match="one training process only"):
+        data.train_dataloader()
+    data.trainer = None
+    assert len(data.train_dataloader()) > 0
