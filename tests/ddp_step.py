@@ -114,6 +114,10 @@ def main(argv: list[str]) -> None:
     import torch.distributed as dist
 
     torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")
+    # as cepo's main does: a gloo group left to interpreter exit sometimes aborts the process
+    # ("terminate called without an active exception", exit -6) after the work is done
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
