@@ -38,6 +38,12 @@ Writes ``benchmarks/results/vs_trl_<model>.{json,md}`` (runs under ``vs_trl_<mod
     .venv/bin/python benchmarks/vs_trl.py --quick                     # seconds-long smoke run
     .venv/bin/python benchmarks/vs_trl.py --model tiny --steps 80 --rounds 2
     .venv/bin/python benchmarks/vs_trl.py --model smollm2 --steps 6 --rounds 1
+
+``--replay`` also records every generation batch TRL trains on and replays them, in order, through
+cepo's update (``benchmarks/trl_replay.py``), scoring that policy with the same evaluator: TRL's
+rollouts with cepo's update, which tells a difference in the update from one in the rollouts.
+
+    .venv/bin/python benchmarks/vs_trl.py --model tiny --steps 80 --rounds 2 --replay
 """
 
 from __future__ import annotations
