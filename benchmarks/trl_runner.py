@@ -4,9 +4,12 @@ Runs in ``.venv-trl`` (``scripts/setup_trl.sh``) and imports no cepo: the reward
 arithmetic task's exact-match verifier, restated here (:func:`final_number`, :func:`reward`;
 ``tests/test_benchmarks.py`` checks it gives cepo's verdicts). Settings come as one JSON file
 (``vs_trl.trl_settings`` writes it): the ``GRPOConfig`` keyword arguments, the LoRA settings (or
-none), the chat flag. Writes ``<out>/result.json`` (per-step wall times, per-step rewards, the
-process time, versions) and the trained policy as a Hugging Face folder in ``<out>/model`` (LoRA
-merged), which ``vs_trl.py`` evaluates with cepo's evaluator.
+none), the chat flag, ``record``. Writes ``<out>/result.json`` (per-step wall times, per-step
+rewards, TRL's whole log history, the process time, versions) and the trained policy as a Hugging
+Face folder in ``<out>/model`` (LoRA merged), which ``vs_trl.py`` evaluates with cepo's evaluator.
+With ``record``, also ``<out>/batches.pt``: every generation batch as TRL trains on it (prompt and
+completion ids and masks, advantages, rewards), which ``benchmarks/trl_replay.py`` replays
+through cepo's update.
 
     .venv-trl/bin/python benchmarks/trl_runner.py SETTINGS.json
 """
@@ -146,11 +149,19 @@ def main(settings_path: str) -> None:
             task_type="CAUSAL_LM",
         )
     train = Dataset.from_list(load_rows(settings["train_file"], settings["chat"]))
+    reward_fn = make_reward(settings["verifier"])
+    rewards_seen: list[list[float]] = []  # each generation batch's rewards (recorded with the batch)
+
+    def reward(*args, **kwargs) -> list[float]:
+        rewards_seen.append(reward_fn(*args, **kwargs))
+        return rewards_seen[-1]
+
+    reward.__name__ = reward_fn.__name__
     config = GRPOConfig(output_dir=str(out / "trainer"), **settings["grpo_config"])
     clock = StepClock()
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=make_reward(settings["verifier"]),
+        reward_funcs=reward,
         args=config,
         train_dataset=train,
         processing_class=tokenizer,
@@ -169,6 +180,19 @@ def main(settings_path: str) -> None:
             gen_seconds.append(time.perf_counter() - t0)
 
     trainer._generate_and_score_completions = timed
+    batches: list[dict] = []
+    if settings.get("record"):  # every generation batch, group-major, before TRL shuffles it into micro-batches
+
+        def recorded(inputs):
+            out = timed(inputs)
+            batch = {k: v.detach().cpu().clone() for k, v in out.items() if torch.is_tensor(v) and v.dim() > 0}
+            batch["rewards"] = torch.tensor(rewards_seen[-1], dtype=torch.float)
+            batch["prompts"] = [row["prompt"] for row in inputs]
+            batch["answers"] = [row["answer"] for row in inputs]
+            batches.append(batch)
+            return out
+
+        trainer._generate_and_score_completions = recorded
     t_train = time.perf_counter()
     trainer.train()
     t_trained = time.perf_counter()
@@ -179,12 +203,15 @@ def main(settings_path: str) -> None:
     for f in Path(model_path).iterdir():  # the tokenizer files as they were (cepo's char tokenizer)
         if f.is_file() and not (out / "model" / f.name).exists() and "safetensors" not in f.name:
             shutil.copy(f, out / "model" / f.name)
+    if settings.get("record"):
+        torch.save(batches, out / "batches.pt")
     marks = [clock.begin, *clock.ends]
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {
         "step_seconds": [b - a for a, b in zip(marks, marks[1:])],
         "generate_seconds": gen_seconds,
         "rewards": [h["reward"] for h in logs],
+        "log_history": trainer.state.log_history,
         "train_seconds": t_trained - t_train,
         "setup_seconds": t_train - T_START,
         "process_seconds": time.perf_counter() - T_START,
@@ -193,7 +220,8 @@ def main(settings_path: str) -> None:
         "model": str(out / "model"),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("step_seconds", "generate_seconds", "rewards")}))
+    per_step = ("step_seconds", "generate_seconds", "rewards", "log_history")
+    print(json.dumps({k: v for k, v in result.items() if k not in per_step}))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ Writes ``benchmarks/results/vs_trl_<model>.{json,md}`` (runs under ``vs_trl_<mod
     .venv/bin/python benchmarks/vs_trl.py --quick                     # seconds-long smoke run
     .venv/bin/python benchmarks/vs_trl.py --model tiny --steps 80 --rounds 2
     .venv/bin/python benchmarks/vs_trl.py --model smollm2 --steps 6 --rounds 1
+
+``--replay`` also records every generation batch TRL trains on and replays them, in order, through
+cepo's update (``benchmarks/trl_replay.py``), scoring that policy with the same evaluator: TRL's
+rollouts with cepo's update, which tells a difference in the update from one in the rollouts.
+
+    .venv/bin/python benchmarks/vs_trl.py --model tiny --steps 80 --rounds 2 --replay
 """
 
 from __future__ import annotations
@@ -327,12 +333,12 @@ def run_cepo(s: Matched, out: Path, tag: str, skip: int, engine: str) -> dict:
     }
 
 
-def run_trl(s: Matched, out: Path, tag: str, skip: int, trl_python: Path) -> dict:
+def run_trl(s: Matched, out: Path, tag: str, skip: int, trl_python: Path, record: bool = False) -> dict:
     folder = out / "runs" / "trl" / tag
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     settings = folder / "settings.json"
-    settings.write_text(json.dumps(trl_settings(s, folder), indent=2))
+    settings.write_text(json.dumps(dict(trl_settings(s, folder), record=record), indent=2))
     env = dict(base_env(), PYTHONPATH="")  # TRL's side cannot import cepo
     load = os.getloadavg()
     seconds = run([str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), str(settings)], env, folder / "log.txt")
@@ -341,6 +347,23 @@ def run_trl(s: Matched, out: Path, tag: str, skip: int, trl_python: Path) -> dic
     result["generate"] = steady(result["generate_seconds"], skip)
     result.update(load_before=load, load_after=os.getloadavg())
     return result
+
+
+def run_replay(s: Matched, out: Path, tag: str) -> dict:
+    """cepo's update on the TRL run's recorded rollouts (``trl_replay.py``): the weights' distance
+    to TRL's final model, and the folder to evaluate."""
+    trl_folder = out / "runs" / "trl" / tag
+    folder = out / "runs" / "replay" / tag
+    cmd = [
+        sys.executable, str(ROOT / "benchmarks" / "trl_replay.py"),
+        str(trl_folder / "batches.pt"), s.model_path, str(folder),
+        "--trl-model", str(trl_folder / "model"),
+        "--group", str(s.group_size), "--lr", str(s.lr), "--weight-decay", str(s.weight_decay),
+        "--micro-batch", str(s.micro_batch),
+    ]  # fmt: skip
+    run(cmd, dict(base_env(), PYTHONPATH=str(ROOT)), out / f"replay-{tag}.log")
+    result = json.loads((folder / "replay.json").read_text())
+    return dict(result, model=str(folder))
 
 
 def evaluate(s: Matched, folder: str, out: Path, tag: str, size: int, max_new: int) -> float:
@@ -426,6 +449,19 @@ def table(s: Matched, summary: dict, base_acc: float, eval_size: int, rounds: li
         "(their rows skip cepo's forward/backward; TRL runs them)",
         f"target cepo <= 0.4x TRL: {'met' if summary['ratio'] <= 0.4 else 'not met'}",
     ]
+    if "replay" in rounds[0]["trl"]:
+        replays = [r["trl"]["replay"] for r in rounds]
+        lines.append(
+            "cepo's update on TRL's recorded rollouts (trl_replay.py), per round: greedy accuracy "
+            + " / ".join(pct(x["acc"]) for x in replays)
+            + " (TRL's: "
+            + " / ".join(pct(r["trl"]["acc"]) for r in rounds)
+            + "); final weights' distance to TRL's "
+            + " / ".join(f"{x['distance_to_trl']:.1e}" for x in replays)
+            + " (TRL moved "
+            + " / ".join(f"{x['trl_moved']:.2f}" for x in replays)
+            + ")"
+        )
     return "\n".join(lines)
 
 
@@ -448,6 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip", type=int, help="first steps of each run left out of the step time (3; 1 under 20 steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cepo-engine", choices=("hf", "vllm"), default="hf")
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="also replay each TRL run's rollouts through cepo's update (trl_replay.py) and score that policy",
+    )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny sizes, 1 round)")
     p.add_argument("--trl-venv", default=".venv-trl")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -496,11 +537,20 @@ def main(argv: list[str] | None = None) -> None:
             if side == "cepo":
                 results[side] = run_cepo(sr, out, tag, skip, a.cepo_engine)
             else:
-                results[side] = run_trl(sr, out, tag, skip, trl_python)
+                results[side] = run_trl(sr, out, tag, skip, trl_python, record=a.replay)
             print(f"round {r} {side}: {results[side]['steady']['mean']:.3f} s/step", flush=True)
         for side in order:
             results[side]["acc"] = evaluate(s, results[side]["model"], out, f"{side}-round{r}", eval_size, max_new_eval)
             print(f"round {r} {side}: greedy accuracy {results[side]['acc']:.3f}", flush=True)
+        if a.replay:
+            replay = run_replay(sr, out, f"round{r}")
+            replay["acc"] = evaluate(s, replay["model"], out, f"replay-round{r}", eval_size, max_new_eval)
+            results["trl"]["replay"] = replay
+            print(
+                f"round {r} cepo's update on TRL's rollouts: greedy accuracy {replay['acc']:.3f}, "
+                f"weights {replay['distance_to_trl']:.2e} from TRL's (TRL moved {replay['trl_moved']:.2e})",
+                flush=True,
+            )
         rounds.append(results)
     summary = summarise(rounds, base_acc)
     md_text = table(s, summary, base_acc, eval_size, rounds, skip)

@@ -491,3 +491,71 @@ def test_trl_runner_trains_and_saves_a_folder_cepo_loads(vs_trl, tiny_dir, tmp_p
         == AutoTokenizer.from_pretrained(tiny_dir)("1+2=").input_ids
     )
     assert set(before.state_dict()) == set(after.state_dict())
+
+
+def _trl_batches(tiny_dir, steps: int = 2, group: int = 4, prompts: int = 2) -> list[dict]:
+    """Generation batches in the layout ``trl_runner.py`` records (left-padded prompts,
+    right-padded completions ending in EOS, TRL's advantages, rewards), from random tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(steps):
+        n = prompts * group
+        p_len = [int(x) for x in torch.randint(3, 7, (prompts,), generator=g)]
+        c_len = [int(x) for x in torch.randint(2, 9, (n,), generator=g)]
+        prompt = [torch.randint(3, 60, (k,), generator=g).tolist() for k in p_len]
+        pids = [prompt[i // group] for i in range(n)]  # group-major: a group's rows share its prompt
+        cids = [torch.randint(3, 60, (c - 1,), generator=g).tolist() + [tok.eos_token_id] for c in c_len]
+        lp, lc = max(map(len, pids)), max(map(len, cids))
+        rewards = torch.tensor([float(i % 3 == 0) for i in range(n)])
+        r = rewards.view(-1, group)
+        out.append(
+            {
+                "prompt_ids": torch.tensor([[tok.pad_token_id] * (lp - len(p)) + p for p in pids]),
+                "prompt_mask": torch.tensor([[0] * (lp - len(p)) + [1] * len(p) for p in pids]),
+                "completion_ids": torch.tensor([c + [tok.pad_token_id] * (lc - len(c)) for c in cids]),
+                "completion_mask": torch.tensor([[1] * len(c) + [0] * (lc - len(c)) for c in cids]),
+                "advantages": ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1),
+                "rewards": rewards,
+                "prompts": [f"p{i // group}" for i in range(n)],
+                "answers": ["0"] * n,
+            }
+        )
+    return out
+
+
+def test_trl_replay_is_the_dapo_update_written_out(vs_trl, tiny_dir):
+    """``benchmarks/trl_replay.py`` (cepo's ``_update`` on recorded TRL batches, then clip and AdamW)
+    equals the GRPO/DAPO update written directly: loss ``-sum A_i * logp_t / (response tokens of
+    the batch)`` (the ratio is 1 with one update per batch), the same clip and AdamW."""
+    import copy
+    import importlib
+
+    from transformers import AutoModelForCausalLM
+
+    replay = importlib.import_module("trl_replay")
+    batches = _trl_batches(tiny_dir)
+    module, norms = replay.replay(batches, str(tiny_dir), group_size=4, lr=1e-3, micro_batch=3)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    start = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    for b, norm in zip(batches, norms):
+        ids = torch.cat([b["prompt_ids"], b["completion_ids"]], 1)
+        attention = torch.cat([b["prompt_mask"], b["completion_mask"]], 1)
+        position = (attention.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=position).logits
+        lp = b["prompt_ids"].shape[1]
+        logp = torch.log_softmax(logits[:, lp - 1 : -1].float(), -1).gather(-1, b["completion_ids"][..., None])[..., 0]
+        r = b["rewards"].view(-1, 4)
+        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1, 1)
+        mask = b["completion_mask"].float()
+        loss = -(adv * logp * mask).sum() / mask.sum()
+        loss.backward()
+        assert float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)) == pytest.approx(norm, rel=1e-4)
+        opt.step()
+        opt.zero_grad()
+    assert replay.distance(module.policy, model) < 1e-4 * replay.distance(model, start)  # float noise only
+    assert replay.distance(model, start) > 0
