@@ -10,6 +10,11 @@ def initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if initialized() else 0
+
+
 def global_sum(value: float, device: torch.device) -> float:
     """``value`` summed over every process."""
     if not initialized():

@@ -55,7 +55,13 @@ def main(argv: list[str]) -> None:
     tr = trainer(out, steps=4, devices=2, strategy="ddp", callbacks=[record])
     tr.fit(module, datamodule=data)
     train = [e.prompt for e in data.task.split("train")]
-    torch.save({"steps": record.steps, "train": train}, Path(out) / f"rank{dist.get_rank()}.pt")
+    result = {
+        "steps": record.steps,
+        "train": train,
+        "seed": data.sampler.sampling.seed,
+        "base_seed": data.sampling.seed,
+    }
+    torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")
 
 
 if __name__ == "__main__":

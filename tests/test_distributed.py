@@ -134,6 +134,8 @@ def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(tmp_path, tiny_dir)
     ranks = run_ranks("tests.ddp_data", [str(tiny_dir), str(tmp_path)], tmp_path, timeout=300)
     train = ranks[0]["train"]
     assert len(train) == 8 and all(len(r["steps"]) == 4 for r in ranks)  # 2 steps per epoch and rank
+    # each rank samples with its own seed (rank 0 with the one-process seed): no shared random draws
+    assert ranks[0]["seed"] == ranks[0]["base_seed"] == ranks[1]["base_seed"] != ranks[1]["seed"]
     for epoch in range(2):  # the ranks' random streams differ from the second epoch's seed on
         seen = [[p for s in r["steps"][2 * epoch : 2 * epoch + 2] for p in s["prompts"]] for r in ranks]
         assert not set(seen[0]) & set(seen[1]), (epoch, seen)

@@ -42,6 +42,8 @@ from cepo.rollout.rollout_sampler import EvalBatch, RolloutSampler
 from cepo.rollout.stream import PromptStream
 from cepo.tasks import Arithmetic, Example, Task
 
+RANK_SEED_STRIDE = 30_000_001  # sampling seeds of the processes of one run, apart
+
 
 def _collate(rows: list[Example]) -> list[Example]:
     return rows
@@ -333,7 +335,13 @@ class RolloutDataModule(L.LightningDataModule):
 
     # -- generation -------------------------------------------------------------------
     def connect(self, policy: PolicyRef) -> None:
-        """Connect the rollout sampler to the policy (the module calls this once it exists)."""
+        """Connect the rollout sampler to the policy (the module calls this once it exists).
+
+        Under DDP/FSDP each process samples with its own seed (rank 0 keeps the one-process one):
+        with the same seed the ranks' rollouts would share their random draws.
+        """
+        seed = self.sampling.seed + RANK_SEED_STRIDE * distributed.rank()
+        self.sampler.sampling = dataclasses.replace(self.sampling, seed=seed)
         self.sampler.connect(policy)
         if self.background is not None:
             self.background.connect(policy)
