@@ -194,7 +194,9 @@ class KeepRows(Callback):
     def __init__(self, rows: list[dict]) -> None:
         self.rows = rows
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # on_fit_start, after the checkpoint's restore: a run resumed at max_steps trains nothing,
+        # and on_train_start would never come, leaving the CSV logger to overwrite the rows
         kept = [r for r in self.rows if int(float(r.get("step", 0))) < pl_module.rl_step]
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger) and kept:

@@ -242,6 +242,16 @@ def row_logprobs(model: torch.nn.Module, prompt: list[int], response: list[int])
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
+class SlowSteps(L.Callback):
+    """Sleeps ``$CEPO_TEST_STEP_SLEEP`` seconds (default 0.5) after each rollout step, so that a
+    signal sent mid-run arrives while the run trains."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        time.sleep(float(os.environ.get("CEPO_TEST_STEP_SLEEP", "0.5")))
+
+
 class KillAt(L.Callback):
     """Kills its own process (``signal`` from ``$CEPO_TEST_KILL``, default SIGKILL) when rollout step
     ``$CEPO_TEST_KILL_AT`` is about to start, i.e. after the checkpoints of the steps before it."""

@@ -173,7 +173,12 @@ def test_a_preempted_point_is_requeued_and_resumes_from_its_checkpoint(tmp_path,
     spec = {
         "name": "tiny",
         "base": ["configs/default.yaml"],
-        "fixed": {**fixed, "model.model_path": str(tiny_dir), "data.task": "tests.helpers.TextParity"},
+        "fixed": {
+            **fixed,
+            "model.model_path": str(tiny_dir),
+            "data.task": "tests.helpers.TextParity",
+            "trainer.callbacks": ["tests.helpers.SlowSteps"],  # the notice must come mid-run
+        },
         "grid": {"seed_everything": [0]},
     }
     grid.write_text(yaml.safe_dump(spec))
@@ -194,6 +199,8 @@ def test_a_preempted_point_is_requeued_and_resumes_from_its_checkpoint(tmp_path,
     commands = [line for line in log.splitlines() if line.startswith("[20") and " -m cepo fit " in line]
     assert len(commands) == 2 and commands[1].endswith("--ckpt_path last"), commands  # the requeued task resumed
     assert "cepo: stopped on SIGTERM after saving checkpoints/last.ckpt" in log, log[-3000:]
+    first_attempt = log.split(commands[1])[0]  # it stopped before the end: the resume trained the rest
+    assert "stopped on SIGTERM" in first_attempt and "`max_steps=8` reached" not in first_attempt
     steps = [int(float(r["step"])) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/reward_mean")]
     assert steps == list(range(8))  # every step once, none twice
     assert json.loads((run / "summary.json").read_text())["rl_steps"] == 8

@@ -136,3 +136,15 @@ def test_ckpt_path_last_finds_the_newest_checkpoint(tmp_path):
     assert last_checkpoint(tmp_path, "missing") is None
     new_last.unlink()
     assert last_checkpoint(tmp_path) == new_step
+
+
+def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
+    """A requeued job may resume a run whose last checkpoint is at max_steps: nothing trains, and
+    metrics.csv must still hold every step (the rows come back before training would start)."""
+    extra = ["--checkpoint.every_n_train_steps", "1", "--data.task", "tests.helpers.TextParity", "--export_hf", "false"]
+    args = ["fit", *fit_args(tiny_dir, tmp_path, "done", steps=2, extra=[*extra, "--report_base", "false"])]
+    assert run_cli(args).returncode == 0
+    before = metrics(tmp_path / "done" / "v")
+    again = run_cli([*args, "--ckpt_path", "last"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(before) == ["0", "1"] and metrics(tmp_path / "done" / "v") == before
