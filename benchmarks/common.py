@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -13,6 +14,23 @@ from pathlib import Path
 import lightning as L
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a benchmark's subprocesses: one thread each, no hub
+    access (the hubs are unreachable here), plus ``extra``."""
+    env = dict(os.environ)
+    env.update(
+        CEPO_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        **extra,
+    )
+    return env
 
 
 class StepClock(L.Callback):

@@ -60,6 +60,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import offline_env
+
 ROOT = Path(__file__).resolve().parents[1]
 END = "<|im_end|>"
 TASK = "gsm8k_boxed"
@@ -114,21 +116,6 @@ def run(cmd: list[str], env: dict[str, str], out: Path, cwd: Path, reuse: bool) 
         sys.exit(f"command failed ({code}); last lines of {log}:\n" + "".join(log.read_text().splitlines(True)[-30:]))
     done.write_text(json.dumps({"cmd": cmd, "seconds": seconds}))
     return seconds
-
-
-def base_env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        CEPO_CACHE=str(cache),
-        CEPO_NUM_THREADS="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
 
 
 def prepare_assets(cepo_python: Path, env: dict[str, str]) -> tuple[Path, Path]:
@@ -384,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     cache = Path(os.environ.get("CEPO_CACHE", ROOT / ".cache" / "cepo")).resolve()
-    env = base_env(cache)
+    env = offline_env(CEPO_CACHE=str(cache))
     work = (ROOT / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.skip_setup:

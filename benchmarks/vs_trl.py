@@ -61,7 +61,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_results
+from common import offline_env, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_INSTRUCTION = "What is {problem}? Put the final answer within \\boxed{{}}."
@@ -270,20 +270,6 @@ def trl_settings(s: Matched, out: Path) -> dict:
     }
 
 
-def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        CEPO_NUM_THREADS="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
-
-
 def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
     """Run ``cmd`` with its output in ``log``; its wall seconds. Exits on failure."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +294,7 @@ def steady(seconds: list[float], skip: int) -> dict:
 def run_cepo(s: Matched, out: Path, tag: str, skip: int, engine: str) -> dict:
     clock = out / f"cepo-{tag}-steps.json"
     args = cepo_fit_args(s, out / "runs", "cepo", tag, clock, engine)
-    env = dict(base_env(), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]))
+    env = offline_env(PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]))
     load = os.getloadavg()
     seconds = run([sys.executable, "-m", "cepo", "fit", *args], env, out / f"cepo-{tag}.log")
     run_dir = out / "runs" / "cepo" / tag
@@ -339,7 +325,7 @@ def run_trl(s: Matched, out: Path, tag: str, skip: int, trl_python: Path, record
     folder.mkdir(parents=True)
     settings = folder / "settings.json"
     settings.write_text(json.dumps(dict(trl_settings(s, folder), record=record), indent=2))
-    env = dict(base_env(), PYTHONPATH="")  # TRL's side cannot import cepo
+    env = offline_env(PYTHONPATH="")  # TRL's side cannot import cepo
     load = os.getloadavg()
     seconds = run([str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), str(settings)], env, folder / "log.txt")
     result = json.loads((folder / "result.json").read_text())
@@ -361,7 +347,7 @@ def run_replay(s: Matched, out: Path, tag: str) -> dict:
         "--group", str(s.group_size), "--lr", str(s.lr), "--weight-decay", str(s.weight_decay),
         "--micro-batch", str(s.micro_batch),
     ]  # fmt: skip
-    run(cmd, dict(base_env(), PYTHONPATH=str(ROOT)), out / f"replay-{tag}.log")
+    run(cmd, offline_env(PYTHONPATH=str(ROOT)), out / f"replay-{tag}.log")
     result = json.loads((folder / "replay.json").read_text())
     return dict(result, model=str(folder))
 
@@ -383,7 +369,7 @@ def evaluate(s: Matched, folder: str, out: Path, tag: str, size: int, max_new: i
         "--run_name", "eval",
         "--run_version", tag,
     ]  # fmt: skip
-    run(cmd, dict(base_env(), PYTHONPATH=str(ROOT)), out / "eval" / f"{tag}.log")
+    run(cmd, offline_env(PYTHONPATH=str(ROOT)), out / "eval" / f"{tag}.log")
     rows = [json.loads(line) for line in open(out / "eval" / "eval" / tag / "samples" / "validate.jsonl")]
     greedy = [r for r in rows if r["sample"] == "greedy"]
     if len(greedy) != size:

@@ -17,27 +17,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cepo import parallel
 from cepo.rollout.vllm_engine import VLLMEngine, hf_weights
+from tests.helpers import tiny_llama
 
 
 def main(argv: list[str]) -> None:
     lora, out = argv[0] == "lora", Path(argv[1])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tie_word_embeddings=True)
     if lora:
         from peft import LoraConfig, get_peft_model
 

@@ -124,6 +124,18 @@ def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProces
     )
 
 
+def tiny_llama(vocab_size: int = 50, **config):
+    """A seeded 2-layer Llama (hidden 32, 2 heads, 1 KV head) for tests that need a model
+    object, not a folder; ``config`` overrides or adds ``LlamaConfig`` fields."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    sizes = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+    )
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **{**sizes, **config}))
+
+
 # -- in-process training --------------------------------------------------------------------------
 def small_data(engine=None, **kw):
     task = TextParity(train_size=200, val_size=8, test_size=8)

@@ -473,7 +473,7 @@ def test_trl_runner_trains_and_saves_a_folder_cepo_loads(vs_trl, tiny_dir, tmp_p
     out = tmp_path / "trl"
     out.mkdir()
     (out / "settings.json").write_text(json.dumps(vs.trl_settings(s, out)))
-    env = dict(vs.base_env(), PYTHONPATH="")
+    env = vs.offline_env(PYTHONPATH="")
     done = subprocess.run(
         [str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_runner.py"), str(out / "settings.json")],
         env=env, capture_output=True, text=True, timeout=600,

@@ -4,7 +4,7 @@ log-probs equal to a plain forward pass of the rendered text."""
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from cepo import assets
 from cepo.objectives import CIPO, OPSD
@@ -15,7 +15,7 @@ from cepo.rollout.rollout_sampler import RolloutSampler
 from cepo.scoring import Scorer
 from cepo.tasks import Example, JsonlTask
 from cepo.teacher import Live, TeacherContexts
-from tests.helpers import row_logprobs
+from tests.helpers import row_logprobs, tiny_llama
 
 INSTRUCTION = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 
@@ -30,18 +30,7 @@ def chat_tok():
 
 @pytest.fixture(scope="module")
 def chat_model(chat_tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(chat_tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(len(chat_tok), max_position_embeddings=512, tie_word_embeddings=True).eval()
 
 
 class Canned(RolloutEngine):

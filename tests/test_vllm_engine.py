@@ -15,7 +15,7 @@ from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.vllm_engine import VLLMEngine, hf_weights, vllm_available
-from tests.helpers import fit_args, run_cli
+from tests.helpers import fit_args, run_cli, tiny_llama
 
 OK, WHY = vllm_available()
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not OK, reason=f"vLLM not importable: {WHY}")]
@@ -174,20 +174,8 @@ def test_lora_weights_for_the_engine_leave_the_model_untouched(dtype):
     of the model (no in-place merge/unmerge: the frozen base is also the KL reference and the Base
     teacher). Needs no vLLM."""
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    model = get_peft_model(
-        LlamaForCausalLM(config).to(dtype), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
-    )
+    model = get_peft_model(tiny_llama().to(dtype), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -233,11 +233,16 @@ def sweep_main(argv: list[str]) -> None:
         (p, fit_command([*arg_lists[p.slug], "--run_root", str(out), *resume_flags(p in resumed)]), sweep_dir / p.slug)
         for p in pending
     ]
-    emit = lambda line: print(line, flush=True)  # noqa: E731
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
+    def line(p: Point, status: str, result: RunResult, run_dir: Path) -> str:
+        return progress_line(p, total, status, result, run_dir, slug_width)
+
     if args.launcher == "local":
         results.update(run_all(jobs, total, args.parallel, emit, slug_width))
     else:
-        line = lambda p, status, result, run_dir: progress_line(p, total, status, result, run_dir, slug_width)  # noqa: E731
         launched = run_submitit(args.launcher, jobs, sweep_dir, resources, grid.name, emit, line, args.detach)
         if launched is None:
             print(f"detached: re-run the same command to wait for the jobs and write {sweep_dir}/results.md")

@@ -268,7 +268,8 @@ def run_submitit(
         for point, job in submitted:
             handles[point.index] = job
             known[point.slug] = job.job_id
-        state_file.write_text(json.dumps(known, indent=2))
+        if launcher == "slurm":  # local jobs end with this process: nothing to re-attach to
+            state_file.write_text(json.dumps(known, indent=2))
         ids = sorted({str(job.job_id).split("_")[0] for _, job in submitted})
         emit(f"submitted {len(submitted)} point(s) with the {launcher} launcher: job {', '.join(ids)}")
     if detach:
