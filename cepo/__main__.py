@@ -38,6 +38,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"cepo: error: {one_line(err)}  (CEPO_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as err:
+        from cepo.distributed import failure
+
+        line = failure(err)
+        if line is None or os.environ.get("CEPO_DEBUG"):
+            raise
+        print(f"cepo: error: {line}  (CEPO_DEBUG=1 shows the traceback)", file=sys.stderr, flush=True)
+        os._exit(2)  # no clean-up: the process group is broken, and its teardown could wait again
 
 
 def _close_process_group() -> None:

@@ -35,6 +35,14 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return bool(fsdp_modules(model))
 
 
+def is_fsdp_class(cls: type) -> bool:
+    """Whether ``cls`` is FSDP2's ``FSDPModule`` or a class ``fully_shard`` made from it (a sharded
+    module's class is a subclass of both ``FSDPModule`` and the module's own class)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return issubclass(cls, FSDPModule)
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules whose class names the Hugging Face model lists in ``_no_split_modules`` (its
     decoder layers, and the vision blocks of a vision-language model): FSDP's units."""

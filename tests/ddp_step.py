@@ -1,7 +1,7 @@
 """One optimizer update of :class:`GRPOModule` on hand-made rollout batches, on one process or
 as one rank of a 2-process DDP or FSDP2 (gloo) run; used by ``tests/test_distributed.py``.
 
-A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp]`` from the repository root with
+A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied]`` from the repository root with
 ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set (Lightning then joins the
 process group instead of launching processes) and saves its policy after the update and the
 number of gradient-carrying forward passes it ran to ``OUT_DIR/rank<r>.pt``.
@@ -16,7 +16,7 @@ import lightning as L
 import torch
 
 from cepo import parallel
-from cepo.credit import Contrastive, Uniform
+from cepo.credit import Contrastive, EvidenceRatio, HighEntropy, Redistributed, Uniform
 from cepo.module import GRPOModule
 from tests.helpers import FixedBatches, make_batch, trainer
 
@@ -29,7 +29,15 @@ RANK_GROUPS = [
     [("3+4-2=", "5", [1, 0, 0, 1]), ("12+7=", "19", [0, 1, 0, 0]), ("8-5+9=", "12", [1, 1, 0, 1])],
     [("6+6-3=", "9", [1, 0, 0, 0]), ("2+2=", "4", [0, 0, 0, 0])],
 ]
-CREDITS = {"uniform": lambda: Uniform(), "contrastive": lambda: Contrastive(clip=0.5, beta=0.5)}
+# or rank 1 holds only a tied group (no row with a loss, no evidence computed) while rank 0 trains
+TIED_GROUPS = [RANK_GROUPS[0], [("2+2=", "4", [0, 0, 0, 0])]]
+CREDITS = {
+    "uniform": lambda: Uniform(),
+    "contrastive": lambda: Contrastive(clip=0.5, beta=0.5),
+    "evidence_ratio": lambda: EvidenceRatio(clip=0.5, beta=0.5),
+    "high_entropy": lambda: HighEntropy(top_fraction=0.5),
+    "redistributed": lambda: Redistributed(clip=0.5),
+}
 
 
 def group_batch(tok, groups):
@@ -46,13 +54,13 @@ def group_batch(tok, groups):
     return make_batch(tok, prompts, answers, responses, rewards, extracted, GROUP)
 
 
-def rank_batch(tok, rank: int):
-    return group_batch(tok, RANK_GROUPS[rank])
+def rank_batch(tok, rank: int, layout: str = "uneven"):
+    return group_batch(tok, (TIED_GROUPS if layout == "tied" else RANK_GROUPS)[rank])
 
 
-def global_batch(tok):
+def global_batch(tok, layout: str = "uneven"):
     """Every rank's rows in one batch: what a single process trains on."""
-    return group_batch(tok, [g for groups in RANK_GROUPS for g in groups])
+    return group_batch(tok, [g for groups in (TIED_GROUPS if layout == "tied" else RANK_GROUPS) for g in groups])
 
 
 class CountForwards(L.Callback):
@@ -107,10 +115,10 @@ def main(argv: list[str]) -> None:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    credit, model_dir, out, *name = argv
+    credit, model_dir, out, name, layout = (argv + ["ddp", "uneven"])[:5] if len(argv) < 5 else argv
     tok = AutoTokenizer.from_pretrained(model_dir)
-    batches = lambda step, rank: rank_batch(tok, rank)
-    result = one_update(model_dir, credit, batches, out, devices=2, strategy_name=(name or ["ddp"])[0])
+    batches = lambda step, rank: rank_batch(tok, rank, layout)
+    result = one_update(model_dir, credit, batches, out, devices=2, strategy_name=name)
     import torch.distributed as dist
 
     torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")

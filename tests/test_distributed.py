@@ -84,26 +84,46 @@ def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[d
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
-def run_two_ranks(credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp") -> list[dict]:
+def run_two_ranks(
+    credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp", layout: str = "uneven"
+) -> list[dict]:
     """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
-    return run_ranks("tests.ddp_step", [credit, str(model_dir), str(out), strategy], out, timeout)
+    return run_ranks("tests.ddp_step", [credit, str(model_dir), str(out), strategy, layout], out, timeout)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize("credit", ["uniform", "contrastive"], ids=["grpo", "cepo"])
-def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit, strategy):
-    """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches take the
+_slow = pytest.mark.slow
+UPDATE_CASES = [
+    ("uniform", "ddp", "uneven"),
+    ("uniform", "fsdp", "uneven"),
+    ("contrastive", "ddp", "uneven"),
+    ("contrastive", "fsdp", "uneven"),
+    ("contrastive", "ddp", "tied"),
+    pytest.param("contrastive", "fsdp", "tied", marks=_slow),
+    pytest.param("evidence_ratio", "ddp", "tied", marks=_slow),
+    pytest.param("high_entropy", "ddp", "tied", marks=_slow),
+    pytest.param("redistributed", "ddp", "tied", marks=_slow),
+    pytest.param("evidence_ratio", "fsdp", "uneven", marks=_slow),
+]
+
+
+@pytest.mark.parametrize(("credit", "strategy", "layout"), UPDATE_CASES)
+def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit, strategy, layout):
+    """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches (``uneven``),
+    or 6 and none (``tied``: rank 1 holds only a tied group, so it computes no evidence), take the
     same update as one process on both ranks' rows (token-mean over the global batch), with DDP
     and with FSDP2 (``ModelParallelStrategy``: each rank holds half of every weight; the teachers'
     no-grad passes run on gathered weights, rank 1 matches rank 0's passes with zero-loss ones)."""
     from transformers import AutoTokenizer
 
-    ranks = run_two_ranks(credit, tiny_dir, tmp_path, strategy=strategy)
-    assert [r["forwards"] for r in ranks] == [6, 2]  # the ranks trained different numbers of micro-batches
+    ranks = run_two_ranks(credit, tiny_dir, tmp_path, strategy=strategy, layout=layout)
+    # the ranks trained different numbers of micro-batches (HighEntropy leaves rows without a kept token out)
+    forwards = [r["forwards"] for r in ranks]
+    assert forwards == [6, 2] if layout == "uneven" else forwards[0] > 0 and forwards[1] == 0
     assert [r["sharded"] for r in ranks] == [strategy == "fsdp"] * 2
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    single = ddp_step.one_update(str(tiny_dir), credit, lambda step, rank: ddp_step.global_batch(tok), tmp_path)
-    assert single["forwards"] == 8
+    batch = lambda step, rank: ddp_step.global_batch(tok, layout)
+    single = ddp_step.one_update(str(tiny_dir), credit, batch, tmp_path)
+    assert single["forwards"] == sum(forwards)
     initial = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
     moved = max(float((single["state"][k] - initial[k]).abs().max()) for k in initial)
     assert moved > 1e-4  # the update did something

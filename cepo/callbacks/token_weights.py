@@ -89,6 +89,13 @@ class TokenWeightLogger(L.Callback):
         self.delta_threshold = delta_threshold
         self.role_totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self.pieces: dict[int, str] = {}  # token texts of the policy's tokenizer
+        self.out_dir: Path | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # On every process: trainer.log_dir broadcasts rank 0's directory, a collective. Read
+        # only on rank 0 (in render), it paired with the next collective of the other ranks and
+        # hung or crashed every evidence-reading rule at its second step under DDP and FSDP.
+        self.out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "token_weights"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         record = pl_module.last_credit
@@ -149,7 +156,7 @@ class TokenWeightLogger(L.Callback):
         return rows[: self.num_examples]
 
     def render(self, trainer, pl_module, record, step: int) -> Path:
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "token_weights"
+        out_dir = self.out_dir or Path(trainer.default_root_dir) / "token_weights"
         out_dir.mkdir(parents=True, exist_ok=True)
         batch, out = record.batch, record.output
         tok = pl_module.tokenizer

@@ -21,15 +21,33 @@ from collections.abc import Iterator
 
 import torch
 
+from cepo import parallel
 from cepo.lora import is_peft
 
 
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
-    """A no-grad deep copy of ``policy`` in eval mode."""
-    twin = copy.deepcopy(policy).eval()
+    """A no-grad copy of ``policy`` in eval mode.
+
+    An FSDP2-sharded policy cannot be deep-copied: the copy is then an unsharded model of the
+    same class holding the gathered weights on every process (a collective: every process calls
+    this), so that its no-grad passes run no collective, as the policy's do inside
+    :func:`~cepo.parallel.gathered`.
+    """
+    if parallel.is_sharded(policy):
+        cls = next(c for c in type(policy).__mro__ if not parallel.is_fsdp_class(c))
+        twin = cls(policy.config).to(device=next(policy.parameters()).device, dtype=policy.dtype)
+        twin.load_state_dict(parallel.full_state_dict(policy))
+    else:
+        twin = copy.deepcopy(policy)
+    twin.eval()
     for p in twin.parameters():
         p.requires_grad_(False)
     return twin
+
+
+def policy_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's weights as whole tensors (gathered under FSDP: every process calls this)."""
+    return parallel.full_state_dict(policy) if parallel.is_sharded(policy) else policy.state_dict()
 
 
 class TeacherWeights:
@@ -110,7 +128,7 @@ class Synced(TeacherWeights):
     @torch.no_grad()
     def on_step_end(self, rl_step: int) -> None:
         if rl_step % self.every == 0:
-            self.copy.load_state_dict(self.policy.state_dict())
+            self.copy.load_state_dict(policy_state(self.policy))
 
 
 class EMA(TeacherWeights):
@@ -130,5 +148,10 @@ class EMA(TeacherWeights):
 
     @torch.no_grad()
     def on_step_end(self, rl_step: int) -> None:
+        if parallel.is_sharded(self.policy):
+            state = policy_state(self.policy)
+            for name, t in self.copy.named_parameters():
+                t.lerp_(state[name].to(t.dtype), self.tau)
+            return
         for t, s in zip(self.copy.parameters(), self.policy.parameters()):
             t.lerp_(s.detach(), self.tau)
