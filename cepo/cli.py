@@ -8,6 +8,7 @@ composes YAML files left to right; later files and flags override earlier ones.
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import time
 from pathlib import Path
@@ -16,9 +17,23 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from cepo.callbacks import AtomicCheckpointIO, BetaSchedule, EvalSamplesWriter, Preemption, TokenWeightLogger
+from cepo import distributed
+from cepo.callbacks import (
+    AtomicCheckpointIO,
+    BetaSchedule,
+    EvalSamplesWriter,
+    Preemption,
+    ProcessStages,
+    TokenWeightLogger,
+)
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
+
+DIST_TIMEOUT_CPU = 300.0
+"""``--dist_timeout`` default on CPU: the longest wait measured here between processes (uneven
+generation, a validation's metric reduction) is seconds; a hang is over in 5 minutes."""
+DIST_TIMEOUT_GPU = 1800.0
+"""On GPUs (Lightning's default): uneven long generations and NCCL start-up can take minutes."""
 
 
 class CepoCLI(LightningCLI):
@@ -58,6 +73,15 @@ class CepoCLI(LightningCLI):
             type=bool,
             default=True,
             help="fit only: score the held-out split before training and print base vs final.",
+        )
+        parser.add_argument(
+            "--dist_timeout",
+            type=float | None,
+            default=None,
+            help=(
+                "Seconds a process waits for the others at a collective before the run stops with one line "
+                "naming the stage (default: 300 on CPU, 1800 on GPUs). Multi-process runs only."
+            ),
         )
         parser.add_argument(
             "--export_hf",
@@ -106,6 +130,15 @@ class CepoCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO) and cfg.trainer.plugins is None:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        timeout = cfg.get("dist_timeout")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {timeout}")
+        if hasattr(trainer.strategy, "_timeout"):  # DDPStrategy, ModelParallelStrategy: the process group's
+            on_cpu = trainer.strategy.root_device.type == "cpu"
+            seconds = timeout if timeout is not None else (DIST_TIMEOUT_CPU if on_cpu else DIST_TIMEOUT_GPU)
+            trainer.strategy._timeout = datetime.timedelta(seconds=seconds)
+            distributed.timeout_s = seconds
+        trainer.callbacks.append(ProcessStages())
         return trainer
 
     def _cfg(self):
@@ -138,7 +171,8 @@ class CepoCLI(LightningCLI):
             "run_dir": str(run_dir),
         }
         if self._cfg().export_hf:  # every process (FSDP gathers the weights); the first one writes
-            self.model.export_hf(run_dir / "hf_model")
+            with distributed.stage("export of hf_model"):
+                self.model.export_hf(run_dir / "hf_model")
         if self.trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -197,14 +231,23 @@ class KeepRows(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         # on_fit_start, after the checkpoint's restore: a run resumed at max_steps trains nothing,
         # and on_train_start would never come, leaving the CSV logger to overwrite the rows
-        kept = [r for r in self.rows if int(float(r.get("step", 0))) < pl_module.rl_step]
+        # training rows sit at rl_step - 1, a validation's at the rl_step it measured: kept unless
+        # the checkpoint came before it (the resume runs it again)
+        step, rerun = pl_module.rl_step, pl_module.validation_pending
+        kept = [r for r in self.rows if int(float(r.get("step", 0))) < step or (not rerun and _validation_row(r, step))]
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger) and kept:
                 writer = logger.experiment
                 writer.metrics[:0] = [
-                    {k: float(v) if k != "step" else int(float(v)) for k, v in r.items()} for r in kept
+                    {k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in r.items()} for r in kept
                 ]
                 logger.save()
+
+
+def _validation_row(row: dict, step: int) -> bool:
+    """A row of the validation at rollout step ``step`` (held before that step's checkpoint)."""
+    keys = set(row) - {"step", "epoch"}
+    return int(float(row.get("step", -1))) == step and bool(keys) and all(k.startswith("val/") for k in keys)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:

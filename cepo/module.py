@@ -37,7 +37,15 @@ from cepo.objectives import MicroBatch, Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
-from cepo.step_stats import NonFiniteError, UpdateStats, allowed_lag, check_lag, check_mismatch, log_rollout_step
+from cepo.step_stats import (
+    NonFiniteError,
+    UpdateStats,
+    allowed_lag,
+    check_lag,
+    check_mismatch,
+    log_rollout_step,
+    log_step,
+)
 from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 from cepo.warmup import resolve_model_path
@@ -158,6 +166,8 @@ class GRPOModule(L.LightningModule):
         self.nonfinite_in_a_row = 0
         self.max_lag = 0  # optimizer updates a batch may lag the policy by (set in setup)
         self.last_credit: CreditRecord | None = None
+        self.validated_at = -1  # the rollout step of the last validation during fit
+        self.validation_pending = False  # restored: the checkpoint came before a validation that was due
         # built in setup: the benchmarks and k come from the DataModule
         self.val_metrics: EvalMetrics | None = None
 
@@ -226,10 +236,21 @@ class GRPOModule(L.LightningModule):
             "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
         }
 
+    def validation_due(self) -> bool:
+        """Whether Lightning runs a validation after the rollout step just trained that has not run
+        yet (a checkpoint taken at the end of a step comes before that step's validation)."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or self.validated_at >= self.rl_step:
+            return False
+        # due even when preemption skips it (the resume runs it)
+        return bool(trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cepo"] = {
             "weight_version": self.weight_version,
             "rl_step": self.rl_step,
+            "validated_at": self.validated_at,
+            "validation_pending": self.validation_due(),
             "teacher": self.teacher_weights.state_dict(),
             "objective": self.objective.state_dict(),
         }
@@ -238,6 +259,8 @@ class GRPOModule(L.LightningModule):
         state = checkpoint.get("cepo", {})
         self.ref.version = state.get("weight_version", 0)  # configure_model ran first
         self.rl_step = state.get("rl_step", 0)
+        self.validated_at = state.get("validated_at", -1)
+        self.validation_pending = bool(state.get("validation_pending", False))
         self.teacher_weights.load_state_dict(state.get("teacher", {}))
         self.objective.load_state_dict(state.get("objective", {}))
 
@@ -259,37 +282,44 @@ class GRPOModule(L.LightningModule):
         t_start = time.perf_counter()
         hp = self.hparams
         original = batch
-        batch = self.objective.build_samples(batch)  # e.g. CIPO's corrections
+        stage = distributed.stage
+        with stage("objective samples"):
+            batch = self.objective.build_samples(batch)  # e.g. CIPO's corrections
         t_samples = time.perf_counter()
         advantages = group_advantages(batch.rewards, batch.group_size, hp.advantage_scale)
         if batch.row_weight is not None:
             advantages = advantages * batch.row_weight
         old_logprobs = None
         if hp.num_minibatches > 1 or hp.tis_cap is not None:
-            old_logprobs = self.policy_logprobs(batch)  # the ratio needs every row
+            with stage("old log-probs"):
+                old_logprobs = self.policy_logprobs(batch)  # the ratio needs every row
         t_old = time.perf_counter()
         needs = self.credit.needs()
-        inputs = evidence.gather(
-            needs, batch, advantages, self.policy, self.scorer, self.teacher, self.teacher_weights, old_logprobs
-        )
+        with stage("evidence (student and teacher passes)"):
+            inputs = evidence.gather(
+                needs, batch, advantages, self.policy, self.scorer, self.teacher, self.teacher_weights, old_logprobs
+            )
         t_teacher = time.perf_counter()
         credit = self.credit.assign(inputs)
         self.last_credit = CreditRecord(batch, inputs, credit, self.credit)
-        self.objective.prepare(batch, advantages)
+        with stage("objective"):
+            self.objective.prepare(batch, advantages)
 
         ref_logprobs = None
         if hp.kl_coef > 0:
-            with self.reference.model() as reference:
+            with stage("KL reference"), self.reference.model() as reference:
                 ref_logprobs = self.policy_logprobs(batch, reference)
         is_weight = None
         if hp.tis_cap is not None and batch.engine_logprobs is not None:
             is_weight = torch.exp(old_logprobs - batch.engine_logprobs).clamp(max=hp.tis_cap)
 
-        stats = self._update(batch, credit.token_advantages, old_logprobs, ref_logprobs, is_weight)
+        with stage("update (forward/backward, optimizer)"):
+            stats = self._update(batch, credit.token_advantages, old_logprobs, ref_logprobs, is_weight)
         t_end = time.perf_counter()
         self.rl_step += 1
-        self.teacher_weights.on_step_end(self.rl_step)
-        self.objective.on_step_end(self.rl_step)
+        with stage("teacher weights and objective after the update"):
+            self.teacher_weights.on_step_end(self.rl_step)
+            self.objective.on_step_end(self.rl_step)
         stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
         stats.update({"staleness": float(lag)} if self.max_lag else {})
         timings = {
@@ -390,11 +420,37 @@ class GRPOModule(L.LightningModule):
             sched.step()
         self.ref.version += 1
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Lightning's count of steps, its logging step: after a resume that re-ran a validation
+        # due at the checkpoint, Lightning counts the resumed step twice
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.rl_step
+
+    def on_train_start(self) -> None:
+        if self.validation_pending:
+            # Resumed from a checkpoint written before the validation due at its step: have
+            # Lightning run it before the next step, as if the run had stopped inside it (its
+            # restart skips a due validation otherwise). Its random numbers are the evaluation's own.
+            from lightning.pytorch.loops.evaluation_loop import RestartStage
+
+            self.trainer.fit_loop.epoch_loop.val_loop._restart_stage = RestartStage.RESTARTED_MID_EVALUATION
+            self.validation_pending = False
+
     # -- evaluation --------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.val_metrics.update(batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         # torchmetrics' compute() reduces across processes, so no sync_dist here
-        self.log_dict(self.val_metrics.compute(), sync_dist=False)
+        with distributed.stage("validation metrics (reduced across processes)"):
+            metrics = self.val_metrics.compute()
+        # A row sits at the weight version it measured: a training row at rl_step - 1 (the version
+        # that drew its rollouts), a validation at rl_step. During fit Lightning would log it one
+        # step early (before it counts the step), so the loggers get it here; validate()'s own
+        # rows (base, final, `cepo validate`) are Lightning's, at its count of steps (kept equal
+        # to rl_step in on_train_batch_start).
+        in_fit = self.trainer.state.fn == "fit"
+        self.log_dict(metrics, sync_dist=False, logger=not in_fit)
+        if in_fit:
+            log_step(self.trainer, metrics, self.rl_step, step=self.rl_step)
+            self.validated_at = self.rl_step
         self.val_metrics.reset()

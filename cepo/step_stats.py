@@ -212,9 +212,10 @@ def check_mismatch(gap: float, warn: float, stop: float | None) -> bool:
     return False
 
 
-def log_step(trainer, metrics: dict, rl_step: int) -> None:
+def log_step(trainer, metrics: dict, rl_step: int, step: int | None = None) -> None:
     """Send one rollout step's metrics to every logger, at step ``rl_step - 1`` (0-based, as
-    Lightning numbers training batches).
+    Lightning numbers training batches: the number of updates applied to the policy that drew
+    the step's rollouts), or at ``step``.
 
     Not through ``LightningModule.log``: Lightning keeps a step-level value until the epoch ends,
     so a metric that a step does not produce (per-token statistics when no row trained, a credit
@@ -224,7 +225,7 @@ def log_step(trainer, metrics: dict, rl_step: int) -> None:
     """
     values = {k: float(v) for k, v in metrics.items()}
     for logger in trainer.loggers:
-        logger.log_metrics(values, step=rl_step - 1)
+        logger.log_metrics(values, step=rl_step - 1 if step is None else step)
     trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
 
 

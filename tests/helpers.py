@@ -44,6 +44,48 @@ class AllWrong(Arithmetic):
         return 0.0
 
 
+class TiedOnRankOne(Arithmetic):
+    """Rewards that vary within a group on rank 0 (as :class:`TextParity`) and are all 0 on every
+    other rank: those ranks hold only tied groups, so no row of theirs carries a loss and no
+    evidence is computed for them, while rank 0 trains."""
+
+    def reward(self, response, answer):
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return float(sum(map(ord, response)) % 2) if rank == 0 else 0.0
+
+
+class RankOneNeverArrives(L.Callback):
+    """After rollout step ``at``, rank 0 enters a collective that rank 1 skips; rank 1 then stays
+    busy (sleeps) instead of reaching any collective: a forced hang."""
+
+    def __init__(self, at: int = 2) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import time
+
+        from cepo import distributed
+
+        if pl_module.rl_step != self.at:
+            return
+        if trainer.global_rank == 0:
+            with distributed.stage("a collective rank 1 skips (test)"):
+                distributed.global_sum(1.0, pl_module.device)
+        else:
+            time.sleep(600)
+
+
+class GapOnRankOne(L.Callback):
+    """From rollout step 2 on, rank 1's batch reports engine log-probs 0.05 away from the trainer's
+    (every other batch: exactly the trainer's), so only rank 1 sees the engine/trainer gap."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        mask = batch.response_mask
+        logprobs = pl_module.policy_logprobs(batch)
+        gap = 0.05 if trainer.global_rank == 1 and pl_module.rl_step >= 1 else 0.0
+        batch.engine_logprobs = torch.where(mask, logprobs + gap, torch.zeros_like(logprobs))
+
+
 class SkewedCIPO(CIPO):
     """CIPO that corrects one failed attempt on rank 0 and none on rank 1."""
 
@@ -266,10 +308,21 @@ class SlowSteps(L.Callback):
 
 class KillAt(L.Callback):
     """Kills its own process (``signal`` from ``$CEPO_TEST_KILL``, default SIGKILL) when rollout step
-    ``$CEPO_TEST_KILL_AT`` is about to start, i.e. after the checkpoints of the steps before it."""
+    ``$CEPO_TEST_KILL_AT`` is about to start, i.e. after the checkpoints of the steps before it; with
+    ``$CEPO_TEST_KILL_IN=validation``, when the validation after that many steps starts instead
+    (after the checkpoint of its step: the checkpoint comes first)."""
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def _kill(self, pl_module, where: str) -> None:
         import signal
 
+        if os.environ.get("CEPO_TEST_KILL_IN", "train") != where:
+            return
         if pl_module.rl_step == int(os.environ.get("CEPO_TEST_KILL_AT", "-1")):
             os.kill(os.getpid(), getattr(signal, os.environ.get("CEPO_TEST_KILL", "SIGKILL")))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._kill(pl_module, "train")
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.state.fn == "fit":
+            self._kill(pl_module, "validation")

@@ -12,85 +12,105 @@ import pytest
 from tests.helpers import fit_args, run_cli
 
 EMA = ["--model.teacher_weights", "EMA"]
-STEPS, KILL_AT = 8, 6  # checkpoints every 3 steps: the kill comes after step 6's
+CEPO = ("credit/contrastive.yaml",)
+# The default's cadence (checkpoints every 50 steps, validations every 100) scaled down: every
+# validation falls on a checkpoint step, and the checkpoint is written before the validation.
+STEPS, CKPT_EVERY, VAL_EVERY = 6, 2, 4
 
 
-def metrics(run_dir):
-    """``{step: {metric: value}}`` of the training metrics (times left out); a metric logged twice
-    for one step fails."""
+def metrics(run_dir, prefixes=("train/", "credit/")):
+    """``{step: {metric: value}}`` of the metrics named ``prefixes*`` (times left out); a metric
+    logged twice for one step fails."""
     out = {}
     for row in csv.DictReader(open(run_dir / "metrics.csv")):
-        kept = {k: v for k, v in row.items() if v != "" and k.startswith(("train/", "credit/"))}
+        kept = {k: v for k, v in row.items() if v != "" and k.startswith(prefixes)}
         step = out.setdefault(row["step"], {})
         assert not set(kept) & set(step), f"step {row['step']}: {sorted(set(kept) & set(step))} logged twice"
         step.update(kept)
     return {k: v for k, v in out.items() if v}
 
 
-@pytest.mark.parametrize(
-    "overlays, extra, kill",
-    [
-        ((), [], "SIGKILL"),
-        ((), [], "SIGTERM"),
-        (("sampling/dapo.yaml",), [], "SIGKILL"),
-        pytest.param(
-            ("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], "SIGKILL", marks=pytest.mark.slow
-        ),
-        pytest.param(
-            ("credit/contrastive.yaml",), ["--model.teacher_weights", "EMA"], "SIGTERM", marks=pytest.mark.slow
-        ),
-    ],
-    ids=["grpo-sigkill", "grpo-sigterm", "grpo-dapo-sigkill", "cepo-ema-sigkill", "cepo-ema-sigterm"],
-)
-def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, monkeypatch):
-    """SIGKILL: the run dies, its last checkpoint (step 6) is the resume point. SIGTERM: it saves
-    last.ckpt after the step in progress (7) and exits with 0."""
+def assert_same(a: dict, b: dict) -> None:
+    assert sorted(a, key=int) == sorted(b, key=int), (sorted(a, key=int), sorted(b, key=int))
+    for step in sorted(a, key=int):
+        assert a[step] == b[step], (
+            step,
+            {k: (a[step].get(k), b[step].get(k)) for k in a[step] if a[step].get(k) != b[step].get(k)},
+        )
+
+
+# (overlays, extra, signal, where, at): the process is killed when rollout step `at` + 1 is about
+# to start (`train`) or when the validation after step `at` starts (`validation`: its step's
+# checkpoint is written, the validation has not run); SIGTERM at the start of step `at` + 1 saves
+# after that step.
+KILLS = [
+    pytest.param((), [], "SIGKILL", "validation", 4, id="grpo-sigkill-in-validation"),
+    pytest.param((), [], "SIGKILL", "train", 4, id="grpo-sigkill-after-validation"),
+    pytest.param((), [], "SIGTERM", "train", 3, id="grpo-sigterm-validation-due"),
+    pytest.param(("credit/contrastive.yaml",), [], "SIGKILL", "validation", 4, id="cepo-sigkill-in-validation"),
+    pytest.param(("sampling/dapo.yaml",), [], "SIGKILL", "train", 4, id="grpo-dapo-sigkill"),
+    pytest.param(CEPO, EMA, "SIGKILL", "train", 4, id="cepo-ema-sigkill", marks=pytest.mark.slow),
+    pytest.param(CEPO, EMA, "SIGTERM", "train", 3, id="cepo-ema-sigterm", marks=pytest.mark.slow),
+    pytest.param(CEPO, [], "SIGTERM", "train", 1, id="cepo-sigterm-no-validation-due", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("overlays, extra, kill, where, at", KILLS)
+def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, where, at, monkeypatch):
+    """A run killed after any checkpoint, including one written before the validation of its step,
+    resumes with every training metric, validation row and sample file equal to the uninterrupted
+    run's, and with every validation that was due run exactly once. SIGKILL resumes from the
+    file; SIGTERM saves after the step in progress, exits 0 without validating, and resumes by
+    ``--ckpt_path last``, which then runs the validation that was due."""
     common = [
         "--checkpoint.every_n_train_steps",
-        "3",
+        str(CKPT_EVERY),
+        "--trainer.val_check_interval",
+        str(VAL_EVERY),
         "--data.task",
         "tests.helpers.TextParity",
         "--export_hf",
         "false",
+        *extra,
     ]
-    common += ["--trainer.val_check_interval", "4", *extra]
 
     def args(name, *more):
         return ["fit", *fit_args(tiny_dir, tmp_path, name, *overlays, steps=STEPS, extra=[*common, *more])]
 
     whole = run_cli(args("whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    monkeypatch.setenv("CEPO_TEST_KILL_AT", str(KILL_AT))
+    monkeypatch.setenv("CEPO_TEST_KILL_AT", str(at))
+    monkeypatch.setenv("CEPO_TEST_KILL_IN", where)
     monkeypatch.setenv("CEPO_TEST_KILL", kill)
     killed = run_cli(args("cut", "--trainer.callbacks", "tests.helpers.KillAt"))
+    cut = tmp_path / "cut" / "v"
     if kill == "SIGKILL":
         assert killed.returncode != 0
     else:
         assert killed.returncode == 0 and "stopped on SIGTERM" in killed.stderr, killed.stderr[-2000:]
+        # saved after step at + 1 and left without running a validation, due or not
+        assert not any(int(s) > 0 for s in metrics(cut, ("val/",))), metrics(cut, ("val/",))
+        assert sorted(p.name for p in (cut / "samples").glob("step_*")) == []
     monkeypatch.delenv("CEPO_TEST_KILL_AT")
-    # SIGKILL resumes from the file, SIGTERM by `--ckpt_path last` (the run's newest checkpoint)
-    ckpt = tmp_path / "cut" / "v" / "checkpoints" / "last.ckpt"
-    resumed = run_cli(
-        [
-            "fit",
-            *fit_args(tiny_dir, tmp_path, "cut", *overlays, steps=STEPS, extra=common),
-            "--ckpt_path",
-            str(ckpt) if kill == "SIGKILL" else "last",
-        ]
-    )
+    ckpt = cut / "checkpoints" / "last.ckpt"
+    resumed = run_cli(args("cut", "--ckpt_path", str(ckpt) if kill == "SIGKILL" else "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     if kill == "SIGTERM":
         assert f"--ckpt_path last: {ckpt}" in resumed.stdout
-    summaries = [json.loads((tmp_path / name / "v" / "summary.json").read_text()) for name in ("whole", "cut")]
+    whole_dir = tmp_path / "whole" / "v"
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (whole_dir, cut)]
     assert summaries[1]["base"] == summaries[0]["base"] is not None  # the base evaluation survives the resume
     assert summaries[1]["final"] == summaries[0]["final"]
-    a, b = metrics(tmp_path / "whole" / "v"), metrics(tmp_path / "cut" / "v")
-    assert sorted(a, key=int) == sorted(b, key=int) and len(a) == STEPS  # every step once, none missing
-    for step in sorted(a, key=int):
-        assert a[step] == b[step], (
-            step,
-            {k: (a[step].get(k), b[step].get(k)) for k in a[step] if a[step].get(k) != b[step].get(k)},
-        )
+    a, b = metrics(whole_dir), metrics(cut)
+    assert len(a) == STEPS  # every step once, none missing
+    assert_same(a, b)
+    # validations: the base (0), the check after step 4, the final score (6), each once
+    va, vb = metrics(whole_dir, ("val/",)), metrics(cut, ("val/",))
+    assert sorted(map(int, va)) == [0, VAL_EVERY, STEPS]
+    assert_same(va, vb)
+    for name in ("base.jsonl", f"step_{VAL_EVERY:05d}.jsonl", "final.jsonl"):
+        assert (cut / "samples" / name).read_text() == (whole_dir / "samples" / name).read_text(), name
+    assert (whole_dir / "samples" / f"step_{VAL_EVERY:05d}.jsonl").stat().st_size > 0
 
 
 def test_a_checkpoint_killed_while_saving_leaves_the_previous_one_whole(tmp_path, monkeypatch):
@@ -148,3 +168,16 @@ def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
     again = run_cli([*args, "--ckpt_path", "last"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(before) == ["0", "1"] and metrics(tmp_path / "done" / "v") == before
+
+
+def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
+    """A validation every 2 steps, or none at all: the training metrics of every step are the same
+    (evaluations draw from their own engine counter and a forked random stream)."""
+    runs = {}
+    for name, every in (("often", "2"), ("never", "100")):
+        extra = ["--data.task", "tests.helpers.TextParity", "--trainer.val_check_interval", every]
+        out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, name, steps=4, extra=[*extra, "--export_hf", "false"])])
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[name] = metrics(tmp_path / name / "v")
+    assert len(runs["often"]) == 4
+    assert_same(runs["often"], runs["never"])

@@ -3,7 +3,8 @@
 :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file and renames it into place,
 so a process killed while saving leaves the previous checkpoint whole. :class:`Preemption` answers
 SIGTERM (a scheduler's preemption notice; Lightning records it): after the step in progress it
-saves ``last.ckpt`` in the run's checkpoint folder and stops; ``cepo`` then exits with code 0 and
+saves ``last.ckpt`` in the run's checkpoint folder and stops without running a validation (one
+that was due then runs after the resume); ``cepo`` then exits with code 0 and
 the run resumes exactly with ``--ckpt_path <run>/checkpoints/last.ckpt``. On SLURM, Lightning's own
 SIGUSR1 handling (an HPC checkpoint and a requeue) applies as well; the DataModule's state, which
 makes the resume exact, is part of every checkpoint.
@@ -27,6 +28,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+def _checkpoint_saves_last_now(trainer) -> bool:
+    """Whether the ModelCheckpoint writes ``last.ckpt`` after this step anyway (it runs after the
+    other callbacks)."""
+    ckpt = trainer.checkpoint_callback
+    every = getattr(ckpt, "_every_n_train_steps", 0) or 0
+    return bool(ckpt is not None and getattr(ckpt, "save_last", False) and every and trainer.global_step % every == 0)
+
+
 class Preemption(L.Callback):
     """On SIGTERM: save ``last.ckpt`` after the current step and stop.
 
@@ -45,5 +54,9 @@ class Preemption(L.Callback):
             trainer.default_root_dir, "checkpoints"
         )
         self.saved = os.path.join(folder, "last.ckpt")
-        trainer.save_checkpoint(self.saved)
-        trainer.should_stop = True
+        if not _checkpoint_saves_last_now(trainer):  # else it would version its own as last-v1.ckpt
+            trainer.save_checkpoint(self.saved)  # records a validation due at this step: the resume runs it
+        # Leave without validating: Lightning validates before stopping on should_stop, and a full
+        # evaluation may outlast the scheduler's grace period. Its own SIGTERM check then raises
+        # SIGTERMException after this step (cepo exits 0); at the last step the run just ends.
+        trainer.fit_loop.epoch_loop._skip_next_val = True

@@ -5,7 +5,7 @@ scores) writes one JSONL file in ``<run dir>/samples/``: one row per response, t
 and each of the ``data.eval_k`` samples, with ``benchmark``, ``index`` (the problem's position in
 its held-out split), ``prompt``, ``sample``, ``response``, ``extracted``, ``reference``,
 ``correct``, ``tokens`` and ``truncated``. Files are named after the pass (``base``, ``final``,
-``validate``) or the optimizer step of an in-training check (``step_00100``); under DDP each
+``validate``) or the rollout step after which an in-training check ran (``step_00100``); under DDP each
 process writes its own part (``.rank1``, ...).
 """
 
@@ -33,7 +33,7 @@ class EvalSamplesWriter(L.Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not self.enabled:
             return
-        label = self.label or ("validate" if trainer.state.fn == "validate" else f"step_{trainer.global_step:05d}")
+        label = self.label or ("validate" if trainer.state.fn == "validate" else f"step_{pl_module.rl_step:05d}")
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         out = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from cepo.rollout.stream import PromptStream
 from cepo.tasks import Arithmetic, Example, Task
 
 RANK_SEED_STRIDE = 30_000_001  # sampling seeds of the processes of one run, apart
+EVAL_CALLS_START = 1_000_000_007  # evaluations count their engine calls from here, far from training's
 
 
 def _collate(rows: list[Example]) -> list[Example]:
@@ -215,6 +216,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.stream: PromptStream | None = None  # the prompts, when the DataModule draws them
         self._stream_state: dict | None = None
         self.served = 0  # training batches handed to the module
+        self.eval_calls = EVAL_CALLS_START  # the engine's call counter of evaluations (apart from training's)
         self._epochs: list[tuple[int, int]] = []  # (shuffle seed, batches served before it) per epoch
         self._resume: tuple[int, int] | None = None
 
@@ -282,6 +284,7 @@ class RolloutDataModule(L.LightningDataModule):
         draw counter, and the global random streams (saved with every checkpoint)."""
         state = {
             "served": self.served,
+            "eval_calls": self.eval_calls,
             "epochs": list(self._epochs),
             "engine": self.engine.state_dict(),
             "rng": {  # plain types: LightningCLI reads checkpoints with weights_only
@@ -313,6 +316,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.served = state.get("served", 0)
+        self.eval_calls = state.get("eval_calls", EVAL_CALLS_START)
         self._epochs = [tuple(e) for e in state.get("epochs", [])]
         if self._epochs:  # the epoch in progress: its seed, and the rows already served
             seed, first = self._epochs[-1]
@@ -347,6 +351,12 @@ class RolloutDataModule(L.LightningDataModule):
             self.background.connect(policy)
 
     def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0) -> object:
+        if self.trainer.training:
+            distributed.set_stage(f"rollout step {self.served + 1}")
+        with distributed.stage("weight sync and generation"):
+            return self._generate(batch, dataloader_idx)
+
+    def _generate(self, batch: list[Example], dataloader_idx: int) -> object:
         self.sampler.sync()
         if self.trainer.training:
             self.served += 1
@@ -355,7 +365,21 @@ class RolloutDataModule(L.LightningDataModule):
             if self.background is None:
                 return self.rollouts(self.sampler)
             return self.background.next(self.rollouts, self._draw_state)
-        return self.evaluate(batch, self.eval_task(dataloader_idx))
+        return self._isolated_evaluation(batch, self.eval_task(dataloader_idx))
+
+    def _isolated_evaluation(self, batch: list[Example], task: Task) -> EvalBatch:
+        """Evaluate with the engine's own evaluation counter and a forked global RNG, then put the
+        training draw state back: an evaluation, scheduled or not, never changes what training
+        draws, and it draws the same whether or not the run was resumed before it (the counter is
+        checkpointed)."""
+        training = self.engine.state_dict()
+        self.engine.load_state_dict({"calls": self.eval_calls})
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return self.evaluate(batch, task)
+        finally:
+            self.eval_calls = self.engine.state_dict().get("calls", self.eval_calls)
+            self.engine.load_state_dict(training)
 
     def rollouts(self, sampler: RolloutSampler) -> RolloutBatch:
         """One step's rollouts from the prompt stream, with ``sampler`` (dynamic sampling's
