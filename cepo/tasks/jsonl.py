@@ -21,6 +21,14 @@ or by exact match of the normalised extracted answer (``verifier="exact"``). mat
 timeouts use ``SIGALRM``, which only works on the main thread, so cepo always runs it in a
 daemon worker thread with its timeouts off and bounds it with its own (``verify_timeout``);
 on a timeout or an error the verdict falls back to the exact match.
+
+Answers are compared as what they mean (:func:`normalise`): a comma inside a number written with
+thousands separators (``1,000``, ``-12,345,678.5``, LaTeX's ``1{,}000``: the whole answer one
+number, its groups after the first exactly three digits, no space around the commas) is dropped;
+every other comma separates items (``(1,5)``, ``[1, 2]``, ``2, 3``) and is kept, so ``(1,5)`` is
+not ``(15)``. The exact match compares item lists as written (``2, 3`` is not ``3, 2``);
+math-verify reads a bare list as a set (``2, 3`` equals ``3, 2``) and a bracketed one as a tuple
+or an interval (order and brackets count).
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _BOXED = re.compile(r"\\boxed\{")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?")  # "5," is the number 5
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 QUESTION_KEYS = ("prompt", "question", "problem")
 ROLES = ("system", "user", "assistant")
 
@@ -76,8 +85,18 @@ def reference_answer(row: dict) -> str | None:
 
 
 def normalise(answer: str) -> str:
-    """Canonical form for exact comparison: no spaces, no thousands commas, no trailing ``.0``."""
-    a = answer.strip().replace(" ", "").replace(",", "").rstrip(".").replace("$", "")
+    """Canonical form for exact comparison: no whitespace, no ``$`` (or ``\\$``), no trailing ``.``
+    or ``.0``, and no thousands separators.
+
+    Commas are dropped only when the whole answer is one number written with thousands
+    separators (``1,000``, ``-12,345,678.5``, ``1{,}000``): a first group of one to three digits,
+    then groups of exactly three, no space around the commas. Every other comma separates items
+    (``(1,5)``, ``[1, 2]``, ``2, 3``) and is kept: ``(1,5)`` -> ``(1,5)``, ``2, 3`` -> ``2,3``.
+    """
+    a = answer.replace("\\$", "").replace("$", "").replace("{,}", ",").strip().rstrip(".").strip()
+    if _THOUSANDS.fullmatch(a):
+        a = a.replace(",", "")
+    a = re.sub(r"\s+", "", a)
     if re.fullmatch(r"-?\d+\.0+", a):
         a = a.split(".")[0]
     return a
@@ -270,7 +289,7 @@ class JsonlTask(Task):
             return normalise(boxed)
         if "####" in response:
             tail = response.split("####")[-1].split()
-            return normalise(tail[0]) if tail else None
+            return normalise(tail[0].rstrip(",")) if tail else None  # "#### 18, so": 18
         numbers = _NUMBER.findall(response)
         return normalise(numbers[-1]) if numbers else None
 
