@@ -80,7 +80,7 @@ def is_correct(response: str, answer: str, verifier: str) -> bool:
         return got is not None and got == answer.strip()
     if verifier == "exact":
         got = extract_exact(response)
-        return got is not None and got == normalise(answer)
+        return bool(got) and got == normalise(answer)
     raise ValueError(f"unknown verifier {verifier!r}")
 
 

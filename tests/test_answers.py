@@ -10,6 +10,10 @@ added, and all three counted as correct with either verifier).
 Several solutions (``2, 3``): the exact verifier compares them as written, so ``3, 2`` is
 wrong; math-verify reads a bare list as a set, so ``3, 2`` is right. A bracketed list is a
 tuple or an interval for both: order and brackets count.
+
+Empty boxes: a response whose last ``\\boxed{}`` is empty is wrong with either verifier. That is
+cepo's rule, stricter than math-verify, which then falls back to an earlier number (it accepts
+``It is 5, so \\boxed{}`` for 5); those rows are marked ``CEPO`` and not compared with it.
 """
 
 import json
@@ -18,10 +22,11 @@ import pytest
 
 from cepo.tasks import JsonlTask
 from cepo.tasks import jsonl as jsonl_module
-from cepo.tasks.jsonl import math_verify_equal, normalise, read_jsonl
+from cepo.tasks.jsonl import last_boxed, math_verify_equal, normalise, read_jsonl
 
 MV = "math-verify"  # math-verify on the raw strings gives the math_verify column's verdict
 EXACT = "exact"  # the exact match accepts first; math-verify finds no answer in the response
+CEPO = "cepo"  # an empty last box: cepo refuses before math-verify is asked (math-verify accepts)
 
 # (id, reference, response, exact verdict, math_verify verdict, who decides the latter)
 TABLE = [
@@ -93,6 +98,8 @@ TABLE = [
     ("empty-box", "0", "\\boxed{}", False, False, MV),
     ("empty-box-spaces", "5", "\\boxed{ }", False, False, MV),
     ("empty-box-after-answer", "5", "\\boxed{5} wait, \\boxed{}", False, False, MV),
+    ("empty-box-after-number", "5", "It is 5, so \\boxed{}", False, False, CEPO),
+    ("empty-box-after-math", "5", "$5$ \\boxed{}", False, False, CEPO),
 ]
 IDS = [row[0] for row in TABLE]
 
@@ -116,8 +123,11 @@ def test_table_agrees_with_math_verify(reference, response, exact, mv, decides):
 
     if decides == MV:
         assert math_verify_equal(response, reference) is mv
+    elif decides == EXACT:
+        assert exact and mv and parse(response, parsing_timeout=None) == []
     else:
-        assert decides == EXACT and exact and mv and parse(response, parsing_timeout=None) == []
+        assert decides == CEPO and not mv and last_boxed(response) == ""
+        assert math_verify_equal(response, reference) is True  # an earlier number, which cepo ignores
 
 
 def test_math_verify_gets_the_strings_as_written(monkeypatch):
@@ -161,6 +171,34 @@ def test_the_table_covers_both_verdicts_and_both_verifiers_disagreeing():
 )
 def test_normalise_drops_only_thousands_separators(answer, canonical):
     assert normalise(answer) == canonical
+
+
+@pytest.mark.parametrize("verifier", ["exact", "math_verify"])
+@pytest.mark.parametrize("answer", ["", "  ", "$", "0"])
+def test_an_empty_box_never_scores(verifier, answer):
+    task = JsonlTask(verifier=verifier, verify_timeout=30)
+    for response in ("\\boxed{}", "\\boxed{ }", "\\boxed{$$}", "0 then \\boxed{}"):
+        assert task.is_correct(response, answer) is False, (response, answer)
+        assert task.reward(response, answer) == 0.0
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"question": "q", "answer": "Six.\n#### "}, "f.jsonl:2: row has an empty answer (nothing after the '####"),
+        ({"problem": "q", "solution": "So $x = \\boxed{}$."}, "f.jsonl:2: row has an empty answer (the last \\boxed{}"),
+        ({"problem": "q", "solution": "\\boxed{1} then \\boxed{ }"}, "f.jsonl:2: row has an empty answer (the last"),
+        ({"question": "q", "answer": "$ $"}, "f.jsonl:2: row has an empty answer ('answer' '$ $' without"),
+    ],
+    ids=["gsm8k-hashes", "math-boxed", "math-last-boxed", "dollars"],
+)
+def test_an_empty_reference_is_refused_at_load(tmp_path, row, expected):
+    f = tmp_path / "f.jsonl"
+    f.write_text(json.dumps({"question": "q", "answer": "1"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError) as err:
+        read_jsonl(f, "{question}")
+    assert str(err.value).startswith(str(tmp_path)) and expected in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_references_that_mean_something_load_unchanged(tmp_path):

@@ -440,6 +440,7 @@ RESPONSES = [
     "\\boxed{19,000}",
     "\\boxed{19000.}",
     "#### 19, 000",
+    "\\boxed{}",
     "so #### 19 eggs",
     "19.0",
     "8 + 11 = 19\n\nThe final answer is 19.",

@@ -28,7 +28,8 @@ number, its groups after the first exactly three digits, no space around the com
 every other comma separates items (``(1,5)``, ``[1, 2]``, ``2, 3``) and is kept, so ``(1,5)`` is
 not ``(15)``. The exact match compares item lists as written (``2, 3`` is not ``3, 2``);
 math-verify reads a bare list as a set (``2, 3`` equals ``3, 2``) and a bracketed one as a tuple
-or an interval (order and brackets count).
+or an interval (order and brackets count). A response whose last ``\\boxed{}`` is empty is never
+correct, and a row whose reference answer is empty is refused when the file is loaded.
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def reference_answer(row: dict) -> str | None:
     return None
 
 
+def _empty_reference(row: dict) -> str:
+    """Why a row's reference answer (:func:`reference_answer`) came out empty, for its error."""
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer.strip():
+        if "####" in answer:
+            return "row has an empty answer (nothing after the '####' of 'answer')"
+        return f"row has an empty answer ('answer' {answer.strip()!r} without spaces and '$')"
+    return "row has an empty answer (the last \\boxed{} of 'solution' is empty)"
+
+
 def normalise(answer: str) -> str:
     """Canonical form for exact comparison: no whitespace, no ``$`` (or ``\\$``), no trailing ``.``
     or ``.0``, and no thousands separators.
@@ -103,8 +114,9 @@ def normalise(answer: str) -> str:
 
 
 def exact_match(got: str | None, answer: str) -> bool:
-    """Whether an extracted answer equals the reference after :func:`normalise`."""
-    return got is not None and got == normalise(answer)
+    """Whether an extracted answer equals the reference after :func:`normalise` (an empty
+    answer, such as that of an empty ``\\boxed{}``, matches nothing)."""
+    return bool(got) and got == normalise(answer)
 
 
 def run_with_timeout(fn: Callable[[], T], timeout: float) -> T:
@@ -224,6 +236,8 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
             answer = reference_answer(row)
             if answer is None:
                 raise ValueError(f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
+            if not normalise(answer):
+                raise ValueError(f"{where}: {_empty_reference(row)}")
             solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
             prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
             images = load_images(row.get("images"), path.parent, where)
@@ -295,11 +309,15 @@ class JsonlTask(Task):
 
     def is_correct(self, response: str, answer: str) -> bool:
         """Exact match first (cheap); then, with ``verifier="math_verify"``, math-verify within
-        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands)."""
+        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands).
+        A response whose last ``\\boxed{}`` is empty is incorrect with either verifier."""
         if exact_match(self.extract_answer(response), answer):
             return True
         if self.verifier == "exact":
             return False
+        boxed = last_boxed(response)
+        if boxed is not None and not normalise(boxed):
+            return False  # the answer it commits to is empty (math-verify would read an earlier number)
         import math_verify  # noqa: F401 - the first import (~1 s, sympy) must not eat the timeout
 
         try:
