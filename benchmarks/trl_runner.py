@@ -31,7 +31,8 @@ def final_number(response: str) -> str | None:
 
 
 _BOXED = re.compile(r"\\boxed\{")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
 def last_boxed(text: str) -> str | None:
@@ -48,8 +49,12 @@ def last_boxed(text: str) -> str | None:
 
 
 def normalise(answer: str) -> str:
-    """No spaces, no thousands commas, no trailing ``.0`` (cepo.tasks.jsonl's rule)."""
-    a = answer.strip().replace(" ", "").replace(",", "").rstrip(".").replace("$", "")
+    """No whitespace or ``$``, no trailing ``.`` or ``.0``, commas dropped only from a whole answer
+    written with thousands separators (``1,000``; ``(1,5)`` keeps its comma): cepo.tasks.jsonl's rule."""
+    a = answer.replace("\\$", "").replace("$", "").replace("{,}", ",").strip().rstrip(".").strip()
+    if _THOUSANDS.fullmatch(a):
+        a = a.replace(",", "")
+    a = re.sub(r"\s+", "", a)
     if re.fullmatch(r"-?\d+\.0+", a):
         a = a.split(".")[0]
     return a
@@ -63,7 +68,7 @@ def extract_exact(response: str) -> str | None:
         return normalise(boxed)
     if "####" in response:
         tail = response.split("####")[-1].split()
-        return normalise(tail[0]) if tail else None
+        return normalise(tail[0].rstrip(",")) if tail else None  # "#### 18, so": 18
     numbers = _NUMBER.findall(response)
     return normalise(numbers[-1]) if numbers else None
 
@@ -75,7 +80,7 @@ def is_correct(response: str, answer: str, verifier: str) -> bool:
         return got is not None and got == answer.strip()
     if verifier == "exact":
         got = extract_exact(response)
-        return got is not None and got == normalise(answer)
+        return bool(got) and got == normalise(answer)
     raise ValueError(f"unknown verifier {verifier!r}")
 
 

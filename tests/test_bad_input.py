@@ -34,6 +34,16 @@ CASES = {
         lambda t, m: jsonl_task(write(t / "a.jsonl", b'{"question": "1+1"}\n')),
         "a.jsonl:1: row has no answer",
     ),
+    "dataset row with an empty #### answer": (
+        lambda t, m: jsonl_task(
+            write(t / "g.jsonl", b'{"question": "q", "answer": "1"}\n{"question": "q", "answer": "#### "}\n')
+        ),
+        "g.jsonl:2: row has an empty answer (nothing after the '####' of 'answer')",
+    ),
+    "dataset row with an empty boxed solution": (
+        lambda t, m: jsonl_task(write(t / "h.jsonl", b'{"problem": "q", "solution": "so $\\\\boxed{}$"}\n')),
+        "h.jsonl:1: row has an empty answer (the last \\boxed{} of 'solution' is empty)",
+    ),
     "dataset row not JSON": (
         lambda t, m: jsonl_task(write(t / "b.jsonl", b'{"question": "q", "answer": "1"}\n{oops\n')),
         "b.jsonl:2: not valid JSON",

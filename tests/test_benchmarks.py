@@ -437,6 +437,10 @@ RESPONSES = [
     "= -19",
     "The answer is \\boxed{19}.",
     "\\boxed{1,9} then 19",
+    "\\boxed{19,000}",
+    "\\boxed{19000.}",
+    "#### 19, 000",
+    "\\boxed{}",
     "so #### 19 eggs",
     "19.0",
     "8 + 11 = 19\n\nThe final answer is 19.",
@@ -450,7 +454,7 @@ def test_trl_runner_reward_gives_cepos_verdicts(vs_trl):
     _, runner = vs_trl
     arithmetic, exact = Arithmetic(), JsonlTask(verifier="exact")
     verdicts = {"final_number": [], "exact": []}
-    for answer in ("19", "0"):
+    for answer in ("19", "0", "19000", "1,9"):
         for response in RESPONSES + [e.solution for e in arithmetic.split("test")[:50]]:
             for verifier, task in (("final_number", arithmetic), ("exact", exact)):
                 got = runner.is_correct(response, answer, verifier)

@@ -21,6 +21,15 @@ or by exact match of the normalised extracted answer (``verifier="exact"``). mat
 timeouts use ``SIGALRM``, which only works on the main thread, so cepo always runs it in a
 daemon worker thread with its timeouts off and bounds it with its own (``verify_timeout``);
 on a timeout or an error the verdict falls back to the exact match.
+
+Answers are compared as what they mean (:func:`normalise`): a comma inside a number written with
+thousands separators (``1,000``, ``-12,345,678.5``, LaTeX's ``1{,}000``: the whole answer one
+number, its groups after the first exactly three digits, no space around the commas) is dropped;
+every other comma separates items (``(1,5)``, ``[1, 2]``, ``2, 3``) and is kept, so ``(1,5)`` is
+not ``(15)``. The exact match compares item lists as written (``2, 3`` is not ``3, 2``);
+math-verify reads a bare list as a set (``2, 3`` equals ``3, 2``) and a bracketed one as a tuple
+or an interval (order and brackets count). A response whose last ``\\boxed{}`` is empty is never
+correct, and a row whose reference answer is empty is refused when the file is loaded.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _BOXED = re.compile(r"\\boxed\{")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?")  # "5," is the number 5
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 QUESTION_KEYS = ("prompt", "question", "problem")
 ROLES = ("system", "user", "assistant")
 
@@ -75,17 +85,38 @@ def reference_answer(row: dict) -> str | None:
     return None
 
 
+def _empty_reference(row: dict) -> str:
+    """Why a row's reference answer (:func:`reference_answer`) came out empty, for its error."""
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer.strip():
+        if "####" in answer:
+            return "row has an empty answer (nothing after the '####' of 'answer')"
+        return f"row has an empty answer ('answer' {answer.strip()!r} without spaces and '$')"
+    return "row has an empty answer (the last \\boxed{} of 'solution' is empty)"
+
+
 def normalise(answer: str) -> str:
-    """Canonical form for exact comparison: no spaces, no thousands commas, no trailing ``.0``."""
-    a = answer.strip().replace(" ", "").replace(",", "").rstrip(".").replace("$", "")
+    """Canonical form for exact comparison: no whitespace, no ``$`` (or ``\\$``), no trailing ``.``
+    or ``.0``, and no thousands separators.
+
+    Commas are dropped only when the whole answer is one number written with thousands
+    separators (``1,000``, ``-12,345,678.5``, ``1{,}000``): a first group of one to three digits,
+    then groups of exactly three, no space around the commas. Every other comma separates items
+    (``(1,5)``, ``[1, 2]``, ``2, 3``) and is kept: ``(1,5)`` -> ``(1,5)``, ``2, 3`` -> ``2,3``.
+    """
+    a = answer.replace("\\$", "").replace("$", "").replace("{,}", ",").strip().rstrip(".").strip()
+    if _THOUSANDS.fullmatch(a):
+        a = a.replace(",", "")
+    a = re.sub(r"\s+", "", a)
     if re.fullmatch(r"-?\d+\.0+", a):
         a = a.split(".")[0]
     return a
 
 
 def exact_match(got: str | None, answer: str) -> bool:
-    """Whether an extracted answer equals the reference after :func:`normalise`."""
-    return got is not None and got == normalise(answer)
+    """Whether an extracted answer equals the reference after :func:`normalise` (an empty
+    answer, such as that of an empty ``\\boxed{}``, matches nothing)."""
+    return bool(got) and got == normalise(answer)
 
 
 def run_with_timeout(fn: Callable[[], T], timeout: float) -> T:
@@ -205,6 +236,8 @@ def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
             answer = reference_answer(row)
             if answer is None:
                 raise ValueError(f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
+            if not normalise(answer):
+                raise ValueError(f"{where}: {_empty_reference(row)}")
             solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
             prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
             images = load_images(row.get("images"), path.parent, where)
@@ -270,17 +303,21 @@ class JsonlTask(Task):
             return normalise(boxed)
         if "####" in response:
             tail = response.split("####")[-1].split()
-            return normalise(tail[0]) if tail else None
+            return normalise(tail[0].rstrip(",")) if tail else None  # "#### 18, so": 18
         numbers = _NUMBER.findall(response)
         return normalise(numbers[-1]) if numbers else None
 
     def is_correct(self, response: str, answer: str) -> bool:
         """Exact match first (cheap); then, with ``verifier="math_verify"``, math-verify within
-        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands)."""
+        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands).
+        A response whose last ``\\boxed{}`` is empty is incorrect with either verifier."""
         if exact_match(self.extract_answer(response), answer):
             return True
         if self.verifier == "exact":
             return False
+        boxed = last_boxed(response)
+        if boxed is not None and not normalise(boxed):
+            return False  # the answer it commits to is empty (math-verify would read an earlier number)
         import math_verify  # noqa: F401 - the first import (~1 s, sympy) must not eat the timeout
 
         try:
