@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cepo.__main__ import main
 from cepo.tasks.jsonl import read_jsonl
-from tests.helpers import DEFAULT
+from tests.helpers import DEFAULT, ROOT
 
 
 def write(path, text: bytes):
@@ -89,6 +89,16 @@ def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, tiny_dir, capsys
     lines = [line for line in err.splitlines() if line.startswith("cepo: error:")]
     assert len(lines) == 1 and expected in lines[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_sweep_help_names_a_file_that_exists(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    named = [
+        word.rstrip(".,") for word in out.split() if word.startswith("cepo/") and word.rstrip(".,").endswith(".py")
+    ]
+    assert named and all((ROOT / path).is_file() for path in named), out
 
 
 def test_validate_last_checkpoint_of_no_run_is_one_line(tmp_path, tiny_dir, capsys):
