@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from cepo import preflight
 from cepo.callbacks import AtomicCheckpointIO, BetaSchedule, EvalSamplesWriter, Preemption, TokenWeightLogger
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
@@ -69,6 +71,9 @@ class CepoCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self.previous_rows: list[dict] = []
+        if self.subcommand in ("fit", "validate"):
+            preflight.check_run_root(cfg.run_root)
+            preflight.check_engine(cfg.data.engine, cfg.model.model_path)
         loggers = cfg.trainer.logger
         if not isinstance(loggers, list):
             loggers = [loggers] if loggers not in (None, True, False) else []
@@ -99,6 +104,17 @@ class CepoCLI(LightningCLI):
                 args.save_dir = cfg.run_root
             if "version" in args and (args.version is None or cfg.run_version is not None):
                 args.version = version
+
+    def instantiate_classes(self) -> None:
+        """The classes, then the checks that need the data but no model: a ``fit`` with no full
+        step of prompts, or rows with images for a text policy, stops before anything is written."""
+        super().instantiate_classes()
+        if self.subcommand in ("fit", "validate"):
+            fit = self.subcommand == "fit"
+            if fit:
+                self.datamodule.check_train(self.trainer.world_size)
+            preflight.check_images(self.datamodule, self._cfg().model.model_path, fit)
+            preflight.check_budget(self.datamodule, self._cfg().model.model_path)
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, with checkpoints written atomically unless other plugins are configured."""
@@ -212,6 +228,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
 
     With ``run=False`` the classes are only parsed and instantiated (no subcommand).
     """
+    preflight.check_config_files(list(sys.argv[1:] if args is None else args))
     if not run and args and args[0] in ("fit", "validate"):
         args = args[1:]
     return CepoCLI(
