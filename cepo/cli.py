@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -74,6 +75,8 @@ class CepoCLI(LightningCLI):
         if self.subcommand in ("fit", "validate"):
             preflight.check_run_root(cfg.run_root)
             preflight.check_engine(cfg.data.engine, cfg.model.model_path)
+        if cfg.trainer.logger in (None, True):  # Lightning's default would write ./lightning_logs
+            cfg.trainer.logger = default_logger(cfg.run_root or cfg.trainer.default_root_dir or "runs")
         loggers = cfg.trainer.logger
         if not isinstance(loggers, list):
             loggers = [loggers] if loggers not in (None, True, False) else []
@@ -180,6 +183,13 @@ class CepoCLI(LightningCLI):
             shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
             print(f"[{label}] {shown}")
         return metrics
+
+
+def default_logger(save_dir: str) -> list[Namespace]:
+    """The logger of a config that names none: a CSV logger under the run root (``runs``), so the
+    run directory is ``<run_root>/<run_name>/<version>`` as with the shipped configs."""
+    init = Namespace(save_dir=save_dir, name="default", version=None, flush_logs_every_n_steps=1)
+    return [Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=init)]
 
 
 def last_checkpoint(root: Path, version: str | None = None) -> Path | None:

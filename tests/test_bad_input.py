@@ -192,6 +192,18 @@ def test_unwritable_run_root_is_one_line(tmp_path, tiny_dir, capsys, monkeypatch
     assert "cannot be created" in one_error_line(args, capsys)
 
 
+def test_a_config_without_loggers_honours_run_root(tmp_path, tiny_dir, monkeypatch):
+    """Lightning's default logger would write ./lightning_logs; cepo's is a CSV logger under run_root."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    contrastive = str(ROOT / "configs" / "credit" / "contrastive.yaml")
+    args = ["validate", "--config", contrastive, "--model.model_path", str(tiny_dir), "--data.eval_size", "2"]
+    main([*args, "--data.eval_k", "0", "--run_root", str(tmp_path / "runs"), "--run_version", "v"])
+    assert not any(cwd.iterdir())
+    assert (tmp_path / "runs" / "default" / "v" / "metrics.csv").is_file()
+
+
 def test_training_prompts_longer_than_the_room_left_warn_once(tiny_model, tiny_dir, caplog):
     """Some training prompts too long: a warning, once; none fitting is the error above."""
     from cepo.policy import PolicyRef
