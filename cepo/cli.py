@@ -75,6 +75,8 @@ class CepoCLI(LightningCLI):
         if self.subcommand in ("fit", "validate"):
             preflight.check_run_root(cfg.run_root)
             preflight.check_engine(cfg.data.engine, cfg.model.model_path)
+        if self.subcommand == "validate":  # one metrics table, printed by after_validate
+            self.print_table, cfg.verbose = cfg.verbose, False
         if cfg.trainer.logger in (None, True):  # Lightning's default would write ./lightning_logs
             cfg.trainer.logger = default_logger(cfg.run_root or cfg.trainer.default_root_dir or "runs")
         loggers = cfg.trainer.logger
@@ -169,6 +171,15 @@ class CepoCLI(LightningCLI):
             )
             print(f"run directory: {run_dir}")
 
+    def after_validate(self) -> None:
+        """The validate subcommand's metrics table, each metric once (Lightning prints one column
+        per DataLoader, each holding every metric logged at the epoch's end)."""
+        if getattr(self, "print_table", True) and self.trainer.is_global_zero:
+            from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
+
+            metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val")}
+            _EvaluationLoop._print_results([metrics], "validate")
+
     def _validate(self, label: str) -> dict[str, float]:
         writers = [cb for cb in self.trainer.callbacks if isinstance(cb, EvalSamplesWriter)]
         for writer in writers:
@@ -178,7 +189,7 @@ class CepoCLI(LightningCLI):
         finally:
             for writer in writers:
                 writer.label = None
-        metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+        metrics = {k: float(v) for r in results for k, v in r.items()}  # one dict per DataLoader
         if self.trainer.is_global_zero:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
             print(f"[{label}] {shown}")

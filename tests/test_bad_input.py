@@ -204,6 +204,18 @@ def test_a_config_without_loggers_honours_run_root(tmp_path, tiny_dir, monkeypat
     assert (tmp_path / "runs" / "default" / "v" / "metrics.csv").is_file()
 
 
+def test_validate_prints_each_benchmark_metric_once(tmp_path, tiny_dir, capsys, monkeypatch):
+    """One column, not one per DataLoader each repeating every metric."""
+    monkeypatch.chdir(ROOT)  # benchmarks.yaml names its files relative to the repository root
+    args = ["validate", "--config", DEFAULT, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml")]
+    args += ["--model.model_path", str(tiny_dir), "--data.eval_size", "2", "--data.eval_k", "0"]
+    main([*args, "--data.sampling.max_new_tokens", "2", "--run_root", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") == 3]
+    assert "DataLoader 1" not in out and len(rows) == len(set(rows)), out
+    assert {"val/acc", "val/gsm8k/acc", "val/math500/acc", "val/arithmetic/acc"} <= set(rows), out
+
+
 def test_training_prompts_longer_than_the_room_left_warn_once(tiny_model, tiny_dir, caplog):
     """Some training prompts too long: a warning, once; none fitting is the error above."""
     from cepo.policy import PolicyRef
