@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from cepo import preflight
 from cepo.callbacks import AtomicCheckpointIO, BetaSchedule, EvalSamplesWriter, Preemption, TokenWeightLogger
 from cepo.module import GRPOModule
 from cepo.rollout.datamodule import RolloutDataModule
@@ -70,6 +69,8 @@ class CepoCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
+        from cepo import preflight
+
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self.previous_rows: list[dict] = []
         if self.subcommand in ("fit", "validate"):
@@ -113,6 +114,8 @@ class CepoCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """The classes, then the checks that need the data but no model: a ``fit`` with no full
         step of prompts, or rows with images for a text policy, stops before anything is written."""
+        from cepo import preflight
+
         super().instantiate_classes()
         if self.subcommand in ("fit", "validate"):
             fit = self.subcommand == "fit"
@@ -249,7 +252,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
 
     With ``run=False`` the classes are only parsed and instantiated (no subcommand).
     """
-    preflight.check_config_files(list(sys.argv[1:] if args is None else args))
+    from cepo.preflight import check_config_files
+
+    check_config_files(list(sys.argv[1:] if args is None else args))
     if not run and args and args[0] in ("fit", "validate"):
         args = args[1:]
     return CepoCLI(

@@ -44,13 +44,14 @@ from cepo.rollout.stream import PromptStream
 from cepo.tasks import Arithmetic, Example, Task
 
 RANK_SEED_STRIDE = 30_000_001  # sampling seeds of the processes of one run, apart
-CHECKED_ROWS = 64  # rows of each split whose images and prompt lengths are checked before a run
-
-log = logging.getLogger(__name__)
 
 
 def _collate(rows: list[Example]) -> list[Example]:
     return rows
+
+
+CHECKED_ROWS = 64  # rows of each split whose images and prompt lengths are checked before a run
+log = logging.getLogger(__name__)
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):
