@@ -229,6 +229,12 @@ def test_training_prompts_longer_than_the_room_left_warn_once(tiny_model, tiny_d
     warned = [r.getMessage() for r in caplog.records if "training prompts are longer" in r.getMessage()]
     assert len(warned) == 1 and "data.sampling.max_new_tokens (250)" in warned[0], caplog.text
     assert dm.sampler.warned_long  # the first rollout does not say it again
+    sampler, _ = dm.sampler, caplog.clear()
+    sampler.policy, sampler.warned_long = PolicyRef(model, tokenizer, str(tiny_dir)), False
+    sampler.warn_long([[0] * 10, [0] * 3])  # a rollout's prompts, one longer than the 6 tokens left
+    sampler.warn_long([[0] * 10])
+    warned = [r.getMessage() for r in caplog.records if "training prompts are longer" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("1 of 2 training prompts"), caplog.text
 
 
 def test_sweep_help_names_a_file_that_exists(capsys):
