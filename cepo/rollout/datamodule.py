@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import random
 
@@ -48,6 +49,10 @@ EVAL_CALLS_START = 1_000_000_007  # evaluations count their engine calls from he
 
 def _collate(rows: list[Example]) -> list[Example]:
     return rows
+
+
+CHECKED_ROWS = 64  # rows of each split whose images and prompt lengths are checked before a run
+log = logging.getLogger(__name__)
 
 
 class ResumableSampler(torch.utils.data.DistributedSampler):
@@ -111,8 +116,8 @@ class RolloutDataModule(L.LightningDataModule):
         sampling: rollout sampling settings.
         success_threshold: a rollout with reward at or above this counts as correct.
         eval_split: the held-out split ``validate`` scores (``val`` or ``test``).
-        eval_size: score only the first this many held-out problems (None: all).
-        eval_batch_size: prompts per evaluation generation call.
+        eval_size: score only the first this many held-out problems (None: all; at least 1).
+        eval_batch_size: prompts per evaluation generation call (at least 1).
         eval_k: sampled generations per held-out prompt for avg@k (0: greedy only).
         eval_sampling: how the held-out avg@k samples are drawn, and the length limit of the
             greedy answer too (None: temperature 1.0 with the training ``sampling``'s top-p,
@@ -124,7 +129,8 @@ class RolloutDataModule(L.LightningDataModule):
             and logs ``val/<name>/...`` plus the mean over benchmarks, instead of scoring
             ``task``. Names must be non-empty without ``/``. Evaluation prompts longer than
             the model's context less ``sampling.max_new_tokens`` keep only their last tokens
-            (a warning says how many); training prompts are never cut.
+            (a warning says how many); training prompts are never cut (a warning, once). No
+            room at all, or none of the first prompts fitting, is an error (:meth:`check_room`).
         prompt_format: how each problem's user turn becomes the text the policy continues, for
             training and every benchmark: ``cepo.prompting.Plain`` (as is, the default; base
             models) or ``cepo.prompting.Chat`` (the tokenizer's chat template, optional system
@@ -165,6 +171,10 @@ class RolloutDataModule(L.LightningDataModule):
             raise ValueError(f"data.eval_k must be >= 0, got {eval_k}")
         if eval_split not in ("val", "test"):
             raise ValueError(f"data.eval_split must be 'val' or 'test', got {eval_split!r}")
+        if eval_size is not None and eval_size < 1:
+            raise ValueError(f"data.eval_size must be >= 1 (null: the whole split), got {eval_size}")
+        if eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
         check_names(list(rewards or []))
         for name in benchmarks or {}:
             if not name or "/" in name:
@@ -184,6 +194,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.eval_size = eval_size
         self.eval_batch_size = eval_batch_size
         self.eval_k = eval_k
+        # the setting that limits evaluation's new tokens, for messages
+        self.eval_length_setting = f"data.{'eval_' if eval_sampling is not None else ''}sampling.max_new_tokens"
         if eval_sampling is None:
             self.eval_sampling = SamplingConfig(
                 temperature=1.0,
@@ -219,16 +231,128 @@ class RolloutDataModule(L.LightningDataModule):
         self.eval_calls = EVAL_CALLS_START  # the engine's call counter of evaluations (apart from training's)
         self._epochs: list[tuple[int, int]] = []  # (shuffle seed, batches served before it) per epoch
         self._resume: tuple[int, int] | None = None
+        self._fitting = False  # set by check_train: the training prompts must fit the context too
 
     # -- data -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Load (and so validate) every split this stage needs, before any training."""
-        if stage == "fit" and not self.task.split("train"):
-            raise ValueError("the task has no training split")
+        if stage == "fit":
+            world = self.trainer.world_size if self.trainer is not None else 1
+            self.check_train(world)
         for name, task in self.eval_tasks().items():
             if not self.eval_rows(task):
                 where = f"benchmark {name!r}" if self.benchmarks else "the task"
                 raise ValueError(f"{where} has no {self.eval_split!r} split to evaluate on")
+
+    def check_train(self, world_size: int = 1) -> None:
+        """The training split holds at least one step's prompts on each of ``world_size``
+        processes (else the epoch has no batch and nothing trains). ``cepo fit`` calls this
+        before anything runs or is written; ``setup("fit")`` again."""
+        rows = self.task.split("train")
+        if not rows:
+            raise ValueError("the task has no training split (no training prompts)")
+        need = self.prompts_per_step * world_size
+        if not self.streamed and len(rows) < need:
+            per = f" x {world_size} processes" if world_size > 1 else ""
+            raise ValueError(
+                f"the training split has {len(rows)} prompts, fewer than one step's data.prompts_per_step "
+                f"({self.prompts_per_step}{per}): no step would train; lower data.prompts_per_step"
+            )
+        if not self._fitting:
+            self._fitting = True
+            if self.sampler.policy is not None:  # connected by an earlier validate
+                self.check_room(self.sampler.policy)
+
+    def check_images(self, has_vision: bool, model: str = "the policy", fit: bool = True) -> None:
+        """Rows that carry images need a policy with a vision tower (a text policy would see only
+        the prompts' ``<image>`` placeholders). Looks at the first rows of each split used."""
+        if has_vision:
+            return
+        splits = [("train", self.task.split("train"))] if fit else []
+        splits += [
+            (f"{self.eval_split} ({name or 'task'})", self.eval_rows(task)) for name, task in self.eval_tasks().items()
+        ]
+        for name, rows in splits:
+            if any(e.images for e in rows[:CHECKED_ROWS]):
+                raise ValueError(
+                    f"the {name} rows have images but model.model_path {model} has no vision tower "
+                    "(a text model); use a vision-language model (e.g. builtin-vl) or a task without images"
+                )
+
+    def _length_checks(self) -> list[tuple[str, SamplingConfig, str]]:
+        """(the new-token setting, its sampling, whose prompts) for evaluation, and training too
+        once a fit is known to come."""
+        checks = [(self.eval_length_setting, self.eval_sampling, "evaluation")]
+        if self._fitting:
+            checks.append(("data.sampling.max_new_tokens", self.sampling, "training"))
+        return checks
+
+    def context_limit(self, model_context: int | None, model: str) -> tuple[int, str] | None:
+        """The tokens (prompt + response) the model and the engine accept, and what sets them."""
+        engine = getattr(self.engine, "max_model_len", None)
+        engine = engine if isinstance(engine, int) and engine > 0 else None
+        if engine is not None and (model_context is None or engine < model_context):
+            return engine, f"data.engine's max_model_len ({engine} tokens)"
+        if model_context is None:
+            return None
+        return model_context, f"the model's context ({model_context} tokens, max_position_embeddings of {model})"
+
+    def check_budget(self, model_context: int | None, model: str) -> None:
+        """The context less each new-token limit leaves at least one token for the prompt (else
+        every prompt would be cut to its last token): an error naming both settings. Needs only
+        the model's context, so ``cepo`` runs it before the model loads where it can."""
+        limit = self.context_limit(model_context, model)
+        if limit is None:
+            return
+        context, text = limit
+        for setting, sampling, _ in self._length_checks():
+            if context - sampling.max_new_tokens < 1:
+                raise ValueError(
+                    f"no room for the prompt: {text} less {setting} ({sampling.max_new_tokens}) leaves "
+                    f"{context - sampling.max_new_tokens} tokens; lower {setting} below {context}"
+                )
+
+    def check_room(self, policy: PolicyRef) -> None:
+        """The policy's context less the new tokens leaves room for the prompts: no room at all,
+        or none for any of the first prompts checked, is an error naming both; some prompts too
+        long, a warning (evaluation keeps their last tokens; training keeps them whole)."""
+        model_context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
+        model_context = model_context if isinstance(model_context, int) and model_context > 0 else None
+        self.check_budget(model_context, policy.path)
+        limit = self.context_limit(model_context, policy.path)
+        if limit is None:
+            return
+        context, text = limit
+        for setting, sampling, what in self._length_checks():
+            room = context - sampling.max_new_tokens
+            if what == "training":
+                rows = list(self.task.split("train")[:CHECKED_ROWS])
+            else:
+                rows = [e for task in self.eval_tasks().values() for e in self.eval_rows(task)[:CHECKED_ROWS]]
+            render = self.prompt_format.render
+            texts = [render(self.prompt_format.messages(e.prompt, e.messages), policy.tokenizer) for e in rows]
+            lengths = [len(policy.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+            long = sum(n > room for n in lengths)
+            if lengths and long == len(lengths):
+                raise ValueError(
+                    f"no room for the prompt: every {what} prompt checked (the first {len(lengths)}, "
+                    f"{min(lengths)} tokens or more) is longer than the {room} tokens {text} leaves after "
+                    f"{setting} ({sampling.max_new_tokens}); lower {setting}"
+                )
+            if long:
+                if what == "training":  # said here, not again at the first rollout
+                    self.sampler.warned_long = True
+                log.warning(
+                    "%d of the first %d %s prompts are longer than the %d tokens %s leaves after %s (%d); %s",
+                    long,
+                    len(lengths),
+                    what,
+                    room,
+                    text,
+                    setting,
+                    sampling.max_new_tokens,
+                    "they keep their last tokens" if what == "evaluation" else "they are not cut",
+                )
 
     @property
     def benchmark_names(self) -> list[str]:
@@ -344,6 +468,8 @@ class RolloutDataModule(L.LightningDataModule):
         Under DDP/FSDP each process samples with its own seed (rank 0 keeps the one-process one):
         with the same seed the ranks' rollouts would share their random draws.
         """
+        self.check_images(policy.vision is not None, policy.path, self._fitting)
+        self.check_room(policy)  # before the engine loads the policy
         seed = self.sampling.seed + RANK_SEED_STRIDE * distributed.rank()
         self.sampler.sampling = dataclasses.replace(self.sampling, seed=seed)
         self.sampler.connect(policy)

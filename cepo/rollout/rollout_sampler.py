@@ -113,6 +113,7 @@ class RolloutSampler:
         self.group_size = group_size
         self.success_threshold = success_threshold
         self.policy: PolicyRef | None = None
+        self.warned_long = False  # a training prompt too long for the context was reported
 
     @property
     def temperature(self) -> float:
@@ -182,7 +183,29 @@ class RolloutSampler:
         texts = self.render(conversations)
         images = self.images(examples)
         answers, solutions = [e.answer for e in examples], [e.solution for e in examples]
-        return self.sample(self.encode(texts, images), texts, answers, solutions, None, conversations, images)
+        prompt_ids = self.encode(texts, images)
+        self.warn_long(prompt_ids)
+        return self.sample(prompt_ids, texts, answers, solutions, None, conversations, images)
+
+    def warn_long(self, prompt_ids: list[list[int]]) -> None:
+        """Warn once when training prompts and ``max_new_tokens`` exceed the context (training
+        prompts are never cut; the data module refuses a run where none of them fit)."""
+        context = context_length(self.policy.model, self.engine)
+        if self.warned_long or context is None:
+            return
+        room = context - self.sampling.max_new_tokens
+        long = sum(len(p) > room for p in prompt_ids)
+        if long:
+            self.warned_long = True
+            log.warning(
+                "%d of %d training prompts are longer than the %d tokens the context (%d) leaves after "
+                "data.sampling.max_new_tokens (%d); they are not cut (this warning is shown once)",
+                long,
+                len(prompt_ids),
+                room,
+                context,
+                self.sampling.max_new_tokens,
+            )
 
     def sample(
         self,

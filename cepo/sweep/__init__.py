@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cepo sweep",
         description="Run a grid of `cepo fit` runs, then write results tables and plots.",
-        epilog="The grid file format is described in the docstring of cepo/sweep.py.",
+        epilog="The grid file format is described in the docstring of cepo/sweep/__init__.py.",
     )
     parser.add_argument("grid", type=Path, help="the grid YAML file")
     parser.add_argument(
