@@ -26,7 +26,14 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         run(argv)
-        _close_process_group()
+        if _close_process_group():
+            # A process of a multi-process run that has finished and written everything: leave
+            # without the interpreter's teardown, where gloo's threads now and then abort the
+            # process ("terminate called without an active exception", exit -6).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(0)
     except NonFiniteError as err:
         print(f"cepo: stopped: {err}", file=sys.stderr)
         sys.exit(1)
@@ -48,18 +55,20 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(2)  # no clean-up: the process group is broken, and its teardown could wait again
 
 
-def _close_process_group() -> None:
+def _close_process_group() -> bool:
     """Shut a DDP run's process group down before the interpreter exits: a gloo group left open
     aborted at exit now and then ("terminate called without an active exception", exit -6) after
-    the run had finished and written everything."""
+    the run had finished and written everything. True for a group of several processes."""
     import torch.distributed as dist
 
+    several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     vllm_groups = sys.modules.get("vllm.distributed.parallel_state")
     if vllm_groups is not None:  # the engines' groups first: vLLM's exit clean-up fails on destroyed ones
         vllm_groups.destroy_model_parallel()
         vllm_groups.destroy_distributed_environment()  # and the trainer's group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    return several
 
 
 def one_line(err: BaseException) -> str:
@@ -90,6 +99,9 @@ def run(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Checkpoints are taken after the step's optimizer updates, which is what cepo wants.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    # Held-out metrics are reduced across processes by torchmetrics' compute() before they are
+    # logged (GRPOModule.on_validation_epoch_end): Lightning's advice to add sync_dist does not apply.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     if args and args[0] == "warmup":
         from cepo.warmup import warmup_main
 

@@ -271,6 +271,8 @@ class KeepRows(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         # on_fit_start, after the checkpoint's restore: a run resumed at max_steps trains nothing,
         # and on_train_start would never come, leaving the CSV logger to overwrite the rows
+        if not trainer.is_global_zero:  # the loggers write on the first process only
+            return
         # training rows sit at rl_step - 1, a validation's at the rl_step it measured: kept unless
         # the checkpoint came before it (the resume runs it again)
         step, rerun = pl_module.rl_step, pl_module.validation_pending

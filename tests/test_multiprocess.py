@@ -109,6 +109,7 @@ def test_mismatch_stop_stops_every_process_before_the_update(tmp_path, tiny_dir)
     """Only rank 1 sees an engine/trainer gap above ``model.mismatch_stop`` (at step 2): the
     decision is all-reduced, so neither process applies that update and both stop together."""
     extra = ["--model.mismatch_stop", "0.02", "--trainer.callbacks+=tests.helpers.GapOnRankOne"]
+    extra += ["--data.task", "tests.helpers.TextParity"]  # rank 1 trains rows, so it measures a gap
     out, run_dir = run(tmp_path, tiny_dir, "gap", "scale/cpu_ddp.yaml", extra=extra)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mismatch_stop" in out.stderr

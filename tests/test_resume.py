@@ -1,10 +1,13 @@
-"""A run killed after a checkpoint and resumed continues exactly: every metric of every step
-equals the uninterrupted run's (one thread, same machine); with dynamic sampling too (its refill
-prompts come from the DataModule's prompt stream, whose position is checkpointed)."""
+"""A run killed after a checkpoint and resumed continues exactly: every metric of every step,
+every validation row and sample file equals the uninterrupted run's (one thread, same machine),
+also when the checkpoint was written before the validation of its step (the default's cadence);
+with dynamic sampling too (its refill prompts come from the DataModule's prompt stream, whose
+position is checkpointed), and through a sweep's re-run."""
 
 import csv
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -181,3 +184,51 @@ def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
         runs[name] = metrics(tmp_path / name / "v")
     assert len(runs["often"]) == 4
     assert_same(runs["often"], runs["never"])
+
+
+@pytest.mark.slow
+def test_a_sweep_point_killed_in_a_validation_resumes_exactly_on_the_rerun(tmp_path, tiny_dir, monkeypatch):
+    """A sweep point killed when the validation of its step-4 checkpoint starts is resumed by the
+    sweep's re-run (``--ckpt_path last``): its training metrics, validation rows and sample files
+    equal those of the same point in an uninterrupted sweep."""
+    import sys
+
+    import yaml
+
+    from tests.helpers import ROOT
+
+    fixed = {
+        "trainer.max_steps": STEPS,
+        "checkpoint.every_n_train_steps": CKPT_EVERY,
+        "trainer.val_check_interval": VAL_EVERY,
+        "data.prompts_per_step": 2,
+        "data.group_size": 4,
+        "data.eval_size": 6,
+        "data.eval_k": 2,
+        "export_hf": False,
+        "model.model_path": str(tiny_dir),
+        "data.task": "tests.helpers.TextParity",
+        "trainer.callbacks": ["tests.helpers.KillAt"],  # kills only while CEPO_TEST_KILL_AT is set
+    }
+    grid = tmp_path / "g.yaml"
+    spec = {"name": "p", "base": ["configs/default.yaml"], "fixed": fixed, "grid": {"seed_everything": [0]}}
+    grid.write_text(yaml.safe_dump(spec))
+
+    def sweep(out):
+        cmd = [sys.executable, "-m", "cepo", "sweep", str(grid), "--out", str(out)]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    assert sweep(tmp_path / "whole").returncode == 0
+    monkeypatch.setenv("CEPO_TEST_KILL_AT", str(VAL_EVERY))
+    monkeypatch.setenv("CEPO_TEST_KILL_IN", "validation")
+    sweep(tmp_path / "cut")  # the point dies: reported as failed
+    monkeypatch.delenv("CEPO_TEST_KILL_AT")
+    rerun = sweep(tmp_path / "cut")
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    whole, cut = (tmp_path / name / "p" / "seed_everything=0" for name in ("whole", "cut"))
+    assert "--ckpt_path last" in (cut / "stdout.log").read_text()
+    assert len(metrics(whole)) == STEPS
+    assert_same(metrics(whole), metrics(cut))
+    assert_same(metrics(whole, ("val/",)), metrics(cut, ("val/",)))
+    for name in ("base.jsonl", f"step_{VAL_EVERY:05d}.jsonl", "final.jsonl"):
+        assert (cut / "samples" / name).read_text() == (whole / "samples" / name).read_text(), name
