@@ -48,7 +48,7 @@ def assert_same(a: dict, b: dict) -> None:
 # after that step.
 KILLS = [
     pytest.param((), [], "SIGKILL", "validation", 4, id="grpo-sigkill-in-validation"),
-    pytest.param((), [], "SIGKILL", "train", 4, id="grpo-sigkill-after-validation"),
+    pytest.param((), [], "SIGKILL", "train", 4, id="grpo-sigkill-after-validation", marks=pytest.mark.slow),
     pytest.param((), [], "SIGTERM", "train", 3, id="grpo-sigterm-validation-due"),
     pytest.param(("credit/contrastive.yaml",), [], "SIGKILL", "validation", 4, id="cepo-sigkill-in-validation"),
     pytest.param(("sampling/dapo.yaml",), [], "SIGKILL", "train", 4, id="grpo-dapo-sigkill"),
@@ -225,7 +225,7 @@ def test_a_sweep_point_killed_in_a_validation_resumes_exactly_on_the_rerun(tmp_p
     monkeypatch.delenv("CEPO_TEST_KILL_AT")
     rerun = sweep(tmp_path / "cut")
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    whole, cut = (tmp_path / name / "p" / "seed_everything=0" for name in ("whole", "cut"))
+    whole, cut = (tmp_path / name / "p" / "seed=0" for name in ("whole", "cut"))
     assert "--ckpt_path last" in (cut / "stdout.log").read_text()
     assert len(metrics(whole)) == STEPS
     assert_same(metrics(whole), metrics(cut))
