@@ -290,8 +290,13 @@ def test_debug_shows_the_traceback(tmp_path, tiny_dir, monkeypatch):
         (None, [], "none.yaml: [Errno 2] No such file or directory"),
         ({"resources": {"gpus": 1}}, [], "g.yaml: resources: unknown key(s) ['gpus']"),
         ({}, ["--time_min", "0"], "g.yaml: resources.time_min must be an integer >= 1, got 0"),
+        (
+            {"grid": {"model.credit.init_args.clip": [0.2, 0.5], "seed_everything": [0]}},
+            ["--baseline", "clip=0.7"],
+            "cepo sweep: --baseline clip=0.7: clip has no value '0.7' (values: 0.2, 0.5)",
+        ),
     ],
-    ids=["missing-grid", "unknown-resource", "bad-resource-flag"],
+    ids=["missing-grid", "unknown-resource", "bad-resource-flag", "baseline-not-in-grid"],
 )
 def test_sweep_grid_errors_exit_2(tmp_path, capsys, grid, flags, expected):
     path = tmp_path / ("none.yaml" if grid is None else "g.yaml")

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cepo.sweep import (
     read_curve,
     short_names,
     slugify,
+    stats,
     sweep_main,
     value_label,
 )
@@ -282,8 +284,14 @@ def test_results_tables_and_seed_aggregation(tmp_path):
     assert float(agg["contrastive"]["val/acc mean"]) == pytest.approx(0.6)
     assert float(agg["contrastive"]["val/acc std"]) == pytest.approx(math.sqrt(0.02))  # sample std
     assert agg["uniform"]["seeds"] == "2/2"
+    # the 95% t interval with n = 2: 0.6 ± t_{0.975,1} 0.1 = 0.6 ± 12.706205 * 0.1
+    assert agg["contrastive"]["val/acc n"] == "2"
+    assert float(agg["contrastive"]["val/acc 95% CI lo"]) == pytest.approx(0.6 - 1.2706205, abs=1e-6)
+    assert float(agg["contrastive"]["val/acc 95% CI hi"]) == pytest.approx(0.6 + 1.2706205, abs=1e-6)
     md = (out / "results.md").read_text()
-    assert "| contrastive | 2/2 | 0.600 ± 0.141 |" in md
+    assert "| contrastive | 2/2 | 0.600 ± 0.141 | [-0.671, 1.871] |" in md
+    assert "val/acc 95% CI" in md and "Student t interval" in md
+    assert "Against the baseline" not in md and "diff" not in rows[0]  # no --baseline, no comparison
 
 
 # -- the command, with stand-in subprocesses -------------------------------------------
@@ -357,6 +365,73 @@ def test_failed_points_are_reported_then_resumed_from_their_checkpoint(tmp_path,
     log = (out / "clip=0.5_tag=--fail" / "stdout.log").read_text()
     assert "boom at step 4" in log and log.count("--ckpt_path last") == 1  # both attempts kept
     assert "--ckpt_path" not in (out / "clip=0.5_tag=--bad" / "stdout.log").read_text()
+
+
+FAKE_FIT_SEEDS = """
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+flag = {k: v for k, v in zip(args[::2], args[1::2])}
+run = Path(flag["--run_root"]) / flag["--run_name"] / flag["--run_version"]
+run.mkdir(parents=True, exist_ok=True)
+key = (flag["--model.credit.init_args.clip"], flag["--seed_everything"])
+if key == ("0.3", "2"):
+    print("RuntimeError: boom", file=sys.stderr)
+    sys.exit(3)
+acc = {"0.2": [0.30, 0.35, 0.40], "0.3": [0.40, 0.45, None], "0.5": [0.32, 0.38, 0.41]}[key[0]][int(key[1])]
+(run / "summary.json").write_text(json.dumps({"base": None, "final": {"val/acc": acc}, "rl_steps": 1}))
+(run / "metrics.csv").write_text(f"step,val/acc\\n0,0.1\\n1,{acc}\\n")
+"""
+
+
+def test_baseline_comparison_in_every_report(tmp_path, monkeypatch):
+    """clip=0.5 against clip=0.2, same seeds: paired. Differences 0.02, 0.03, 0.01: mean 0.02,
+    s_d = 0.01, t = 0.02 / (0.01 / sqrt 3) = 2 sqrt 3, df = 2, so p = 1 - t / sqrt(2 + t^2)
+    = 1 - sqrt(12/14) = 0.074180; CI 0.02 ± 4.302653 * 0.01 / sqrt 3; power
+    ((1.959964 + 0.841621) * 0.01 / 0.02)^2 = 1.96 -> 2 seeds. clip=0.3 lost seed 2: Welch."""
+    script = tmp_path / "fake_fit.py"
+    script.write_text(FAKE_FIT_SEEDS)
+    monkeypatch.setattr(sweep, "fit_command", lambda args: [sys.executable, str(script), *args])
+    monkeypatch.setattr(sweep, "check_points", lambda arg_lists: {})
+    grid_file = tmp_path / "g.yaml"
+    axes = {"model.credit.init_args.clip": [0.2, 0.3, 0.5], "seed_everything": [0, 1, 2]}
+    grid_file.write_text(yaml.safe_dump({"name": "g", "grid": axes}))
+    argv = [str(grid_file), "--out", str(tmp_path / "out"), "--parallel", "2"]
+    for bad, message in [("clip=0.7", "clip has no value '0.7' (values: 0.2, 0.3, 0.5)"), ("seed=0", "not a non-seed")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sweep_main([*argv, "--baseline", bad])
+    assert not (tmp_path / "out").exists()  # checked before anything runs
+    with pytest.raises(SystemExit, match="1 of 9 point"):
+        sweep_main([*argv, "--baseline", "model.credit.init_args.clip=0.2"])
+    out = tmp_path / "out" / "g"
+    with (out / "results.csv").open() as f:
+        rows = {r["slug"]: r for r in csv.DictReader(f)}
+    for col in ("baseline", "diff", "diff 95% CI lo", "diff 95% CI hi", "p", "test", "seeds for 80% power"):
+        assert col in rows["clip=0.5_seed=0"]
+    paired = rows["clip=0.5_seed=1"]
+    assert paired["baseline"] == "clip=0.2" and paired["test"] == "paired"
+    assert float(paired["diff"]) == pytest.approx(0.02)
+    assert float(paired["p"]) == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
+    half = 4.302653 * 0.01 / math.sqrt(3)
+    assert float(paired["diff 95% CI lo"]) == pytest.approx(0.02 - half, abs=1e-6)
+    assert float(paired["diff 95% CI hi"]) == pytest.approx(0.02 + half, abs=1e-6)
+    assert float(paired["seeds for 80% power"]) == 2
+    welch = stats.welch_test([0.30, 0.35, 0.40], [0.40, 0.45])
+    assert rows["clip=0.3_seed=0"]["test"] == "welch" and rows["clip=0.3_seed=2"]["test"] == "welch"
+    assert float(rows["clip=0.3_seed=0"]["p"]) == pytest.approx(welch.p)
+    assert float(rows["clip=0.3_seed=0"]["diff"]) == pytest.approx(0.075)
+    assert rows["clip=0.2_seed=0"]["test"] == "baseline" and rows["clip=0.2_seed=0"]["p"] == ""
+    with (out / "results_by_seed.csv").open() as f:
+        agg = {r["clip"]: r for r in csv.DictReader(f)}
+    assert agg["0.3"]["seeds"] == "2/3" and agg["0.3"]["val/acc n"] == "2" and agg["0.3"]["test"] == "welch"
+    assert float(agg["0.5"]["p"]) == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
+    # 0.35 + 4.302653 * 0.05 / sqrt 3
+    assert float(agg["0.2"]["val/acc 95% CI hi"]) == pytest.approx(0.35 + 0.1242069, abs=1e-6)
+    md = (out / "results.md").read_text()
+    assert "## Against the baseline `clip=0.2` (final val/acc)" in md
+    assert "paired t-test" in md and "Welch's t-test" in md and "80% power" in md
+    assert "| 0.5 | 3, 3 | +0.020 | [-0.005, +0.045] | 0.0742 | paired | 2 |" in md
+    assert f"| 0.3 | 3, 2 | +0.075 | [{welch.lo:+.3f}, {welch.hi:+.3f}] | {welch.p:.4f} | welch |" in md
 
 
 # -- the real thing: validation subprocess and tiny training runs -----------------------

@@ -3,7 +3,8 @@
 Usage::
 
     cepo sweep GRID.yaml [--launcher local|slurm|submitit-local] [--parallel N] [--dry_run]
-                         [--out DIR] [--set KEY=VALUE ...] [--gpus_per_node G --time_min M ...]
+                         [--out DIR] [--set KEY=VALUE ...] [--baseline AXIS=VALUE ...]
+                         [--gpus_per_node G --time_min M ...]
 
 The grid file::
 
@@ -50,7 +51,19 @@ continues from it (``--ckpt_path last``), appending to its ``stdout.log``. A fai
 not stop the others; it is marked ``failed`` in the tables, with its error line in
 ``results.csv`` and the tail of its log in ``results.md``, and the exit code is non-zero. At the end
 ``OUT/NAME`` gets ``results.csv``, ``results.md`` (with a mean ± std table over seeds when
-the grid has a ``seed_everything`` axis), ``acc_vs_<axis>.png`` and ``learning_curves.png``.
+the grid has a ``seed_everything`` axis, and ``results_by_seed.csv``: mean, std, n and the 95%
+Student t interval of every metric per setting), ``acc_vs_<axis>.png`` and
+``learning_curves.png`` (error bars and bands: the 95% t interval over seeds).
+
+``--baseline AXIS=VALUE`` (repeatable; AXIS a non-seed axis by its short name or key, VALUE a
+label as the tables print it, e.g. ``--baseline config=uniform`` or ``--baseline clip=0.2``)
+compares the final val/acc of every setting with the setting that has VALUE on AXIS and the
+same values on the other axes: the difference of means, its 95% interval, a two-sided p-value
+(a paired t-test by seed when both finished the same seeds, Welch's t-test otherwise, named in
+a ``test`` column) and the seeds per arm that would detect the difference at 80% power (normal
+approximation, two-sided alpha 0.05). They go to a section of ``results.md`` and to columns of
+``results.csv`` and ``results_by_seed.csv`` (see ``cepo/sweep/stats.py``). Re-running a
+finished sweep with another ``--baseline`` only rewrites the reports.
 """
 
 from __future__ import annotations
@@ -80,7 +93,7 @@ from cepo.sweep.grid import (
     value_label,
 )
 from cepo.sweep.launch import LAUNCHERS, Resources, run_submitit
-from cepo.sweep.report import write_results
+from cepo.sweep.report import parse_baseline, write_results
 from cepo.sweep.run import (
     RunResult,
     check_points,
@@ -105,6 +118,7 @@ __all__ = [
     "fit_command",
     "load_grid",
     "parse_grid",
+    "parse_baseline",
     "parse_set",
     "read_curve",
     "read_run",
@@ -151,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an extra fixed override for every point (repeatable), e.g. --set model.model_path=/tmp/m",
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="AXIS=VALUE",
+        help="compare every setting's final val/acc with the one that has this axis value (repeatable), "
+        "e.g. --baseline config=uniform: difference, 95%% CI, p (paired by seed or Welch), seeds for 80%% power",
+    )
     return parser
 
 
@@ -194,6 +216,10 @@ def sweep_main(argv: list[str]) -> None:
         points = expand(grid)
     except (ValueError, FileNotFoundError, yaml.YAMLError) as err:
         raise ValueError(f"cepo sweep: {args.grid}: {err}") from None
+    try:
+        baseline = parse_baseline(args.baseline, grid)
+    except ValueError as err:
+        raise ValueError(f"cepo sweep: {err}") from None
     flags = {flag: getattr(args, flag) for flag, _, _ in RESOURCE_FLAGS if getattr(args, flag) is not None}
     try:
         resources = Resources.parse({**grid.resources, **flags})
@@ -248,7 +274,7 @@ def sweep_main(argv: list[str]) -> None:
             print(f"detached: re-run the same command to wait for the jobs and write {sweep_dir}/results.md")
             return
         results.update(launched)
-    for path in write_results(sweep_dir, grid, points, results):
+    for path in write_results(sweep_dir, grid, points, results, baseline or None):
         print(f"wrote {path}")
     failed = [p.slug for p in points if results[p.index].status != "ok"]
     if failed:
