@@ -89,6 +89,19 @@ def one_line(err: BaseException) -> str:
     return text
 
 
+def quiet_lightning() -> None:
+    """Lightning's rank-zero info lines off (its warnings stay): "Seed set to 0", "GPU available:
+    ...", "TPU available: ...", the LitLogger tip (printed whenever litlogger is not in use),
+    "`Trainer(limit_val_batches=1.0)` was configured ..." and "`Trainer.fit` stopped: ...". They
+    would come before a bad input's one line on stderr, and cepo reports its runs itself (its own
+    ``cepo.*`` INFO lines are kept)."""
+    import lightning.fabric
+    import lightning.pytorch  # noqa: F401  (each sets its logger to INFO when imported)
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Dispatch ``cepo <command> ...``."""
     import torch
@@ -102,6 +115,15 @@ def run(argv: list[str] | None = None) -> None:
     # Held-out metrics are reduced across processes by torchmetrics' compute() before they are
     # logged (GRPOModule.on_validation_epoch_end): Lightning's advice to add sync_dist does not apply.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+    # Lightning's own _pytree helper builds torch's deprecated LeafSpec on every batch transfer;
+    # nothing cepo can change (fixed upstream by Lightning), so the FutureWarning says nothing to a user.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    quiet_lightning()
     if args and args[0] == "warmup":
         from cepo.warmup import warmup_main
 

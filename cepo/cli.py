@@ -29,6 +29,7 @@ from cepo.callbacks import (
     TokenWeightLogger,
 )
 from cepo.module import GRPOModule
+from cepo.progress import count_steps
 from cepo.rollout.datamodule import RolloutDataModule
 
 DIST_TIMEOUT_CPU = 300.0
@@ -163,6 +164,7 @@ class CepoCLI(LightningCLI):
             trainer.strategy._timeout = datetime.timedelta(seconds=seconds)
             distributed.timeout_s = seconds
         trainer.callbacks.append(ProcessStages())
+        count_steps(trainer.callbacks)  # "Step N/M", not "Epoch 0/-2"
         return trainer
 
     def _cfg(self):

@@ -265,8 +265,10 @@ class GRPOModule(L.LightningModule):
         self.objective.load_state_dict(state.get("objective", {}))
 
     def export_hf(self, path) -> None:
-        """Save the policy (LoRA merged) and tokenizer as a Hugging Face folder (FSDP: call on every rank)."""
-        export_hf(self.policy, self.tokenizer, path, write=self._trainer is None or self.trainer.is_global_zero)
+        """Save the policy (LoRA merged), its tokenizer and generation config, and a VL policy's image
+        processor as a Hugging Face folder that loads again (FSDP: call on every rank)."""
+        write = self._trainer is None or self.trainer.is_global_zero
+        export_hf(self.policy, self.tokenizer, path, write=write, vision=self.ref.vision if self.ref else None)
 
     @torch.no_grad()
     def policy_logprobs(

@@ -4,9 +4,11 @@ handle that the rollout sampler and the objectives share with the module.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -104,18 +106,40 @@ def load_policy(
     return policy, tokenizer, vision
 
 
-def export_hf(policy: torch.nn.Module, tokenizer, path, write: bool = True) -> None:
+def export_hf(policy: torch.nn.Module, tokenizer, path, write: bool = True, vision: Vision | None = None) -> None:
     """Save ``policy`` (LoRA merged into a copy) and its tokenizer as a Hugging Face folder.
+
+    The folder holds what loading it again needs: the weights and config, the generation config,
+    the tokenizer with its chat template, and for a vision-language policy (``vision``) its image
+    processor, at the run's pixel bounds: the layout of a hub Qwen-VL folder, so ``cepo validate
+    --model.model_path`` and transformers' ``AutoProcessor`` / ``AutoModelForImageTextToText``
+    load it.
 
     A policy sharded with FSDP is gathered into an unsharded copy first: every process must call
     this (a collective); only those with ``write`` save."""
+    from transformers import GenerationConfig
+
     from cepo.tiny import save_tokenizer
 
     if parallel.is_sharded(policy):
         policy = unsharded_copy(policy)
-    if write:
-        lora.merged_copy(policy).save_pretrained(path)
-        save_tokenizer(tokenizer, path)
+    if not write:
+        return
+    model = lora.merged_copy(policy)
+    model.save_pretrained(path)
+    if not (Path(path) / "generation_config.json").is_file():  # save_pretrained skips it for some models
+        GenerationConfig.from_model_config(model.config).save_pretrained(path)
+    save_tokenizer(tokenizer, path)
+    if vision is not None:
+        processor = copy.deepcopy(vision.processor)
+        size = dict(getattr(processor, "size", None) or {})
+        if vision.min_pixels and "shortest_edge" in size:  # the bounds the run encoded its images with
+            size["shortest_edge"] = vision.min_pixels
+        if vision.max_pixels and "longest_edge" in size:
+            size["longest_edge"] = vision.max_pixels
+        if size:
+            processor.size = size
+        processor.save_pretrained(path)
 
 
 def unsharded_copy(policy: torch.nn.Module) -> torch.nn.Module:

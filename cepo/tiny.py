@@ -102,11 +102,16 @@ def build_tiny_vl(
     num_layers: int = 2,
     vision_depth: int = 1,
     vision_dim: int = 32,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 112 * 112,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    family: str = "qwen2_vl",
 ) -> Path:
     """Write a randomly initialised tiny Qwen2-VL-architecture model, its tokenizer and its (PIL)
     image processor to ``path``.
+
+    ``family`` picks the architecture: ``qwen2_vl`` (the built-in base's), ``qwen2_5_vl``
+    (windowed vision attention) or ``qwen3_vl`` (16-pixel patches, deepstack features); the
+    pixel bounds default to 56x56 .. 112x112 (64x64 .. 128x128 for ``qwen3_vl``).
 
     Text model: ``hidden_size``, ``num_layers``, 2 heads / 1 KV head (head dim 32, the smallest
     vLLM's CPU attention accepts), multimodal RoPE sections (4, 6, 6). Vision tower: 14-pixel
@@ -114,11 +119,16 @@ def build_tiny_vl(
     width ``vision_dim``.
     """
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from cepo.vision import VISION_TOKENS
+    from cepo.vision import VISION_TOKENS, VL_MODEL_TYPES
 
+    if family not in VL_MODEL_TYPES:
+        raise ValueError(f"family must be one of {', '.join(VL_MODEL_TYPES)}, got {family!r}")
+    patch = 16 if family == "qwen3_vl" else 14
+    min_pixels = min_pixels or (4 * patch) ** 2
+    max_pixels = max_pixels or (8 * patch) ** 2
     path = Path(path)
     tokenizer = vl_tokenizer()
     ids = dict(zip(VISION_TOKENS, tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))))
@@ -138,16 +148,25 @@ def build_tiny_vl(
     )
     vision = dict(
         depth=vision_depth,
-        embed_dim=vision_dim,
         num_heads=2,
-        mlp_ratio=2,
         hidden_size=hidden_size,
-        patch_size=14,
+        patch_size=patch,
         spatial_merge_size=2,
         temporal_patch_size=2,
         in_channels=3,
     )
-    config = Qwen2VLConfig(
+    if family == "qwen2_vl":
+        vision.update(embed_dim=vision_dim, mlp_ratio=2)
+    else:  # the vision width is hidden_size, the language model's is out_hidden_size
+        vision.update(hidden_size=vision_dim, intermediate_size=2 * vision_dim, out_hidden_size=hidden_size)
+    if family == "qwen2_5_vl":
+        vision.update(window_size=2 * 2 * patch, fullatt_block_indexes=[vision_depth - 1])
+    if family == "qwen3_vl":
+        text.update(head_dim=32)
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[vision_depth - 1])
+    names = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}[family]
+    config = getattr(transformers, f"{names}Config")(
         text_config=text,
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
@@ -159,10 +178,10 @@ def build_tiny_vl(
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    Qwen2VLForConditionalGeneration(config).save_pretrained(path)
+    getattr(transformers, f"{names}ForConditionalGeneration")(config).save_pretrained(path)
     save_tokenizer(tokenizer, path)
     processor = Qwen2VLImageProcessorPil(
-        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch, merge_size=2, temporal_patch_size=2
     )
     processor.save_pretrained(path)
     return path

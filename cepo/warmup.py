@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from cepo import assets
 from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
+from cepo.progress import steps_progress_bar
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
@@ -187,6 +188,7 @@ def run_warmup(out: Path, cfg: WarmupConfig) -> dict:
         enable_model_summary=False,
         default_root_dir=work,
         gradient_clip_val=1.0,
+        callbacks=[steps_progress_bar()],  # "Step N/M": the warm-up is sized in steps, not epochs
     )
     trainer.fit(module)
     module.save(work / "model")

@@ -17,6 +17,7 @@ cepo's rule, stricter than math-verify, which then falls back to an earlier numb
 """
 
 import json
+import logging
 
 import pytest
 
@@ -139,6 +140,21 @@ def test_math_verify_gets_the_strings_as_written(monkeypatch):
     )
     assert JsonlTask().is_correct("so \\boxed{(15)}", "(1,5)") is False
     assert seen == [("so \\boxed{(15)}", "(1,5)")]
+
+
+def test_math_verify_does_not_warn_that_its_timeout_is_off(monkeypatch, caplog):
+    """cepo turns math-verify's own timeouts off and bounds it with its own (verify_timeout), so
+    math-verify's "Timeout is disabled ..." warning would only mislead: it is silenced."""
+    import math_verify.grader
+    import math_verify.parser
+
+    monkeypatch.setattr(math_verify.parser, "TIMEOUT_WARNING_SHOWN", False)  # warned once per process
+    monkeypatch.setattr(math_verify.grader, "TIMEOUT_WARNING_SHOWN", False)
+    jsonl_module._parse_gold.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        assert math_verify_equal("\\boxed{0.5}", "\\frac{1}{2}") is True
+    assert math_verify.parser.TIMEOUT_WARNING_SHOWN and math_verify.grader.TIMEOUT_WARNING_SHOWN  # both asked
+    assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()], caplog.text
 
 
 def test_the_table_covers_both_verdicts_and_both_verifiers_disagreeing():

@@ -4,6 +4,7 @@
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from cepo import preflight
 from cepo.__main__ import main
 from cepo.tasks.jsonl import read_jsonl
-from tests.helpers import DEFAULT, ROOT
+from tests.helpers import DEFAULT, ROOT, fit_args, run_cli
 
 VL = str(ROOT / "configs" / "vl" / "default.yaml")
 VLLM = str(ROOT / "configs" / "engine" / "vllm.yaml")
@@ -332,3 +333,30 @@ def test_no_dataset_bytes_give_an_unnamed_error(tmp_path, lines):
         read_jsonl(path, "{question}")
     except ValueError as err:
         assert str(err).startswith(str(path)), err
+
+
+# -- the console: only what matters ---------------------------------------------------------------
+NOISE = re.compile(r"Warning|deprecated|LitLogger")
+"""Deprecation warnings and advertisements, case-sensitive (Python's ``FutureWarning:``,
+``UserWarning:``, ...; "... is deprecated"; Lightning's LitLogger tip)."""
+LIGHTNING_START_UP = ("Seed set to", "GPU available:", "TPU available:", "`Trainer(limit_val_batches")
+
+
+def test_a_default_fit_prints_no_warnings_or_advertisements(tmp_path, tiny_dir):
+    """A short default ``cepo fit``: no line of stdout or stderr matches NOISE, none of Lightning's
+    start-up lines is printed, and the progress bar counts steps ("Step ... 2/2", no "Epoch")."""
+    done = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "quiet")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    noisy = [line for line in lines if NOISE.search(line) or line.startswith(LIGHTNING_START_UP)]
+    assert not noisy, noisy
+    assert "Step" in done.stdout and "2/2" in done.stdout and "Epoch" not in done.stdout, done.stdout
+
+
+def test_bad_input_is_exactly_one_line_on_stderr(tmp_path):
+    """The process's whole stderr is the one error line: no start-up line before it."""
+    done = run_cli(["fit", "--config", DEFAULT, "--model.eps_low", "2", "--run_root", str(tmp_path)])
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "cepo: error: model.eps_low must be in (0, 1), got 2.0  (CEPO_DEBUG=1 shows the traceback)"
+    ], done.stderr

@@ -217,3 +217,61 @@ def test_each_prompt_is_encoded_once_per_pass(vl, monkeypatch):
     monkeypatch.setattr(inner, "get_image_features", lambda *a, **k: calls.append(1) or original(*a, **k))
     Scorer(0).logprobs(vl.model, batch.packed())
     assert len(calls) == 2
+
+
+CHAT = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["qwen2_vl", pytest.param("qwen2_5_vl", marks=pytest.mark.slow), pytest.param("qwen3_vl", marks=pytest.mark.slow)],
+)
+def test_a_vl_runs_export_loads_again(tmp_path, family):
+    """fit on configs/vl/default.yaml exports hf_model/ with everything loading it needs: ``cepo
+    validate --model.model_path <run>/hf_model`` runs on it, and plain transformers loads the
+    processor (image processor at the run's pixel bounds, tokenizer, chat template), the
+    generation config and the model."""
+    import importlib.util
+
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
+
+    from tests.helpers import ROOT, run_cli
+
+    source = build_tiny_vl(tmp_path / "base", family=family)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = CHAT  # a hub model's tokenizer carries one; the tiny one does not
+    tokenizer.save_pretrained(source)
+    sizes = ["--data.eval_size", "2", "--data.eval_k", "1", "--data.sampling.max_new_tokens", "4"]
+    sizes += ["--data.eval_sampling.max_new_tokens", "4"]
+    vl_config = ["--config", str(ROOT / "configs" / "vl" / "default.yaml")]
+    fit = [*vl_config, "--model.model_path", str(source), "--trainer.max_steps", "1", "--data.prompts_per_step", "2"]
+    fit += ["--data.group_size", "2", "--data.task.init_args.train_size", "16", "--model.vision.max_pixels", "9000"]
+    fit += [*sizes, "--run_root", str(tmp_path), "--run_name", "vl", "--run_version", "v"]
+    done = run_cli(["fit", *fit])
+    assert done.returncode == 0, done.stderr[-3000:]
+    export = tmp_path / "vl" / "v" / "hf_model"
+
+    validate = [*vl_config, "--model.model_path", str(export), *sizes, "--run_root", str(tmp_path)]
+    done = run_cli(["validate", *validate, "--run_name", "again", "--run_version", "v"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "val/acc" in done.stdout
+
+    if importlib.util.find_spec("torchvision") is not None:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(export)
+        image_processor, tokenizer = processor.image_processor, processor.tokenizer
+    else:  # transformers 5 builds a Qwen-VL processor's video processor with torchvision only: its parts
+        image_processor, tokenizer = AutoImageProcessor.from_pretrained(export), AutoTokenizer.from_pretrained(export)
+    assert tokenizer.chat_template == CHAT
+    assert image_processor.size["longest_edge"] == 9000  # the run's --model.vision.max_pixels
+    model = AutoModelForImageTextToText.from_pretrained(export)
+    assert model.config.model_type == family
+    assert GenerationConfig.from_pretrained(export).eos_token_id == tokenizer.eos_token_id
+    _, _, vision = load_policy(str(export), "off")
+    images = vision.encode([digits(3, 8)])
+    prompt = vision.prompt_ids("<image>+=", images)
+    ids = torch.tensor([prompt])
+    inputs = vision.model_inputs(model, ids, torch.ones_like(ids), len(prompt), [images])
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, **inputs).logits).all()

@@ -25,10 +25,12 @@ def test_lr_factor_ramps_then_decays_to_a_tenth():
     assert lr_factor(constant, 500) == 1.0
 
 
-def test_short_warmup_writes_a_loadable_cached_base(tmp_path, monkeypatch):
+def test_short_warmup_writes_a_loadable_cached_base(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CEPO_CACHE", str(tmp_path))
     cfg = WarmupConfig(max_steps=3, check_every=2, check_size=4, lr_warmup_steps=1, lr_decay_steps=2)
     path = builtin_base(cfg)
+    shown = capsys.readouterr().out
+    assert "Step" in shown and "3/3" in shown and "Epoch" not in shown, shown  # not "Epoch 2/-2"
     assert path == tmp_path / f"base-{warmup_key(cfg)}"
     summary = json.loads((path / "cepo_warmup.json").read_text())
     assert summary["steps"] == 3 and [s for s, _ in summary["val_accuracy_curve"]] == [2, 3]

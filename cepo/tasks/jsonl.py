@@ -20,7 +20,9 @@ accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a bo
 or by exact match of the normalised extracted answer (``verifier="exact"``). math-verify's own
 timeouts use ``SIGALRM``, which only works on the main thread, so cepo always runs it in a
 daemon worker thread with its timeouts off and bounds it with its own (``verify_timeout``);
-on a timeout or an error the verdict falls back to the exact match.
+on a timeout or an error the verdict falls back to the exact match. math-verify's warning that
+its timeouts are off ("Timeout is disabled ... to prevent code getting stuck") is silenced for
+that reason (:class:`_CepoTimesMathVerify`): cepo supplies the timeout.
 
 Answers are compared as what they mean (:func:`normalise`): a comma inside a number written with
 thousands separators (``1,000``, ``-12,345,678.5``, LaTeX's ``1{,}000``: the whole answer one
@@ -147,11 +149,26 @@ def run_with_timeout(fn: Callable[[], T], timeout: float) -> T:
     return outcome["value"]
 
 
+class _CepoTimesMathVerify(logging.Filter):
+    """Drops math-verify's "Timeout is disabled ..." warning: cepo calls it with its own timeouts
+    off on purpose and bounds every call with :func:`run_with_timeout` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+@lru_cache(maxsize=1)
+def _quiet_math_verify_timeout_warning() -> None:
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_CepoTimesMathVerify())
+
+
 @lru_cache(maxsize=4096)
 def _parse_gold(answer: str) -> list:
     """The reference parsed once (cached): boxed, so bare LaTeX like ``\\frac{1}{2}`` parses."""
     from math_verify import parse
 
+    _quiet_math_verify_timeout_warning()
     return parse(f"\\boxed{{{answer}}}", parsing_timeout=None, raise_on_error=True)
 
 
@@ -161,6 +178,7 @@ def math_verify_equal(response: str, answer: str) -> bool:
     :func:`run_with_timeout`). Raises on a parse or verification error."""
     from math_verify import parse, verify
 
+    _quiet_math_verify_timeout_warning()
     gold = _parse_gold(answer)
     pred = parse(response, parsing_timeout=None, raise_on_error=True)
     if not gold or not pred:
