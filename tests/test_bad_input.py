@@ -125,6 +125,7 @@ CASES = {
     "empty train file": (lambda t, m: jsonl_task(write(t / "empty.jsonl", b"")), "empty.jsonl: no rows"),
     "negative eval_size": (lambda t, m: ["--data.eval_size", "-5"], "data.eval_size must be >= 1"),
     "eval_batch_size 0": (lambda t, m: ["--data.eval_batch_size", "0"], "data.eval_batch_size must be >= 1, got 0"),
+    "dist_timeout 0": (lambda t, m: ["--dist_timeout", "0"], "dist_timeout must be > 0 seconds, got 0.0"),
     "images for a policy without a vision tower": (
         lambda t, m: [
             "--config",

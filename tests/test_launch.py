@@ -149,6 +149,7 @@ def rows(path: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # 40-50 s: two full sweeps; the SLURM script and launcher units stay in the default suite
 def test_submitit_local_gives_the_local_launchers_results(tmp_path, tiny_dir, capsys):
     grid = write_grid(tmp_path / "g.yaml", {"model.credit.init_args.clip": [0.2, 0.5]}, tiny_dir)
     sweep_main([str(grid), "--out", str(tmp_path / "local"), "--parallel", "2"])

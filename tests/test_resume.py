@@ -51,7 +51,7 @@ KILLS = [
     pytest.param((), [], "SIGKILL", "train", 4, id="grpo-sigkill-after-validation", marks=pytest.mark.slow),
     pytest.param((), [], "SIGTERM", "train", 3, id="grpo-sigterm-validation-due"),
     pytest.param(("credit/contrastive.yaml",), [], "SIGKILL", "validation", 4, id="cepo-sigkill-in-validation"),
-    pytest.param(("sampling/dapo.yaml",), [], "SIGKILL", "train", 4, id="grpo-dapo-sigkill"),
+    pytest.param(("sampling/dapo.yaml",), [], "SIGKILL", "train", 4, id="grpo-dapo-sigkill", marks=pytest.mark.slow),
     pytest.param(CEPO, EMA, "SIGKILL", "train", 4, id="cepo-ema-sigkill", marks=pytest.mark.slow),
     pytest.param(CEPO, EMA, "SIGTERM", "train", 3, id="cepo-ema-sigterm", marks=pytest.mark.slow),
     pytest.param(CEPO, [], "SIGTERM", "train", 1, id="cepo-sigterm-no-validation-due", marks=pytest.mark.slow),
