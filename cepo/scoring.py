@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from cepo import microbatch, prefix
-from cepo.logprobs import response_logits, token_entropy, token_logprobs
+from cepo.logprobs import head_at, response_logits, token_entropy, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,6 @@ class Scorer:
             attention = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
                 ~allowed, torch.finfo(dtype).min
             )
-            logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits
             at_unit, at_node, at_row, at_col, targets = [], [], [], [], []
             for b, u in enumerate(units):
                 for k in by_unit[u]:
@@ -210,7 +209,11 @@ class Scorer:
                     at_row += [row_ids[k]] * n
                     at_col += range(n)
                     targets += s[c:]
-            picked = logits[torch.tensor(at_unit, device=device), torch.tensor(at_node, device=device)]
+            read = (torch.tensor(at_unit, device=device), torch.tensor(at_node, device=device))
+            # the LM head runs on the positions read only: [1, P, V]
+            with head_at(model, lambda hidden: hidden[read][None]) as selected:
+                logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits
+            picked = logits[0] if selected else logits[read]
             if rows.temperature != 1.0:
                 picked = picked / rows.temperature
             where = (torch.tensor(at_row, device=device), torch.tensor(at_col, device=device))
