@@ -1,9 +1,9 @@
 """One optimizer update of :class:`GRPOModule` on hand-made rollout batches, on one process or
 as one rank of a 2-process DDP or FSDP2 (gloo) run; used by ``tests/test_distributed.py``.
 
-A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied] [MAX_TOKENS]`` from the repository root with
-``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set (Lightning then joins the
-process group instead of launching processes) and saves its policy after the update and the
+A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied] [MAX_TOKENS]``
+from the repository root with ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set
+(Lightning then joins the process group instead of launching processes) and saves its policy after the update and the
 number of gradient-carrying forward passes it ran to ``OUT_DIR/rank<r>.pt``.
 """
 
