@@ -126,8 +126,14 @@ def test_bfloat16_logits_are_never_copied_to_float32_whole(monkeypatch):
 
 def _head_positions(model):
     """Counts the positions the model's LM head computes logits for."""
-    seen = []
-    model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape[:-1].numel()))
+
+    class Seen(list):
+        pass
+
+    seen = Seen()
+    seen.handle = model.get_output_embeddings().register_forward_hook(
+        lambda m, a, out: seen.append(out.shape[:-1].numel())
+    )
     return seen
 
 
@@ -189,6 +195,7 @@ def test_scorer_runs_the_head_on_read_positions_only(tiny_model):
     model, tok = tiny_model
     seen = _head_positions(model)
     _, _, rows = _rows(tok, temperature=0.7)
+    hook = seen.handle  # removed below: the model is shared by the session's tests
     expected = (
         token_logprobs(
             reference_response_logits(model, rows.input_ids, rows.attention_mask, rows.start) / 0.7,
@@ -209,3 +216,4 @@ def test_scorer_runs_the_head_on_read_positions_only(tiny_model):
     lp, _ = shared.logprobs(model, rows)
     assert seen == [int(rows.mask.sum())]
     assert torch.allclose(lp, expected, atol=1e-5)
+    hook.remove()

@@ -130,7 +130,10 @@ def test_no_grad_passes_by_token_budget(tiny_model):
     model, tok = tiny_model
     _, _, rows = _rows(tok)
     shapes = []
-    model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    # removed below: the model is shared by the session's tests
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
     whole = Scorer(0, share_prefixes=False).logprobs(model, rows)[0]
     for share in (False, True):
         scorer = Scorer(0, share_prefixes=share, shared_len=24, max_tokens=24)  # sharing: 2 packed sequences
@@ -141,6 +144,7 @@ def test_no_grad_passes_by_token_budget(tiny_model):
         assert torch.allclose(lp, whole, atol=1e-5)
         assert len(shapes) > 1 and all(n == 1 or n * width <= 24 for n, width in shapes), shapes
         assert any(n > 1 for n, _ in shapes) or share  # the budget packs rows together
+    hook.remove()
 
 
 def test_token_budget_leaves_the_step_unchanged(tmp_path, tiny_dir):
