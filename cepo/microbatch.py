@@ -29,15 +29,20 @@ def plan(
     response_start: int,
     size: int,
     sort: bool = True,
+    max_tokens: int | None = None,
 ) -> list[torch.Tensor]:
-    """Split ``rows`` into micro-batches of at most ``size`` rows (0: one micro-batch).
+    """Split ``rows`` into micro-batches of at most ``size`` rows (0: one micro-batch) and, with
+    ``max_tokens``, at most that many padded tokens (:func:`padded_tokens`; at least one row).
 
     Args:
         rows: ``[n]`` row indices to run (e.g. the rows of a mini-batch that carry a loss).
         attention_mask: ``[N, L]`` the batch's attention mask.
         response_start: column where responses begin.
-        size: rows per micro-batch (0: all of ``rows`` at once).
+        size: rows per micro-batch (0: no limit on rows).
         sort: order rows by total length first so that each micro-batch pads little.
+        max_tokens: padded tokens per micro-batch (None: no limit on tokens). Consecutive rows
+            (in length order) join a micro-batch while its rows times its longest prompt plus its
+            longest response stay within it.
 
     Returns:
         ``[n_i]`` index tensors covering ``rows`` exactly once.
@@ -47,8 +52,26 @@ def plan(
     if sort:
         prompt, response = row_lengths(attention_mask[rows], response_start)
         rows = rows[torch.argsort(prompt + response, stable=True)]
-    size = size or rows.numel()
-    return list(torch.split(rows, size))
+    if max_tokens is None:
+        return list(torch.split(rows, size or rows.numel()))
+    prompt, response = (x.tolist() for x in row_lengths(attention_mask[rows], response_start))
+    chunks, begin, longest_prompt, longest_response = [], 0, 0, 0
+    for k in range(len(prompt)):
+        p, r = max(longest_prompt, prompt[k]), max(longest_response, response[k])
+        n = k - begin + 1
+        if n > 1 and (padded_tokens(n, p, r) > max_tokens or (size and n > size)):
+            chunks.append(rows[begin:k])
+            begin, p, r = k, prompt[k], response[k]
+        longest_prompt, longest_response = p, r
+    chunks.append(rows[begin:])
+    return chunks
+
+
+def padded_tokens(rows: int, prompt: int, response: int) -> int:
+    """Positions a micro-batch of ``rows`` rows runs, its longest prompt and longest response
+    being ``prompt`` and ``response`` tokens: each row is trimmed to that width (at least one
+    prompt column and one response column)."""
+    return rows * (max(prompt, 1) + max(response, 1))
 
 
 def response_width(response_mask: torch.Tensor, index: torch.Tensor) -> int:

@@ -85,6 +85,10 @@ class GRPOModule(L.LightningModule):
         micro_batch_size: rows per forward pass (0: a whole mini-batch at once), for training and
             for every no-grad pass (old log-probs, evidence, teachers, distillation logits). Rows
             are grouped by length and each pass is trimmed to its longest row (``cepo.microbatch``).
+        max_tokens_per_micro_batch: padded tokens per forward pass (null: micro-batches by rows
+            only): length-grouped rows join a micro-batch while it holds at most this many tokens
+            (rows x (longest prompt + longest response)), at least one row, for training and every
+            no-grad pass; with ``micro_batch_size`` > 0 both limits apply. The gradient is unchanged.
         skip_zero_loss_rows: leave rows whose loss is identically zero (zero token advantages,
             no KL, outside the objective's term) out of the forward/backward passes. The
             gradient is unchanged; ``entropy`` and the clip and log-prob-gap statistics then
@@ -130,6 +134,7 @@ class GRPOModule(L.LightningModule):
         mismatch_stop: float | None = None,
         max_nonfinite: int = 3,
         gradient_checkpointing: bool = False,
+        max_tokens_per_micro_batch: int | None = None,
     ) -> None:
         super().__init__()
         settings = locals()
@@ -139,6 +144,11 @@ class GRPOModule(L.LightningModule):
             ("c_dual", c_dual is None or c_dual > 1, "> 1 (or null)"),
             ("num_minibatches", num_minibatches >= 1, ">= 1"),
             ("micro_batch_size", micro_batch_size >= 0, ">= 0"),
+            (
+                "max_tokens_per_micro_batch",
+                max_tokens_per_micro_batch is None or max_tokens_per_micro_batch >= 1,
+                ">= 1 (or null)",
+            ),
             ("kl_coef", kl_coef >= 0, ">= 0"),
             ("tis_cap", tis_cap is None or tis_cap > 0, "> 0 (or null)"),
         ):
@@ -152,7 +162,7 @@ class GRPOModule(L.LightningModule):
         self.teacher = teacher if teacher is not None else TeacherContexts()
         self.teacher_weights = teacher_weights if teacher_weights is not None else Live()
         self.objective = objective if objective is not None else Objective()
-        self.scorer = Scorer(micro_batch_size)
+        self.scorer = Scorer(micro_batch_size, max_tokens=max_tokens_per_micro_batch)
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = lr_scheduler
         self._check_optimizer()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from cepo import microbatch, prefix
-from cepo.logprobs import response_logits, token_entropy, token_logprobs
+from cepo.logprobs import head_at, response_logits, token_entropy, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,24 @@ class Scorer:
             shared prefixes holds about as many positions as this many of its rows.
         share_prefixes: compute log-probs and entropies of text rows over shared prefixes.
         shared_len: positions per packed sequence of shared prefixes (at least the longest row).
+        max_tokens: padded tokens per forward pass (None: no limit): rows join a micro-batch while
+            it holds at most this many (at least one row, :func:`cepo.microbatch.plan`); a pass over
+            shared prefixes holds at most this many positions (at least one packed sequence).
     """
 
-    def __init__(self, micro_batch_size: int = 0, share_prefixes: bool = True, shared_len: int = 128) -> None:
+    def __init__(
+        self,
+        micro_batch_size: int = 0,
+        share_prefixes: bool = True,
+        shared_len: int = 128,
+        max_tokens: int | None = None,
+    ) -> None:
         if micro_batch_size < 0:
             raise ValueError(f"micro_batch_size must be >= 0, got {micro_batch_size}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 (or None), got {max_tokens}")
         self.micro_batch_size = micro_batch_size
+        self.max_tokens = max_tokens
         self.share_prefixes = share_prefixes
         self.shared_len = shared_len
         self.checked: dict[tuple, bool] = {}  # (model type, attention) -> sharing agreed with plain passes
@@ -87,7 +99,9 @@ class Scorer:
         """Micro-batches of the rows ``index`` (default all), grouped by length."""
         if index is None:
             index = torch.arange(rows.input_ids.shape[0], device=rows.input_ids.device)
-        return microbatch.plan(index, rows.attention_mask, rows.start, self.micro_batch_size)
+        return microbatch.plan(
+            index, rows.attention_mask, rows.start, self.micro_batch_size, max_tokens=self.max_tokens
+        )
 
     def passes(
         self, model: torch.nn.Module, rows: Packed, chunks: list[torch.Tensor]
@@ -178,7 +192,7 @@ class Scorer:
         shared = self._lay_out(model.config, rows, index, least_saving=0.0)
         if shared is None:
             return False
-        plain = Scorer(self.micro_batch_size, share_prefixes=False).logprobs(model, rows, index)[0]
+        plain = Scorer(self.micro_batch_size, False, max_tokens=self.max_tokens).logprobs(model, rows, index)[0]
         got = torch.zeros_like(plain)
         self._score_shared(model, rows, *shared, got, None)
         tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
@@ -192,6 +206,8 @@ class Scorer:
             by_unit.setdefault(u, []).append(k)
         # a pass holds about as many positions as micro_batch_size of these rows
         budget = self.micro_batch_size * sum(len(s) for s in seqs) // len(seqs)
+        if self.max_tokens is not None:  # and at most max_tokens positions
+            budget = min(budget, self.max_tokens) if budget else self.max_tokens
         dtype = next(model.parameters()).dtype
         for units in prefix.plan_units(lay.units, budget):
             ids, pos, allowed = prefix.unit_inputs([lay.units[u] for u in units], 0, device)
@@ -199,7 +215,6 @@ class Scorer:
             attention = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
                 ~allowed, torch.finfo(dtype).min
             )
-            logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits
             at_unit, at_node, at_row, at_col, targets = [], [], [], [], []
             for b, u in enumerate(units):
                 for k in by_unit[u]:
@@ -210,7 +225,11 @@ class Scorer:
                     at_row += [row_ids[k]] * n
                     at_col += range(n)
                     targets += s[c:]
-            picked = logits[torch.tensor(at_unit, device=device), torch.tensor(at_node, device=device)]
+            read = (torch.tensor(at_unit, device=device), torch.tensor(at_node, device=device))
+            # the LM head runs on the positions read only: [1, P, V]
+            with head_at(model, lambda hidden: hidden[read][None]) as selected:
+                logits = model(input_ids=ids, attention_mask=attention, position_ids=pos).logits
+            picked = logits[0] if selected else logits[read]
             if rows.temperature != 1.0:
                 picked = picked / rows.temperature
             where = (torch.tensor(at_row, device=device), torch.tensor(at_col, device=device))

@@ -1,9 +1,9 @@
 """One optimizer update of :class:`GRPOModule` on hand-made rollout batches, on one process or
 as one rank of a 2-process DDP or FSDP2 (gloo) run; used by ``tests/test_distributed.py``.
 
-A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied]`` from the repository root with
-``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set (Lightning then joins the
-process group instead of launching processes) and saves its policy after the update and the
+A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied] [MAX_TOKENS]``
+from the repository root with ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set
+(Lightning then joins the process group instead of launching processes) and saves its policy after the update and the
 number of gradient-carrying forward passes it ran to ``OUT_DIR/rank<r>.pt``.
 """
 
@@ -91,16 +91,26 @@ def strategy(name: str):
     return DDPStrategy(timeout=timedelta(seconds=60))
 
 
-def one_update(model_dir: str, credit: str, batches, root, devices: int = 1, strategy_name: str = "ddp") -> dict:
-    """One SGD update (lr 1, no clipping) on ``batches(step, rank)``; returns the policy's state
-    after it (gathered whole under FSDP) and the number of gradient-carrying forward passes."""
+def one_update(
+    model_dir: str,
+    credit: str,
+    batches,
+    root,
+    devices: int = 1,
+    strategy_name: str = "ddp",
+    max_tokens: int | None = None,
+) -> dict:
+    """One SGD update (lr 1, no clipping) on ``batches(step, rank)``, in micro-batches of
+    ``MICRO_BATCH`` rows or, with ``max_tokens``, of that many padded tokens; returns the policy's
+    state after it (gathered whole under FSDP) and the number of gradient-carrying forward passes."""
     L.seed_everything(0)
     module = GRPOModule(
         model_path=model_dir,
         credit=CREDITS[credit](),
         optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
         grad_clip=None,
-        micro_batch_size=MICRO_BATCH,
+        micro_batch_size=MICRO_BATCH if max_tokens is None else 0,
+        max_tokens_per_micro_batch=max_tokens,
     )
     counter = CountForwards()
     extra = {"devices": devices, "strategy": strategy(strategy_name)} if devices > 1 else {}
@@ -115,10 +125,11 @@ def main(argv: list[str]) -> None:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    credit, model_dir, out, name, layout = (argv + ["ddp", "uneven"])[:5] if len(argv) < 5 else argv
+    credit, model_dir, out, name, layout, max_tokens = (argv + ["ddp", "uneven", ""][len(argv) - 3 :])[:6]
     tok = AutoTokenizer.from_pretrained(model_dir)
     batches = lambda step, rank: rank_batch(tok, rank, layout)
-    result = one_update(model_dir, credit, batches, out, devices=2, strategy_name=name)
+    budget = int(max_tokens) if max_tokens else None
+    result = one_update(model_dir, credit, batches, out, devices=2, strategy_name=name, max_tokens=budget)
     import torch.distributed as dist
 
     torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")

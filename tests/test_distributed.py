@@ -256,3 +256,23 @@ def test_sharded_sampler_resumes_each_rank_where_it_stopped():
         restored = datamodule()
         restored.load_state_dict(dm.state_dict())
         assert list(ResumableSampler(9, restored, num_replicas=2, rank=rank)) == orders[rank][2:]
+
+
+def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir):
+    """Micro-batches by a token budget (``max_tokens_per_micro_batch``) plug into the same matching
+    of backward passes: the ranks plan different numbers of micro-batches, rank 1 pads with
+    zero-loss passes, and both take the one-process update."""
+    from transformers import AutoTokenizer
+
+    budget = "60"
+    ranks = run_ranks("tests.ddp_step", ["uniform", str(tiny_dir), str(tmp_path), "ddp", "uneven", budget], tmp_path)
+    forwards = [r["forwards"] for r in ranks]
+    assert forwards[0] > forwards[1] > 0
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    batch = lambda step, rank: ddp_step.global_batch(tok, "uneven")
+    single = ddp_step.one_update(str(tiny_dir), "uniform", batch, tmp_path, max_tokens=int(budget))
+    initial = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    assert max(float((single["state"][k] - initial[k]).abs().max()) for k in initial) > 1e-4
+    for k in initial:
+        for r in ranks:
+            assert torch.allclose(r["state"][k], single["state"][k], rtol=0, atol=1e-6), k

@@ -83,13 +83,20 @@ def test_rollouts_see_the_image_and_are_scored_on_policy(vl):
     # 56x56 -> 4 image tokens, 84x84 -> 9, each between <|vision_start|> and <|vision_end|>
     assert batch.images is not None and [len(p) for p in batch.prompt_ids] == [8, 15]
     assert not any(t in vl.vision.banned for r in batch.response_ids for t in r)
+    seen = []  # positions the LM head computes logits for: the response columns only
+    hook = vl.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape[:-1]))
+    width = int(batch.response_mask.sum(1).max())
     for size in (0, 1):
+        seen.clear()
         scored, _ = Scorer(size).logprobs(vl.model, batch.packed())
+        rows = [(len(batch.response_ids), width)] if size == 0 else [(1, max(len(r), 1)) for r in batch.response_ids]
+        assert sorted(seen) == sorted(rows)
         for i, response in enumerate(batch.response_ids):
             p = i // batch.group_size
             direct = unpadded_logprobs(vl, batch.prompt_ids[p], batch.images[p], response)
             assert torch.allclose(scored[i, : len(response)], direct, atol=1e-5), (size, i)
             assert torch.allclose(batch.engine_logprobs[i, : len(response)], direct, atol=1e-5)
+    hook.remove()
     blank = unpadded_logprobs(
         vl, batch.prompt_ids[0], vl.vision.encode([Image.new("RGB", (56, 56), "white")]), batch.response_ids[0]
     )
