@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from cepo import parallel
 from cepo.objectives.base import MicroBatch, Objective, check_weight
 from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
 from cepo.policy import PolicyRef
@@ -74,6 +75,7 @@ class SelfDistillation(Objective):
         self.placement = placement
         self.teacher_weights = teacher_weights if teacher_weights is not None else self.default_weights()
         self._contexts: dict[int, list[int]] = {}
+        self._cached: dict[int, torch.Tensor] = {}  # row -> teacher logits, when computed in prepare
         self._loss_sum, self._loss_tokens = 0.0, 0.0
 
     # -- hooks -------------------------------------------------------------------------
@@ -106,6 +108,35 @@ class SelfDistillation(Objective):
         self.active = active
         self._metrics["active_frac"] = float(active.float().mean())  # next to build_samples' metrics
         self._loss_sum, self._loss_tokens = 0.0, 0.0
+        self._cached: dict[int, torch.Tensor] = {}
+        if chosen and self.weight != 0 and self._teacher_is_sharded():
+            # The teacher runs the FSDP-sharded policy: a forward pass in the update loop would be
+            # a collective that only the ranks holding active rows enter (a hang). Its logits are
+            # computed here instead, on the step's gathered weights (the module calls prepare
+            # inside cepo.parallel.gathered), at the cost of holding them for the step. With
+            # model.num_minibatches > 1 the teacher is then the weights the step started from.
+            rows = sorted(chosen)
+            logits = self._teacher_logits(batch, rows, batch.temperature, batch.rewards.device)
+            self._cached = {r: logits[i] for i, r in enumerate(rows)}
+
+    def _teacher_is_sharded(self) -> bool:
+        with self.teacher_weights.model() as model:
+            return parallel.is_sharded(model)
+
+    def _teacher_logits(self, batch: RolloutBatch, rows: list[int], temperature: float, device) -> torch.Tensor:
+        """``[len(rows), T_max, V]`` float32 teacher logits at the response positions of ``rows``."""
+        packed = pack_contexts(
+            [self._contexts[r] for r in rows],
+            [batch.response_ids[r] for r in rows],
+            self.policy.tokenizer.pad_token_id,
+            temperature,
+            device,
+        )
+        if batch.images is not None:  # the teacher sees the row's images too
+            packed.images = [batch.images[r // batch.group_size] for r in rows]
+            packed.vision = batch.vision
+        with self.teacher_weights.model() as model:
+            return self.scorer.logits(model, packed)
 
     def token_loss(self, mb: MicroBatch) -> torch.Tensor:
         out = torch.zeros_like(mb.logp)
@@ -114,18 +145,13 @@ class SelfDistillation(Objective):
             return out
         local = torch.tensor([i for i, _ in picked], device=out.device)
         rows = [r for _, r in picked]
-        packed = pack_contexts(
-            [self._contexts[r] for r in rows],
-            [mb.batch.response_ids[r] for r in rows],
-            self.policy.tokenizer.pad_token_id,
-            mb.temperature,
-            out.device,
-        )
-        if mb.batch.images is not None:  # the teacher sees the row's images too
-            packed.images = [mb.batch.images[r // mb.batch.group_size] for r in rows]
-            packed.vision = mb.batch.vision
-        with self.teacher_weights.model() as model:
-            teacher = self.scorer.logits(model, packed)
+        if self._cached:
+            longest = max(self._cached[r].shape[0] for r in rows)
+            teacher = torch.stack(
+                [torch.nn.functional.pad(self._cached[r], (0, 0, 0, longest - self._cached[r].shape[0])) for r in rows]
+            )
+        else:
+            teacher = self._teacher_logits(mb.batch, rows, mb.temperature, out.device)
         width = out.shape[1]
         teacher = torch.nn.functional.pad(teacher[:, :width], (0, 0, 0, width - min(teacher.shape[1], width)))
         per_token = self.divergence(mb, local, teacher)
