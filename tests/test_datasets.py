@@ -157,13 +157,17 @@ def test_a_folder_written_by_datasets_save_to_disk_reads(tmp_path):
     )
 
 
-def test_parquet_is_read_in_batches_of_the_columns_rows_use(tmp_path, monkeypatch):
-    """Columns no row layout uses are never read, and rows are made a chunk at a time: a bad row is
-    found before the rest of the file is turned into Python values."""
+@pytest.mark.parametrize("kind", ["parquet", "saved"])
+def test_rows_are_read_in_chunks_of_the_columns_rows_use(tmp_path, monkeypatch, kind):
+    """Columns no row layout uses are never turned into Python values, and rows are made a chunk at
+    a time: a bad row is found before the rest of the file is read."""
     rows = [{"question": f"q{i}", "answer": str(i), "blob": b"x" * 1000} for i in range(50)]
     rows[3]["answer"] = None
-    path = tmp_path / "x.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10)
+    schema = pa.schema([("question", pa.string()), ("answer", pa.string()), ("blob", pa.binary())])
+    if kind == "parquet":
+        path = write_parquet(tmp_path / "x.parquet", rows, schema=schema, row_group_size=10)
+    else:
+        path = write_saved(tmp_path / "x", rows, schema=schema)
     seen = []
     real = sources_module._batch_rows
 
