@@ -168,11 +168,16 @@ def test_rows_are_read_in_chunks_of_the_columns_rows_use(tmp_path, monkeypatch, 
         path = write_parquet(tmp_path / "x.parquet", rows, schema=schema, row_group_size=10)
     else:
         path = write_saved(tmp_path / "x", rows, schema=schema)
-    seen = []
+    seen, batches_read = [], []
     real = sources_module._batch_rows
 
+    def read(batches):
+        for batch in batches:
+            batches_read.append(batch.num_rows)
+            yield batch
+
     def spy(batches, name, start=0):
-        for where, row in real(batches, name, start):
+        for where, row in real(read(batches), name, start):
             seen.append(row)
             yield where, row
 
@@ -182,6 +187,7 @@ def test_rows_are_read_in_chunks_of_the_columns_rows_use(tmp_path, monkeypatch, 
         read_dataset(path, "{question}")
     assert str(err.value) == f"{path}: row 3: row has no answer ('answer', or a \\boxed{{}} 'solution')"
     assert len(seen) == 4 and all("blob" not in row for row in seen)
+    assert sum(batches_read) < 50 and max(batches_read) <= 16  # record batches, not the whole file
 
 
 @pytest.mark.parametrize("kind", ["parquet", "saved"])
