@@ -2,6 +2,6 @@
 
 from cepo.tasks.arithmetic import Arithmetic
 from cepo.tasks.base import Example, Task
-from cepo.tasks.jsonl import JsonlTask
+from cepo.tasks.jsonl import DatasetTask, JsonlTask
 
-__all__ = ["Arithmetic", "Example", "JsonlTask", "Task"]
+__all__ = ["Arithmetic", "DatasetTask", "Example", "JsonlTask", "Task"]

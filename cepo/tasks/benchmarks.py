@@ -42,3 +42,4 @@ class JsonlBenchmark(JsonlTask):
             val=path, test=path, prompt_template=prompt_template, verifier=verifier, verify_timeout=verify_timeout
         )
         self.path = path
+        self.settings = {k: "task.path" for k in self.settings}

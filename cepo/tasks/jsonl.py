@@ -1,14 +1,18 @@
-"""Tasks read from JSONL files (GSM8K-style, MATH-style, or plain prompt/answer rows).
+"""Tasks read from dataset files (GSM8K-style, MATH-style, or plain prompt/answer rows): JSONL,
+Parquet, or a folder saved by Hugging Face ``datasets`` (``save_to_disk``), one per split; the
+rows of each kind are read as :mod:`cepo.tasks.sources` says, and have the same layouts.
 
 Every row is validated when the task is loaded, before any training: a row without a
-question or an answer is an error naming the file and line. A row holds a question
-(``prompt``, ``question`` or ``problem``) that ``prompt_template`` turns into the user turn, or
-a conversation (``messages``: ``role``/``content`` dicts ending with a user turn) used as is.
+question or an answer is an error naming the file and line (JSONL) or row (Parquet, datasets). A
+row holds a question (``prompt``, ``question`` or ``problem``) that ``prompt_template`` turns into
+the user turn, or a conversation (``messages``: ``role``/``content`` dicts ending with a user turn)
+used as is.
 
 A row may carry images (the Geo3k layout: ``problem`` with an ``<image>`` placeholder,
 ``answer``, ``images``): ``images`` is a list of image specs or a single one (a path relative to
-the JSONL file's folder or absolute, a ``data:`` URL, raw base64, or ``{"bytes": base64}`` as
-Hugging Face ``datasets`` exports them; :mod:`cepo.tasks.images`). They are decoded when the task
+the dataset file's folder or absolute, a ``data:`` URL, raw base64, or ``{"bytes": base64}`` as
+Hugging Face ``datasets`` exports them; in Parquet and saved datasets the ``{bytes, path}``
+structs of an ``Image`` feature, raw bytes; :mod:`cepo.tasks.images`). They are decoded when the task
 is loaded, into :attr:`Example.images`. The user turn (the prompt as ``prompt_template`` formats
 it, or the last user turn of ``messages``) must hold one ``<image>`` placeholder per image, in
 the images' order; when it holds none, the placeholders are put at its start
@@ -36,7 +40,6 @@ correct, and a row whose reference answer is empty is refused when the file is l
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -48,6 +51,7 @@ from typing import Literal, TypeVar
 from cepo import assets
 from cepo.tasks.base import IMAGE_PLACEHOLDER, Example, Task
 from cepo.tasks.images import load_images
+from cepo.tasks.sources import open_rows
 from cepo.templates import check, fill
 
 log = logging.getLogger(__name__)
@@ -225,52 +229,51 @@ def place_images(
     raise ValueError(f"{where}: the prompt has {found} {IMAGE_PLACEHOLDER} placeholder(s) but the row has {n} image(s)")
 
 
-def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
-    """Load and validate ``path`` (or ``asset:<name>``, :mod:`cepo.assets`) with its rows' images;
-    raise ``ValueError`` naming the file and line of a bad row."""
+def row_example(row: dict, where: str, base_dir: Path, prompt_template: str) -> Example:
+    """The :class:`Example` of one row (its images decoded, relative image paths read from
+    ``base_dir``); raise ``ValueError`` starting with ``where`` for a bad row."""
+    messages = row_messages(row, where)
+    question = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str)), None)
+    if messages is None and not question:
+        raise ValueError(f"{where}: row has no question (one of {QUESTION_KEYS}, or 'messages')")
+    answer = reference_answer(row)
+    if answer is None:
+        raise ValueError(f"{where}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
+    if not normalise(answer):
+        raise ValueError(f"{where}: {_empty_reference(row)}")
+    solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
+    prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
+    images = load_images(row.get("images"), base_dir, where)
+    prompt, messages = place_images(prompt, messages, len(images), where)
+    return Example(prompt, answer, solution, messages, images)
+
+
+def read_dataset(path: str | Path, prompt_template: str, setting: str = "task.train") -> list[Example]:
+    """Load and validate the dataset at ``path`` (or ``asset:<name>``, :mod:`cepo.assets`): a
+    JSONL or Parquet file or a saved ``datasets`` folder (:mod:`cepo.tasks.sources`), with its rows'
+    images; raise ``ValueError`` naming the file and row of a bad row, and ``setting`` with the
+    path for a missing or unsupported one."""
     path = Path(assets.resolve(str(path)))
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
-    rows = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the line)") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: a row must be a JSON object, got {type(row).__name__}")
-            where = f"{path}:{lineno}"
-            messages = row_messages(row, where)
-            question = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str)), None)
-            if messages is None and not question:
-                raise ValueError(f"{path}:{lineno}: row has no question (one of {QUESTION_KEYS}, or 'messages')")
-            answer = reference_answer(row)
-            if answer is None:
-                raise ValueError(f"{path}:{lineno}: row has no answer ('answer', or a \\boxed{{}} 'solution')")
-            if not normalise(answer):
-                raise ValueError(f"{where}: {_empty_reference(row)}")
-            solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
-            prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
-            images = load_images(row.get("images"), path.parent, where)
-            prompt, messages = place_images(prompt, messages, len(images), where)
-            rows.append(Example(prompt, answer, solution, messages, images))
-    if not rows:
+    rows = open_rows(path, setting)
+    base_dir = path if path.is_dir() else path.parent
+    examples = [row_example(row, where, base_dir, prompt_template) for where, row in rows]
+    if not examples:
         raise ValueError(f"{path}: no rows")
-    return rows
+    return examples
 
 
-class JsonlTask(Task):
-    """Problems from JSONL files, one file per split.
+def read_jsonl(path: str | Path, prompt_template: str) -> list[Example]:
+    """:func:`read_dataset` (kept under its first name: it reads Parquet and saved datasets too)."""
+    return read_dataset(path, prompt_template)
+
+
+class DatasetTask(Task):
+    """Problems from dataset files, one per split: JSONL, Parquet, or a folder saved by Hugging
+    Face ``datasets`` (``save_to_disk``), read row by row (:mod:`cepo.tasks.sources`).
 
     Args:
-        train: path of the training split.
+        train: path of the training split: a ``.jsonl`` or ``.parquet`` file or a saved
+            ``datasets`` folder, each with the same row layouts (the module docstring).
         val: path of the validation split (defaults to none).
         test: path of the test split (defaults to none).
         prompt_template: how a question becomes the user turn; ``{question}`` is replaced (other
@@ -298,13 +301,14 @@ class JsonlTask(Task):
         if not verify_timeout > 0:
             raise ValueError(f"task.verify_timeout must be > 0, got {verify_timeout}")
         self.paths = {"train": train, "val": val, "test": test}
+        self.settings = {k: f"task.{k}" for k in self.paths}  # named in a missing/unsupported file's error
         self.prompt_template = check(prompt_template, "task.prompt_template", ("question",))
         self.verifier = verifier
         self.verify_timeout = float(verify_timeout)
 
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:
-        return {k: read_jsonl(p, self.prompt_template) if p else [] for k, p in self.paths.items()}
+        return {k: read_dataset(p, self.prompt_template, self.settings[k]) if p else [] for k, p in self.paths.items()}
 
     def validate(self) -> None:
         """Read every configured file now (fail before training)."""
@@ -345,3 +349,7 @@ class JsonlTask(Task):
         except Exception as err:  # a parse/verify error: the exact match (False) decides
             log.debug("math-verify failed on a response: %r", err)
         return False
+
+
+JsonlTask = DatasetTask
+"""The first name of :class:`DatasetTask` (which reads JSONL, Parquet and saved datasets)."""
