@@ -65,7 +65,8 @@ def failure(err: BaseException) -> str | None:
     if not isinstance(err, RuntimeError):
         return None
     text = str(err).lower()
-    if not (isinstance(err, getattr(dist, "DistError", ())) or any(m in text for m in _MARKS)):
+    # torch's own distributed errors, or a backend's message while a process group exists
+    if not (isinstance(err, getattr(dist, "DistError", ())) or (initialized() and any(m in text for m in _MARKS))):
         return None
     where = getattr(err, "cepo_stage", None) or current_stage()
     who = f"process {rank()}" if initialized() else "a process"

@@ -153,3 +153,22 @@ def test_two_process_run_killed_in_a_validation_resumes_exactly(tmp_path, tiny_d
     assert "step_00004.rank1.jsonl" in files and files == sorted(p.name for p in (cut / "samples").iterdir())
     for name in files:
         assert (cut / "samples" / name).read_text() == (whole_dir / "samples" / name).read_text(), name
+
+
+def test_the_failure_line_names_the_stage_of_distributed_errors_only(monkeypatch):
+    """A torch distributed error raised inside nested stages gives the line with the innermost
+    stage path and the timeout; an ordinary RuntimeError that mentions a time-out does not."""
+    import torch.distributed as dist
+
+    from cepo import distributed
+
+    monkeypatch.setattr(distributed, "timeout_s", 12.0)
+    assert distributed.failure(RuntimeError("operation timed out")) is None  # no process group: not a collective
+    with pytest.raises(dist.DistError) as info:
+        with distributed.stage("rollout step 3"), distributed.stage("evidence"):
+            raise dist.DistError("[gloo] Timed out waiting 12000ms for recv operation to complete")
+    assert distributed.current_stage() == "start-up"  # the stages are left on the way out
+    line = distributed.failure(info.value)
+    assert "waited more than 12 s (--dist_timeout)" in line and "at stage 'rollout step 3 > evidence'" in line
+    lost = distributed.failure(dist.DistError("Connection reset by peer"))
+    assert lost.startswith("a process lost the other processes at stage 'start-up'")
