@@ -10,19 +10,21 @@ from cepo.credit import Contrastive, Uniform
 from cepo.module import GRPOModule
 from tests.helpers import TextParity, one_sgd_step
 
+# 6 rows, prompts left-padded to column 3; lengths (prompt + response) 5, 2, 7, 4, 3, 6
+HAND_MASK = torch.tensor(
+    [
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1, 0],
+        [0, 1, 1, 1, 1, 0, 0, 0],
+        [0, 0, 1, 1, 1, 0, 0, 0],
+        [0, 1, 1, 1, 1, 1, 1, 0],
+    ]
+)
+
 
 def test_plan_covers_rows_once_grouped_by_length():
-    # 6 rows, prompts left-padded to column 3; lengths (prompt + response) 5, 2, 7, 4, 3, 6
-    attn = torch.tensor(
-        [
-            [1, 1, 1, 1, 1, 0, 0, 0],
-            [0, 1, 1, 0, 0, 0, 0, 0],
-            [1, 1, 1, 1, 1, 1, 1, 0],
-            [0, 1, 1, 1, 1, 0, 0, 0],
-            [0, 0, 1, 1, 1, 0, 0, 0],
-            [0, 1, 1, 1, 1, 1, 1, 0],
-        ]
-    )
+    attn = HAND_MASK.clone()
     rows = torch.tensor([0, 1, 2, 3, 5])  # row 4 is left out
     chunks = microbatch.plan(rows, attn, 3, size=2)
     assert [c.tolist() for c in chunks] == [[1, 3], [0, 5], [2]]
@@ -86,16 +88,7 @@ def test_skipping_and_grouping_rows_leaves_the_step_unchanged(tmp_path, tiny_dir
 
 
 def test_plan_by_token_budget_by_hand():
-    attn = torch.tensor(
-        [
-            [1, 1, 1, 1, 1, 0, 0, 0],
-            [0, 1, 1, 0, 0, 0, 0, 0],
-            [1, 1, 1, 1, 1, 1, 1, 0],
-            [0, 1, 1, 1, 1, 0, 0, 0],
-            [0, 0, 1, 1, 1, 0, 0, 0],
-            [0, 1, 1, 1, 1, 1, 1, 0],
-        ]
-    )
+    attn = HAND_MASK.clone()
     rows = torch.tensor([0, 1, 2, 3, 5])
     # (prompt, response) by length: row 1 (2, 0), 3 (2, 2), 0 (3, 2), 5 (2, 4), 2 (3, 4); a micro-batch
     # costs rows x (longest prompt + longest response, at least 1 each)
