@@ -30,6 +30,7 @@ def plan(
     size: int,
     sort: bool = True,
     max_tokens: int | None = None,
+    contexts: list[int] | None = None,
 ) -> list[torch.Tensor]:
     """Split ``rows`` into micro-batches of at most ``size`` rows (0: one micro-batch) and, with
     ``max_tokens``, at most that many padded tokens (:func:`padded_tokens`; at least one row).
@@ -43,12 +44,17 @@ def plan(
         max_tokens: padded tokens per micro-batch (None: no limit on tokens). Consecutive rows
             (in length order) join a micro-batch while its rows times its longest prompt plus its
             longest response stay within it.
+        contexts: per row of ``rows``, its context (``cepo.shared_prompt.contexts``), for passes
+            that run each distinct context once: a context's rows are kept together (in length
+            order) and a micro-batch's tokens are :func:`shared_tokens`.
 
     Returns:
         ``[n_i]`` index tensors covering ``rows`` exactly once.
     """
     if rows.numel() == 0:
         return []
+    if contexts is not None:
+        return _plan_shared(rows, attention_mask, response_start, size, max_tokens, contexts)
     if sort:
         prompt, response = row_lengths(attention_mask[rows], response_start)
         rows = rows[torch.argsort(prompt + response, stable=True)]
@@ -65,6 +71,38 @@ def plan(
         longest_prompt, longest_response = p, r
     chunks.append(rows[begin:])
     return chunks
+
+
+def _plan_shared(rows, attention_mask, response_start, size, max_tokens, contexts) -> list[torch.Tensor]:
+    """:func:`plan` with ``contexts``: rows in order of (prompt length, context, response length)."""
+    prompt, response = (x.tolist() for x in row_lengths(attention_mask[rows], response_start))
+    order = sorted(range(len(contexts)), key=lambda k: (prompt[k], contexts[k], response[k]))
+    chunks: list[list[int]] = []
+    seen: set[int] = set()
+    p = r = 0
+    for k in order:
+        fits = False
+        if chunks:
+            n, c = len(chunks[-1]) + 1, len(seen | {contexts[k]})
+            grown_p, grown_r = max(p, prompt[k]), max(r, response[k])
+            fits = (not size or n <= size) and (
+                max_tokens is None or shared_tokens(c, n, grown_p, grown_r) <= max_tokens
+            )
+        if fits:
+            p, r = grown_p, grown_r
+        else:
+            chunks.append([])
+            seen, p, r = set(), prompt[k], response[k]
+        chunks[-1].append(k)
+        seen.add(contexts[k])
+    return [rows[torch.tensor(c, device=rows.device)] for c in chunks]
+
+
+def shared_tokens(contexts: int, rows: int, prompt: int, response: int) -> int:
+    """Positions a micro-batch runs when each of its ``contexts`` distinct contexts runs once
+    (``prompt`` columns, its longest) and its ``rows`` responses run against them (``response``
+    columns, its longest)."""
+    return contexts * max(prompt, 1) + rows * max(response, 1)
 
 
 def padded_tokens(rows: int, prompt: int, response: int) -> int:

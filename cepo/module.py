@@ -87,7 +87,8 @@ class GRPOModule(L.LightningModule):
             are grouped by length and each pass is trimmed to its longest row (``cepo.microbatch``).
         max_tokens_per_micro_batch: padded tokens per forward pass (null: micro-batches by rows
             only): length-grouped rows join a micro-batch while it holds at most this many tokens
-            (rows x (longest prompt + longest response)), at least one row, for training and every
+            (rows x (longest prompt + longest response); with ``share_prompts``, distinct contexts x
+            longest prompt + rows x longest response), at least one row, for training and every
             no-grad pass; with ``micro_batch_size`` > 0 both limits apply. The gradient is unchanged.
         skip_zero_loss_rows: leave rows whose loss is identically zero (zero token advantages,
             no KL, outside the objective's term) out of the forward/backward passes. The
@@ -103,7 +104,14 @@ class GRPOModule(L.LightningModule):
         max_nonfinite: an optimizer update whose gradient is not finite (NaN/Inf loss or gradient)
             is skipped and counted (``train/nonfinite_updates``); this many in a row stop training
             with an error.
-        gradient_checkpointing: trade compute for memory in the policy forward.
+        gradient_checkpointing: trade compute for memory in the policy forward (transformers'
+            activation checkpointing: each layer's activations are recomputed in the backward).
+            It drops the key/value cache that ``share_prompts`` needs, so contexts are not shared.
+        share_prompts: run each distinct context (a group's prompt, images included) once per
+            micro-batch for all its rows in the training pass and the full-logit passes, forward
+            and backward (``cepo.shared_prompt``): the same gradient as plain passes, checked on the
+            first rows of each model type (off where it disagrees, and for the training pass of
+            an FSDP-sharded policy, whose ranks must match forward for forward).
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class GRPOModule(L.LightningModule):
         max_nonfinite: int = 3,
         gradient_checkpointing: bool = False,
         max_tokens_per_micro_batch: int | None = None,
+        share_prompts: bool = True,
     ) -> None:
         super().__init__()
         settings = locals()
@@ -162,7 +171,7 @@ class GRPOModule(L.LightningModule):
         self.teacher = teacher if teacher is not None else TeacherContexts()
         self.teacher_weights = teacher_weights if teacher_weights is not None else Live()
         self.objective = objective if objective is not None else Objective()
-        self.scorer = Scorer(micro_batch_size, max_tokens=max_tokens_per_micro_batch)
+        self.scorer = Scorer(micro_batch_size, max_tokens=max_tokens_per_micro_batch, share_prompts=share_prompts)
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = lr_scheduler
         self._check_optimizer()
@@ -372,7 +381,7 @@ class GRPOModule(L.LightningModule):
             rows = range(mb.start, mb.stop)
             if hp.skip_zero_loss_rows and ref_logprobs is None:  # rows whose loss is identically zero are not run
                 rows = microbatch.loss_rows(mb, token_adv, objective.pg_weight, objective.active)
-            chunks = self.scorer.plan(packed, torch.as_tensor(rows, device=self.device))
+            chunks = self.scorer.plan(packed, torch.as_tensor(rows, device=self.device), self.policy)
             # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
             # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
             # an update with no loss-carrying row anywhere still runs one

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cepo import microbatch, prefix
+from cepo import microbatch, parallel, prefix, shared_prompt
 from cepo.logprobs import head_at, response_logits, token_entropy, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ class Scorer:
         max_tokens: padded tokens per forward pass (None: no limit): rows join a micro-batch while
             it holds at most this many (at least one row, :func:`cepo.microbatch.plan`); a pass over
             shared prefixes holds at most this many positions (at least one packed sequence).
+        share_prompts: in :meth:`passes` (the training pass, the full-logit passes, images), run
+            each distinct context of a micro-batch once for all its rows
+            (:mod:`cepo.shared_prompt`), once found equal to plain passes on the model type.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Scorer:
         share_prefixes: bool = True,
         shared_len: int = 128,
         max_tokens: int | None = None,
+        share_prompts: bool = True,
     ) -> None:
         if micro_batch_size < 0:
             raise ValueError(f"micro_batch_size must be >= 0, got {micro_batch_size}")
@@ -94,13 +98,24 @@ class Scorer:
         self.share_prefixes = share_prefixes
         self.shared_len = shared_len
         self.checked: dict[tuple, bool] = {}  # (model type, attention) -> sharing agreed with plain passes
+        self.share_prompts = share_prompts
+        self.prompts_checked: dict[tuple, bool] = {}  # the same for shared contexts (shared_prompt)
 
-    def plan(self, rows: Packed, index: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Micro-batches of the rows ``index`` (default all), grouped by length."""
+    def plan(
+        self, rows: Packed, index: torch.Tensor | None = None, model: torch.nn.Module | None = None
+    ) -> list[torch.Tensor]:
+        """Micro-batches of the rows ``index`` (default all), grouped by length; with ``model``,
+        each context's rows kept together where :meth:`passes` will share contexts on it."""
         if index is None:
             index = torch.arange(rows.input_ids.shape[0], device=rows.input_ids.device)
+        contexts = self._contexts(rows, index) if self.shares_prompts(model, rows, index) else None
         return microbatch.plan(
-            index, rows.attention_mask, rows.start, self.micro_batch_size, max_tokens=self.max_tokens
+            index,
+            rows.attention_mask,
+            rows.start,
+            self.micro_batch_size,
+            max_tokens=self.max_tokens,
+            contexts=contexts,
         )
 
     def passes(
@@ -109,13 +124,73 @@ class Scorer:
         """``(rows [n], width, logits [n, width, V])`` for each planned micro-batch of ``chunks``
         (from :meth:`plan`); gradients flow if enabled."""
         start = rows.start
+        shared = bool(chunks) and self.shares_prompts(model, rows, torch.cat(chunks))
         for r in chunks:
             width = microbatch.response_width(rows.mask, r)
             ids, mask = rows.input_ids[r, : start + width], rows.attention_mask[r, : start + width]
-            logits = response_logits(model, ids, mask, start, rows.temperature, rows.model_inputs(model, r))
+            if shared:
+                logits = self._prompt_logits(model, rows, r, ids, mask)
+            else:
+                logits = response_logits(model, ids, mask, start, rows.temperature, rows.model_inputs(model, r))
             if rows.vision is not None and rows.vision.banned:  # never sampled: not in the policy
                 logits = logits.index_fill(-1, torch.tensor(rows.vision.banned, device=logits.device), -1e9)
             yield r, width, logits
+
+    # -- shared contexts (the passes with gradients, full logits, images) ----------------------
+    def _contexts(self, rows: Packed, index: torch.Tensor) -> list[int]:
+        images = None if rows.images is None else [rows.images[i] for i in index.tolist()]
+        return shared_prompt.contexts(rows.input_ids[index], rows.attention_mask[index], rows.start, images)
+
+    def _prompt_logits(self, model, rows: Packed, r: torch.Tensor, ids, mask) -> torch.Tensor:
+        of = self._contexts(rows, r)
+        firsts = torch.tensor([of.index(c) for c in range(max(of) + 1)], device=r.device)
+        inputs = rows.model_inputs(model, r[firsts])
+        return shared_prompt.prompt_logits(model, ids, mask, rows.start, rows.temperature, inputs, of)
+
+    def shares_prompts(self, model: torch.nn.Module | None, rows: Packed, index: torch.Tensor) -> bool:
+        """Whether :meth:`passes` runs each context of ``index``'s micro-batches once on
+        ``model``: on unless switched off, under transformers' gradient checkpointing (which
+        drops the cache it needs), on an FSDP-sharded model, or once found to disagree with plain
+        passes on the model type. The first rows of a model type that share a context are scored both ways (no gradient,
+        eval mode) and decide it."""
+        if not self.share_prompts or model is None or getattr(model, "is_gradient_checkpointing", False):
+            return False
+        if parallel.is_sharded(model):
+            # FSDP gathers and reduces at each forward's modules: the ranks' passes must match
+            # forward for forward, which a rank's own choice of sharing (and its check) cannot promise
+            return False
+        config = getattr(model, "config", None)
+        key = (getattr(config, "model_type", type(model).__name__), getattr(config, "_attn_implementation", None))
+        if key in self.prompts_checked:
+            return self.prompts_checked[key]
+        of = self._contexts(rows, index)
+        shared = [c for c in set(of) if of.count(c) > 1]
+        if not shared:
+            return False  # nothing to share yet: decided on rows that share a context
+        pair = [k for k, c in enumerate(of) if c == min(shared)][:2]
+        r = index[torch.tensor(pair, device=index.device)]
+        width = microbatch.response_width(rows.mask, r)
+        ids, mask = rows.input_ids[r, : rows.start + width], rows.attention_mask[r, : rows.start + width]
+        training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                plain = response_logits(model, ids, mask, rows.start, 1.0, rows.model_inputs(model, r))
+                try:
+                    shared = self._prompt_logits(model, rows, r, ids, mask)
+                except (TypeError, ValueError, RuntimeError, AttributeError) as e:  # no cache, no use_cache
+                    shared, why = None, f"{type(e).__name__}: {e}"
+        finally:
+            model.train(training)
+        if shared is not None:
+            targets = ids[:, rows.start :]
+            gap = (token_logprobs(plain, targets) - token_logprobs(shared, targets)).abs()[rows.mask[r, :width]]
+            tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
+            why = f"log-probs differ by {float(gap.max()):.2g}"
+        self.prompts_checked[key] = agrees = shared is not None and bool(gap.max() <= tol)
+        if not agrees:
+            log.warning("scoring: shared contexts disagree with plain passes on %s (%s); not sharing", key, why)
+        return agrees
 
     @torch.no_grad()
     def logprobs(
@@ -133,7 +208,7 @@ class Scorer:
         if shared is not None:
             self._score_shared(model, rows, *shared, lp, ent)
         else:
-            for r, width, logits in self.passes(model, rows, self.plan(rows, index)):
+            for r, width, logits in self.passes(model, rows, self.plan(rows, index, model)):
                 lp[r, :width] = token_logprobs(logits, rows.input_ids[r, rows.start : rows.start + width])
                 if ent is not None:
                     ent[r, :width] = token_entropy(logits)
@@ -241,7 +316,7 @@ class Scorer:
     def logits(self, model: torch.nn.Module, rows: Packed) -> torch.Tensor:
         """``[N, T, V]`` float32 logits at each response position (full vocabulary; 0 past the end)."""
         out = None
-        for r, width, logits in self.passes(model, rows, self.plan(rows)):
+        for r, width, logits in self.passes(model, rows, self.plan(rows, model=model)):
             if out is None:
                 out = torch.zeros(*rows.mask.shape, logits.shape[-1], device=rows.mask.device)
             out[r, :width] = logits.float()

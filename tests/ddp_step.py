@@ -73,7 +73,8 @@ class CountForwards(L.Callback):
     def on_fit_start(self, tr, pl_module):
         def hook(mod, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            self.count += torch.is_grad_enabled() and ids is not None and ids.numel() > 1
+            context_pass = kwargs.get("use_cache") and kwargs.get("past_key_values") is None  # shared prompts
+            self.count += torch.is_grad_enabled() and ids is not None and ids.numel() > 1 and not context_pass
 
         pl_module.policy.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -99,9 +100,11 @@ def one_update(
     devices: int = 1,
     strategy_name: str = "ddp",
     max_tokens: int | None = None,
+    share_prompts: bool = True,
 ) -> dict:
     """One SGD update (lr 1, no clipping) on ``batches(step, rank)``, in micro-batches of
-    ``MICRO_BATCH`` rows or, with ``max_tokens``, of that many padded tokens; returns the policy's
+    ``MICRO_BATCH`` rows or, with ``max_tokens``, of that many padded tokens (each group's prompt
+    run once per micro-batch with ``share_prompts``, as by default); returns the policy's
     state after it (gathered whole under FSDP) and the number of gradient-carrying forward passes."""
     L.seed_everything(0)
     module = GRPOModule(
@@ -111,6 +114,7 @@ def one_update(
         grad_clip=None,
         micro_batch_size=MICRO_BATCH if max_tokens is None else 0,
         max_tokens_per_micro_batch=max_tokens,
+        share_prompts=share_prompts,
     )
     counter = CountForwards()
     extra = {"devices": devices, "strategy": strategy(strategy_name)} if devices > 1 else {}

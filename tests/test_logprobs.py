@@ -203,7 +203,7 @@ def test_scorer_runs_the_head_on_read_positions_only(tiny_model):
         ).detach()
         * rows.mask
     )
-    plain = Scorer(2, share_prefixes=False)
+    plain = Scorer(2, share_prefixes=False, share_prompts=False)
     seen.clear()
     lp, _ = plain.logprobs(model, rows)
     widths = [len(r) * int(rows.mask[r].sum(1).clamp(min=1).max()) for r in plain.plan(rows)]

@@ -51,7 +51,8 @@ def _one_step(tmp_path, tiny_dir, credit, micro_batch_size, skip):
     class Count(L.Callback):
         def on_fit_start(self, tr, pl_module):
             def hook(mod, args, kwargs):
-                if torch.is_grad_enabled():
+                # rows of the passes that score responses (not the context passes of shared prompts)
+                if torch.is_grad_enabled() and not (kwargs.get("use_cache") and kwargs.get("past_key_values") is None):
                     trained_rows.append(kwargs["input_ids"].shape[0])
 
             pl_module.policy.register_forward_pre_hook(hook, with_kwargs=True)
@@ -157,7 +158,9 @@ def test_token_budget_leaves_the_step_unchanged(tmp_path, tiny_dir):
 
         return Count()
 
-    kw = dict(task=HalfConstant(train_size=200, val_size=8, test_size=8), prompts=8, credit=Uniform())
+    # plain passes here (the shared-prompt budget: tests/test_scoring.py)
+    task = HalfConstant(train_size=200, val_size=8, test_size=8)
+    kw = dict(task=task, prompts=8, credit=Uniform(), share_prompts=False)
     plain, module = one_sgd_step(tmp_path / "a", tiny_dir, callbacks=[count("plain")], **kw)
     assert len(passes["plain"]) == 1
     for key, tokens in (("budget", budget), ("one", 1)):
@@ -172,3 +175,6 @@ def test_token_budget_leaves_the_step_unchanged(tmp_path, tiny_dir):
     initial = GRPOModule(model_path=str(tiny_dir))
     initial.configure_model()
     assert max(float((plain[k] - initial.policy.state_dict()[k]).abs().max()) for k in plain) > 1e-4
+    shared, _ = one_sgd_step(tmp_path / "shared", tiny_dir, **{**kw, "share_prompts": True})
+    for k in plain:
+        assert torch.allclose(plain[k], shared[k], atol=2e-6), k

@@ -86,11 +86,13 @@ def test_rollouts_see_the_image_and_are_scored_on_policy(vl):
     seen = []  # positions the LM head computes logits for: the response columns only
     hook = vl.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape[:-1]))
     width = int(batch.response_mask.sum(1).max())
-    for size in (0, 1):
+    for size, share in ((0, False), (1, False), (0, True)):
         seen.clear()
-        scored, _ = Scorer(size).logprobs(vl.model, batch.packed())
+        scored, _ = Scorer(size, share_prompts=share).logprobs(vl.model, batch.packed())
         rows = [(len(batch.response_ids), width)] if size == 0 else [(1, max(len(r), 1)) for r in batch.response_ids]
-        assert sorted(seen) == sorted(rows)
+        if share:  # after its check: each prompt's last position once, then the responses' others
+            rows = [(len(batch.prompt_ids), 1), (len(batch.response_ids), width - 1)]
+        assert sorted(seen[-2:] if share else seen) == sorted(rows)
         for i, response in enumerate(batch.response_ids):
             p = i // batch.group_size
             direct = unpadded_logprobs(vl, batch.prompt_ids[p], batch.images[p], response)
@@ -222,8 +224,12 @@ def test_each_prompt_is_encoded_once_per_pass(vl, monkeypatch):
     calls = []
     original = inner.get_image_features
     monkeypatch.setattr(inner, "get_image_features", lambda *a, **k: calls.append(1) or original(*a, **k))
-    Scorer(0).logprobs(vl.model, batch.packed())
-    assert len(calls) == 2
+    for share in (False, True):
+        scorer = Scorer(0, share_prompts=share)
+        scorer.logprobs(vl.model, batch.packed())  # the first also checks shared contexts on this model
+        calls.clear()
+        scorer.logprobs(vl.model, batch.packed())
+        assert len(calls) == 2, share
 
 
 CHAT = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
