@@ -46,7 +46,7 @@ from cepo.step_stats import (
     log_rollout_step,
     log_step,
 )
-from cepo.teacher import Base, Live, TeacherContexts, TeacherWeights
+from cepo.teacher import Live, Reference, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 from cepo.warmup import resolve_model_path
 
@@ -168,6 +168,7 @@ class GRPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.model_path = model_path
         self.credit = credit if credit is not None else Uniform()
+        evidence.check(self.credit.reads, f"model.credit ({type(self.credit).__name__})")
         self.teacher = teacher if teacher is not None else TeacherContexts()
         self.teacher_weights = teacher_weights if teacher_weights is not None else Live()
         self.objective = objective if objective is not None else Objective()
@@ -180,7 +181,7 @@ class GRPOModule(L.LightningModule):
         self.policy: torch.nn.Module | None = None
         self.tokenizer = None
         self.ref: PolicyRef | None = None  # shared with the rollout sampler and the objective
-        self.reference: TeacherWeights | None = None  # the KL reference (initial weights)
+        self.reference: Reference | None = None  # the initial policy: the KL reference, reference evidence
         self.rl_step = 0
         self.nonfinite_in_a_row = 0
         self.max_lag = 0  # optimizer updates a batch may lag the policy by (set in setup)
@@ -218,8 +219,8 @@ class GRPOModule(L.LightningModule):
         if isinstance(strategy, ModelParallelStrategy):  # FSDP2
             parallel.shard(self.policy, self.device_mesh)
         self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path, vision=vision)
-        if hp.kl_coef > 0:
-            self.reference = Base()
+        if hp.kl_coef > 0 or "reference" in evidence.resources(self.credit.reads):
+            self.reference = Reference()
             self.reference.setup(self.policy)
         self.teacher.setup(self.ref)
         self.teacher_weights.setup(self.policy)
@@ -318,7 +319,15 @@ class GRPOModule(L.LightningModule):
         needs = self.credit.needs()
         with stage("evidence (student and teacher passes)"):
             inputs = evidence.gather(
-                needs, batch, advantages, self.policy, self.scorer, self.teacher, self.teacher_weights, old_logprobs
+                needs,
+                batch,
+                advantages,
+                self.policy,
+                self.scorer,
+                self.teacher,
+                self.teacher_weights,
+                old_logprobs,
+                self.reference,
             )
         t_teacher = time.perf_counter()
         credit = self.credit.assign(inputs)

@@ -11,7 +11,7 @@ loss, the CLI or the teacher code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,7 +24,8 @@ POS = "pos"
 NEG = "neg"
 """Evidence: ``[N, T]`` ``log P_T-(y_t)``, the teacher shown a wrong answer (``c-``)."""
 EVIDENCE = (STUDENT, ENTROPY, POS, NEG)
-"""Every kind of evidence the module can provide; a rule's ``reads`` is a subset."""
+"""The kinds of evidence with a field of their own in :class:`CreditInputs`; every kind a rule
+may read is a provider registered in ``cepo.evidence`` (the others land in ``inputs.evidence``)."""
 
 
 @dataclass
@@ -47,6 +48,8 @@ class CreditInputs:
             teacher, or None.
         entropy: ``[N, T]`` policy entropy at each response position (:data:`ENTROPY`), or None.
         contexts: ``{group: (c+ prompt, c- prompt)}``, the teachers' full prompts (for display), or None.
+        evidence: ``{name: [N, T]}`` the kinds of evidence without a field of their own (each
+            provided by a ``cepo.evidence`` provider of that name), e.g. ``evidence["reference"]``.
     """
 
     advantages: torch.Tensor
@@ -58,6 +61,7 @@ class CreditInputs:
     has_negative: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     contexts: dict[int, tuple[str | None, str | None]] | None = None
+    evidence: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,7 +94,8 @@ class CreditAssigner:
     """
 
     reads: frozenset[str] = frozenset()
-    """The evidence this rule reads, a subset of :data:`EVIDENCE`."""
+    """The evidence this rule reads: names of providers registered in ``cepo.evidence`` (checked
+    when the module is built: an unknown name is an error naming it)."""
 
     def needs(self) -> frozenset[str]:
         """The evidence the next :meth:`assign` call reads (default: all of :attr:`reads`).

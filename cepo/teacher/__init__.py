@@ -4,13 +4,14 @@
 """
 
 from cepo.teacher.contexts import GroupFeedback, TeacherContexts, TeacherScores, choose_negative, pack_contexts
-from cepo.teacher.weights import EMA, Base, Live, Synced, TeacherWeights, frozen_copy
+from cepo.teacher.weights import EMA, Base, Live, Reference, Synced, TeacherWeights, frozen_copy
 
 __all__ = [
     "EMA",
     "Base",
     "GroupFeedback",
     "Live",
+    "Reference",
     "Synced",
     "TeacherContexts",
     "TeacherScores",

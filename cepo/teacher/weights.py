@@ -110,6 +110,11 @@ class Base(TeacherWeights):
             yield self.policy
 
 
+class Reference(Base):
+    """The initial policy as the reference of the KL term and of ``reference`` evidence (not a
+    teacher: the module keeps it only when one of those reads it)."""
+
+
 class Synced(TeacherWeights):
     """A frozen copy of the actor, refreshed every ``every`` rollout steps.
 
