@@ -196,7 +196,10 @@ def test_a_truncated_or_corrupt_file_fails_when_the_row_loads_not_when_it_is_dec
     good = png_bytes(size=(64, 64))
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # inside the IDAT chunk: its CRC no longer holds
-    with pytest.raises(ValueError, match=r"^f:4: image 1: cannot decode the 'bytes' value \(broken PNG file \(bad header checksum in b'IDAT'"):
+    with pytest.raises(
+        ValueError,
+        match=r"^f:4: image 1: cannot decode the 'bytes' value \(broken PNG file \(bad header checksum in b'IDAT'",
+    ):
         open_images([{"bytes": b64(good)}, {"bytes": b64(bytes(flipped))}], folder, "f:4")
     buf = io.BytesIO()
     Image.effect_noise((256, 256), 60).convert("RGB").save(buf, format="JPEG")

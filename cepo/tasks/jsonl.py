@@ -12,13 +12,13 @@ A row may carry images (the Geo3k layout: ``problem`` with an ``<image>`` placeh
 ``answer``, ``images``): ``images`` is a list of image specs or a single one (a path relative to
 the dataset file's folder or absolute, a ``data:`` URL, raw base64, or ``{"bytes": base64}`` as
 Hugging Face ``datasets`` exports them; in Parquet and saved datasets the ``{bytes, path}``
-structs of an ``Image`` feature, raw bytes; :mod:`cepo.tasks.images`). They are checked when the task
-is loaded and kept encoded in :attr:`Example.images` (:class:`~cepo.tasks.images.EncodedImage`:
-the bytes, or the path of a file), to be decoded when a batch needs them. The user turn (the prompt as ``prompt_template`` formats
-it, or the last user turn of ``messages``) must hold one ``<image>`` placeholder per image, in
-the images' order; when it holds none, the placeholders are put at its start
-(``"<image>" * n + prompt``). Any other count, or a placeholder in another turn, is an error
-naming the file and line; so is a text row whose prompt holds ``<image>`` without images.
+structs of an ``Image`` feature, raw bytes; :mod:`cepo.tasks.images`). They are checked when the
+task is loaded and kept encoded in :attr:`Example.images` (:class:`~cepo.tasks.images.EncodedImage`:
+the bytes, or the path of a file), to be decoded when a batch needs them. The user turn (the
+prompt as ``prompt_template`` formats it, or the last user turn of ``messages``) must hold one
+``<image>`` placeholder per image, in the images' order; when it holds none, the placeholders are
+put at its start (``"<image>" * n + prompt``). Any other count, or a placeholder in another turn,
+is an error naming the file and line; so is a text row whose prompt holds ``<image>`` without images.
 
 Responses are verified with math-verify (``verifier="math_verify"``, the default), which
 accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a boxed tuple),
