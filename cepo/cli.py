@@ -28,6 +28,7 @@ from cepo.callbacks import (
     ProcessStages,
     TokenWeightLogger,
 )
+from cepo.callbacks.trackers import SaveConfigToTrackers, TrackerUploads
 from cepo.module import GRPOModule
 from cepo.progress import count_steps
 from cepo.rollout.datamodule import RolloutDataModule
@@ -164,6 +165,7 @@ class CepoCLI(LightningCLI):
             trainer.strategy._timeout = datetime.timedelta(seconds=seconds)
             distributed.timeout_s = seconds
         trainer.callbacks.append(ProcessStages())
+        trainer.callbacks.append(TrackerUploads())  # token-weight pages to W&B / MLflow, when configured
         count_steps(trainer.callbacks)  # "Step N/M", not "Epoch 0/-2"
         return trainer
 
@@ -309,6 +311,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
         RolloutDataModule,
         args=args,
         run=run,
+        save_config_callback=SaveConfigToTrackers,  # config.yaml, and the config to W&B / MLflow
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False},  # bad settings raise; cepo's main prints one line
         subclass_mode_model=False,

@@ -9,6 +9,11 @@ per merged patch. Forward passes then need three more inputs (:meth:`Vision.mode
 of multimodal RoPE, computed by the model's own ``get_rope_index`` from the whole sequence (plain
 ``cumsum(mask) - 1`` positions are wrong for rows with images). Response tokens count as text, and
 the vision tokens are banned from sampling (:attr:`Vision.banned`).
+
+A dataset row keeps its images encoded (:class:`cepo.tasks.images.EncodedImage`); :meth:`Vision.encode`
+decodes each straight to the size the processor would resize it to (:meth:`Vision.fit`), so no
+full-size copy outlives its own decoding and the processor's output is the same as from the full
+image (for every format but JPEG, which is decoded at a reduced scale first).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class Images:
         pixel_values: ``[patches, D]`` the images' patches, one image after another.
         grid_thw: ``[n_images, 3]`` each image's (time, height, width) grid of patches.
         tokens: image tokens per image in the expanded prompt.
-        raw: the PIL images (for engines that process images themselves, e.g. vLLM).
+        raw: the PIL images, at the size the processor uses them (for engines that process
+            images themselves, e.g. vLLM, and for the token-weight pages' thumbnails).
     """
 
     pixel_values: torch.Tensor
@@ -95,8 +101,27 @@ class Vision:
         processor = AutoImageProcessor.from_pretrained(path)
         return cls(processor, tokenizer, config, min_pixels, max_pixels)
 
+    def fit(self, width: int, height: int) -> tuple[int, int]:
+        """The ``(width, height)`` the processor resizes a ``width`` x ``height`` image to: sides
+        multiples of ``patch_size * merge_size``, the area within the pixel bounds (the Qwen-VL
+        ``smart_resize``); the size itself when the processor does not say its bounds."""
+        p = self.processor
+        size = getattr(p, "size", None) or {}
+        lo = self.min_pixels or getattr(p, "min_pixels", None) or size.get("shortest_edge")
+        hi = self.max_pixels or getattr(p, "max_pixels", None) or size.get("longest_edge")
+        patch, merge = getattr(p, "patch_size", None), getattr(p, "merge_size", None)
+        if not (lo and hi and patch and merge and getattr(p, "do_resize", True)):
+            return width, height
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        h, w = smart_resize(height, width, int(patch) * int(merge), int(lo), int(hi))
+        return w, h
+
     def encode(self, images: list) -> Images:
-        """Process a prompt's PIL images (resized within the pixel bounds)."""
+        """Process a prompt's images (resized within the pixel bounds): PIL images, or encoded
+        ones (anything with ``decode(fit)``, :class:`cepo.tasks.images.EncodedImage`), decoded
+        now at :meth:`fit`'s size."""
+        images = [im.decode(self.fit) if hasattr(im, "decode") else im for im in images]
         kwargs = {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)) if v}
         out = self.processor(images=list(images), return_tensors="pt", **kwargs)
         grid = out["image_grid_thw"].long()

@@ -78,7 +78,7 @@ def write_saved(folder, rows, schema=GEO3K_SCHEMA, files=2):
 
 
 def pixels(example: Example) -> list[bytes]:
-    return [img.tobytes() for img in example.images]
+    return [img.decode().tobytes() for img in example.images]
 
 
 def same(a: list[Example], b: list[Example]) -> None:
@@ -95,7 +95,9 @@ def test_a_geo3k_parquet_file_gives_its_problems_and_images(tmp_path):
     assert [e.prompt for e in train] == [r["problem"] for r in rows]
     assert [e.answer for e in train] == ["3", "4", "5", "6"]
     for example, row in zip(train, rows):
-        (image,) = example.images
+        (encoded,) = example.images
+        assert encoded.data == row["images"][0]["bytes"]  # kept encoded until a batch needs it
+        image = encoded.decode()
         assert image.mode == "RGB" and image.size == (56, 56)
         assert image.tobytes() == Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB").tobytes()
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cepo.tasks.base import IMAGE_PLACEHOLDER
-from cepo.tasks.images import load_image, load_images
+from cepo.tasks.images import EncodedImage, load_image, load_images, open_image, open_images
 from cepo.tasks.jsonl import JsonlTask, read_jsonl
 
 COLOUR = (200, 30, 90)
@@ -114,7 +114,8 @@ def test_a_geo3k_row_loads_with_its_image(folder):
     (ex, plain) = read_jsonl(write_rows(folder / "geo.jsonl", [row, text]), "{question}")
     assert ex.prompt == row["problem"] and ex.answer == "2"
     (img,) = ex.images
-    check(img)
+    assert isinstance(img, EncodedImage) and img.data is None and img.size == (5, 3)  # kept as its path
+    check(img.decode())
     assert plain.images == [] and plain.prompt == "1+1"
 
 
@@ -173,4 +174,61 @@ def test_no_image_value_gives_an_unnamed_error(folder, images, problem):
         assert str(err).startswith(f"{path}:1: "), err
     else:
         assert ex.prompt.count(IMAGE_PLACEHOLDER) == len(ex.images)
-        assert all(img.mode == "RGB" for img in ex.images)
+        assert all(img.decode().mode == "RGB" for img in ex.images)
+
+
+def test_rows_keep_their_images_encoded_bytes_inline_and_files_as_paths(folder):
+    data = png_bytes(size=(40, 30))
+    inline = open_image({"bytes": b64(data)}, folder, "f:1")
+    assert inline.data == data and inline.path is None and inline.size == (40, 30)
+    on_disk = open_image("img/a.png", folder, "f:2")
+    assert on_disk.data is None and on_disk.path == folder / "img" / "a.png" and on_disk.size == (5, 3)
+    check(on_disk.decode())
+    check(inline.decode(), size=(40, 30))
+
+
+def test_a_truncated_or_corrupt_file_fails_when_the_row_loads_not_when_it_is_decoded(folder):
+    """The checks at load decode no PNG pixels (chunk checksums) and a JPEG at 1/8 of its size;
+    they still catch what the full decode caught."""
+    (folder / "img" / "cut.png").write_bytes(png_bytes(size=(64, 64))[:-30])
+    with pytest.raises(ValueError, match=r"^f:3: image 0: cannot decode .*cut\.png"):
+        open_image("img/cut.png", folder, "f:3")
+    good = png_bytes(size=(64, 64))
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF  # inside the IDAT chunk: its CRC no longer holds
+    with pytest.raises(
+        ValueError,
+        match=r"^f:4: image 1: cannot decode the 'bytes' value \(broken PNG file \(bad header checksum in b'IDAT'",
+    ):
+        open_images([{"bytes": b64(good)}, {"bytes": b64(bytes(flipped))}], folder, "f:4")
+    buf = io.BytesIO()
+    Image.effect_noise((256, 256), 60).convert("RGB").save(buf, format="JPEG")
+    with pytest.raises(ValueError, match=r"^f:5: image 0: cannot decode the 'bytes' value \(image file is truncated"):
+        open_image({"bytes": buf.getvalue()[: len(buf.getvalue()) // 2]}, folder, "f:5")
+
+
+def test_decoding_goes_straight_to_the_size_asked_for(folder):
+    big = Image.new("RGB", (1200, 900), "white")
+    big.paste((200, 30, 90), (0, 0, 600, 900))
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        big.save(buf, format=fmt)
+        image = open_image({"bytes": buf.getvalue()}, folder, "f:1")
+        asked = []
+
+        def fit(w, h):
+            asked.append((w, h))
+            return (112, 84)
+
+        small = image.decode(fit)
+        assert asked == [(1200, 900)] and small.size == (112, 84) and small.mode == "RGB"
+        left, right = small.getpixel((10, 40)), small.getpixel((100, 40))
+        assert abs(left[0] - 200) < 8 and min(right) > 247  # the left half red, the right white
+
+
+def test_an_image_file_that_goes_missing_after_loading_names_its_row(folder):
+    (folder / "img" / "b.png").write_bytes(png_bytes())
+    image = open_image("img/b.png", folder, "rows.jsonl:9", index=2)
+    (folder / "img" / "b.png").unlink()
+    with pytest.raises(ValueError, match=r"^rows.jsonl:9: image 2: file not found: .*b\.png$"):
+        image.decode()

@@ -288,3 +288,22 @@ def test_a_vl_runs_export_loads_again(tmp_path, family):
     inputs = vision.model_inputs(model, ids, torch.ones_like(ids), len(prompt), [images])
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids, **inputs).logits).all()
+
+
+def test_an_encoded_image_is_decoded_at_the_processors_size_with_the_same_pixels(vl, tmp_path):
+    """A row's encoded image is decoded straight to the size the processor resizes it to: the
+    processed pixels and grid equal those of the full-size image, and the kept raw image is small."""
+    import io
+
+    from cepo.tasks.images import open_image
+
+    for size in ((1600, 1200), (57, 91), (300, 30)):
+        full = digits(3, 8, size=max(size)).crop((0, 0, *size))
+        buf = io.BytesIO()
+        full.save(buf, format="PNG")
+        encoded = open_image({"bytes": buf.getvalue()}, tmp_path, "f:1")
+        want, got = vl.vision.encode([full]), vl.vision.encode([encoded])
+        assert torch.equal(got.grid_thw, want.grid_thw) and torch.equal(got.pixel_values, want.pixel_values)
+        (raw,) = got.raw
+        w, h = raw.size
+        assert (h // 14, w // 14) == tuple(got.grid_thw[0, 1:].tolist()) and w * h <= 112 * 112  # 14-pixel patches

@@ -8,12 +8,16 @@ label token roles (the built-in arithmetic: decisive / copied / filler), the mea
 role. Every ``every_n_steps`` steps: a self-contained HTML page and a PNG in
 ``<run dir>/token_weights/`` showing sampled rollouts with each token coloured by its weight
 (``Delta``, ``w`` and ``Â`` on hover), correct and wrong side by side, with the rule's own legend;
-the PNG also goes to TensorBoard.
+the PNG also goes to TensorBoard. For a vision-language run each rollout shows its prompt's images
+as thumbnails next to its tokens, embedded in the page as PNG data URLs, at most
+``thumbnail_px`` pixels a side (the JSON companion keeps the text only).
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +28,25 @@ import torch
 from cepo.step_stats import log_step
 
 QUANTILES = (0.1, 0.5, 0.9)
+MAX_THUMBNAILS = 4
+"""Images shown per rollout (a prompt's first ones)."""
+
+
+def thumbnail(image, side: int) -> str:
+    """A ``data:image/png;base64,...`` URL of ``image`` (PIL) shrunk to fit ``side`` x ``side``
+    pixels, its aspect ratio kept (never enlarged)."""
+    small = image.convert("RGB")
+    small.thumbnail((side, side))
+    buf = io.BytesIO()
+    small.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def prompt_thumbnails(batch, prompt: int, side: int) -> list[str]:
+    """Thumbnails of prompt ``prompt``'s images (the processed ones, ``Images.raw``), if any."""
+    images = batch.images[prompt] if batch.images is not None else None
+    raw = getattr(images, "raw", None) or []
+    return [thumbnail(im, side) for im in raw[:MAX_THUMBNAILS]]
 
 
 def token_texts(tokenizer, ids: list[int], cache: dict[int, str] | None = None) -> list[str]:
@@ -81,9 +104,15 @@ class TokenWeightLogger(L.Callback):
         every_n_steps: rollout steps between heatmap pages (0: never).
         num_examples: rollouts shown per side (correct / wrong).
         delta_threshold: ``|Delta|`` above this counts as "decisive evidence".
+        thumbnail_px: the largest side of a prompt image's thumbnail on the pages (VL runs).
     """
 
-    def __init__(self, every_n_steps: int = 25, num_examples: int = 4, delta_threshold: float = 0.5) -> None:
+    def __init__(
+        self, every_n_steps: int = 25, num_examples: int = 4, delta_threshold: float = 0.5, thumbnail_px: int = 128
+    ) -> None:
+        if thumbnail_px < 8:
+            raise ValueError(f"token_weights.thumbnail_px must be >= 8, got {thumbnail_px}")
+        self.thumbnail_px = thumbnail_px
         self.every_n_steps = every_n_steps
         self.num_examples = num_examples
         self.delta_threshold = delta_threshold
@@ -161,7 +190,7 @@ class TokenWeightLogger(L.Callback):
         batch, out = record.batch, record.output
         tok = pl_module.tokenizer
         lo, hi = out.weight_range
-        columns = {}
+        columns, thumbs = {}, {}
         for label, correct in (("correct", True), ("wrong", False)):
             items = []
             for i in self.pick(batch, correct):
@@ -181,9 +210,10 @@ class TokenWeightLogger(L.Callback):
                         "contexts": (record.inputs.contexts or {}).get(i // batch.group_size),
                     }
                 )
+                thumbs[i] = prompt_thumbnails(batch, i // batch.group_size, self.thumbnail_px)
             columns[label] = items
         page = out_dir / f"step_{step:05d}.html"
-        page.write_text(self.html_page(columns, step, record.credit, out.legend, lo, hi), encoding="utf-8")
+        page.write_text(self.html_page(columns, step, record.credit, out.legend, lo, hi, thumbs), encoding="utf-8")
         (out_dir / f"step_{step:05d}.json").write_text(json.dumps(columns))
         png = out_dir / f"step_{step:05d}.png"
         fig = self.figure(columns, step, lo, hi)
@@ -197,7 +227,9 @@ class TokenWeightLogger(L.Callback):
         plt.close(fig)
         return page
 
-    def html_page(self, columns, step, credit, legend, lo, hi) -> str:
+    def html_page(self, columns, step, credit, legend, lo, hi, thumbs: dict[int, list[str]] | None = None) -> str:
+        """The page; ``thumbs`` maps a rollout's row to its prompt's image thumbnails (data URLs)."""
+
         def render_item(item) -> str:
             spans = []
             for piece, w, d, a in item["tokens"]:
@@ -214,7 +246,14 @@ class TokenWeightLogger(L.Callback):
                 if text is not None:
                     shown = html.escape(text)
                     head += f'<details class="p"><summary>{name} prompt</summary><pre>{shown}</pre></details>'
-            return f'<div class="r">{head}<div class="t">{"".join(spans)}</div></div>'
+            images = "".join(
+                f'<img src="{url}" alt="image {k} of the prompt">'
+                for k, url in enumerate((thumbs or {}).get(item["row"], []))
+            )
+            tokens = f'{head}<div class="t">{"".join(spans)}</div>'
+            if images:
+                return f'<div class="r"><div class="v"><div class="i">{images}</div><div>{tokens}</div></div></div>'
+            return f'<div class="r">{tokens}</div>'
 
         cols = ""
         for label, items in columns.items():
@@ -224,7 +263,9 @@ class TokenWeightLogger(L.Callback):
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .w{{display:flex;gap:2em}} .c{{flex:1}}
 .r{{margin:.6em 0;padding:.4em;border:1px solid #ddd}} .p{{color:#555;font-size:90%}}
-.t{{font-family:monospace;font-size:130%;line-height:1.6}} .t span{{padding:1px 0}}</style></head>
+.t{{font-family:monospace;font-size:130%;line-height:1.6}} .t span{{padding:1px 0}}
+.v{{display:flex;gap:.6em;align-items:flex-start}}
+.i img{{display:block;margin-bottom:.3em;border:1px solid #ccc}}</style></head>
 <body><h1>Token weights at step {step}</h1>
 <p>{html.escape(repr(credit))}. Colour: {html.escape(legend)} (saturated at [{lo:.2f}, {hi:.2f}]).
 Hover a token for w, Delta and its token advantage.</p><div class="w">{cols}</div></body></html>"""

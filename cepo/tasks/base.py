@@ -18,8 +18,11 @@ class Example:  # not frozen: Lightning moves batches with apply_to_collection
             context for feedback sources that show a full solution); may be empty.
         messages: a whole conversation before the assistant turn (``role``/``content`` dicts
             ending with a user turn), for conversational rows; None: the user turn ``prompt``.
-        images: the problem's images (PIL images), in the order of the ``<image>`` placeholders
-            in ``prompt`` (one per image); empty for text problems.
+        images: the problem's images, in the order of the ``<image>`` placeholders in ``prompt``
+            (one per image); empty for text problems. Each is a PIL image, or an image kept
+            encoded until a batch needs it: anything with ``decode(fit) -> PIL image``
+            (:class:`cepo.tasks.images.EncodedImage`), which the policy's image handling calls
+            with the size it will use the image at.
     """
 
     prompt: str

@@ -12,12 +12,13 @@ A row may carry images (the Geo3k layout: ``problem`` with an ``<image>`` placeh
 ``answer``, ``images``): ``images`` is a list of image specs or a single one (a path relative to
 the dataset file's folder or absolute, a ``data:`` URL, raw base64, or ``{"bytes": base64}`` as
 Hugging Face ``datasets`` exports them; in Parquet and saved datasets the ``{bytes, path}``
-structs of an ``Image`` feature, raw bytes; :mod:`cepo.tasks.images`). They are decoded when the task
-is loaded, into :attr:`Example.images`. The user turn (the prompt as ``prompt_template`` formats
-it, or the last user turn of ``messages``) must hold one ``<image>`` placeholder per image, in
-the images' order; when it holds none, the placeholders are put at its start
-(``"<image>" * n + prompt``). Any other count, or a placeholder in another turn, is an error
-naming the file and line; so is a text row whose prompt holds ``<image>`` without images.
+structs of an ``Image`` feature, raw bytes; :mod:`cepo.tasks.images`). They are checked when the
+task is loaded and kept encoded in :attr:`Example.images` (:class:`~cepo.tasks.images.EncodedImage`:
+the bytes, or the path of a file), to be decoded when a batch needs them. The user turn (the
+prompt as ``prompt_template`` formats it, or the last user turn of ``messages``) must hold one
+``<image>`` placeholder per image, in the images' order; when it holds none, the placeholders are
+put at its start (``"<image>" * n + prompt``). Any other count, or a placeholder in another turn,
+is an error naming the file and line; so is a text row whose prompt holds ``<image>`` without images.
 
 Responses are verified with math-verify (``verifier="math_verify"``, the default), which
 accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a boxed tuple),
@@ -50,7 +51,7 @@ from typing import Literal, TypeVar
 
 from cepo import assets
 from cepo.tasks.base import IMAGE_PLACEHOLDER, Example, Task
-from cepo.tasks.images import load_images
+from cepo.tasks.images import open_images
 from cepo.tasks.sources import open_rows
 from cepo.templates import check, fill
 
@@ -230,8 +231,8 @@ def place_images(
 
 
 def row_example(row: dict, where: str, base_dir: Path, prompt_template: str) -> Example:
-    """The :class:`Example` of one row (its images decoded, relative image paths read from
-    ``base_dir``); raise ``ValueError`` starting with ``where`` for a bad row."""
+    """The :class:`Example` of one row (its images checked and kept encoded, relative image paths
+    read from ``base_dir``); raise ``ValueError`` starting with ``where`` for a bad row."""
     messages = row_messages(row, where)
     question = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str)), None)
     if messages is None and not question:
@@ -243,7 +244,7 @@ def row_example(row: dict, where: str, base_dir: Path, prompt_template: str) -> 
         raise ValueError(f"{where}: {_empty_reference(row)}")
     solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
     prompt = messages[-1]["content"] if messages else fill(prompt_template, question=question)
-    images = load_images(row.get("images"), base_dir, where)
+    images = open_images(row.get("images"), base_dir, where)
     prompt, messages = place_images(prompt, messages, len(images), where)
     return Example(prompt, answer, solution, messages, images)
 

@@ -1,0 +1,75 @@
+"""The token-weight page of a vision-language run shows each rollout's prompt images as small
+embedded thumbnails next to its tokens; a text run's page has none."""
+
+import base64
+import io
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from cepo.callbacks import TokenWeightLogger
+from cepo.callbacks.token_weights import thumbnail
+from cepo.tiny import char_tokenizer
+
+IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="image (\d) of the prompt">')
+
+
+def record(images):
+    """A step of 2 prompts x 2 rollouts (rows 0, 2 correct), ``images`` one entry per prompt."""
+    tok = char_tokenizer()
+    ids = [tok("12").input_ids, tok("7").input_ids, tok("3").input_ids, tok("45").input_ids]
+    batch = SimpleNamespace(
+        num_rollouts=4,
+        group_size=2,
+        correct=torch.tensor([True, False, True, False]),
+        response_ids=ids,
+        prompts=["<image>a", "<image>b"],
+        answers=["12", "3"],
+        rewards=torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        images=images,
+    )
+    weight = torch.ones(4, 2)
+    output = SimpleNamespace(
+        weight=weight, token_advantages=weight, delta=None, weight_range=(0.5, 2.0), legend="w", clipped=None
+    )
+    inputs = SimpleNamespace(contexts=None, advantages=torch.ones(4), has_negative=None)
+    return SimpleNamespace(batch=batch, output=output, credit="Contrastive()", inputs=inputs), tok
+
+
+def render(tmp_path, images, **kwargs):
+    rec, tok = record(images)
+    callback = TokenWeightLogger(**kwargs)
+    callback.out_dir = tmp_path
+    trainer = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path), global_step=0)
+    return callback.render(trainer, SimpleNamespace(tokenizer=tok), rec, 1).read_text()
+
+
+def test_each_rollout_shows_its_prompts_image_as_a_bounded_thumbnail(tmp_path):
+    red, blue = Image.new("RGB", (400, 100), (250, 0, 0)), Image.new("RGB", (30, 60), (0, 0, 250))
+    page = render(tmp_path, [SimpleNamespace(raw=[red]), SimpleNamespace(raw=[blue])], thumbnail_px=64)
+    shown = [(Image.open(io.BytesIO(base64.b64decode(data))), k) for data, k in IMG.findall(page)]
+    assert len(shown) == 4 and all(k == "0" for _, k in shown)  # one image per rollout shown (4 rows)
+    # row order on the page: correct rows 0, 2, then wrong rows 1, 3; rows 0, 1 show prompt 0 (red)
+    colours = [im.convert("RGB").getpixel((0, 0)) for im, _ in shown]
+    assert colours == [(250, 0, 0), (0, 0, 250), (250, 0, 0), (0, 0, 250)]
+    assert [im.size for im, _ in shown] == [(64, 16), (30, 60), (64, 16), (30, 60)]  # shrunk, never enlarged
+    # each thumbnail sits in its rollout's box, before that rollout's tokens
+    boxes = page.split('<div class="r">')[1:]
+    assert all(box.index("<img") < box.index('<div class="t">') for box in boxes)
+
+
+def test_a_text_run_page_has_no_images(tmp_path):
+    page = render(tmp_path, None)
+    assert "<img" not in page and page.count('<div class="r">') == 4
+
+
+def test_a_thumbnail_is_small_whatever_the_image():
+    noise = Image.effect_noise((2000, 1500), 100).convert("RGB")  # incompressible: the worst case
+    url = thumbnail(noise, 128)
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert image.size == (128, 96) and len(url) < 4 * 128 * 96 * 3 // 3 + 2000  # at most raw RGB, in base64
+    with pytest.raises(ValueError, match="token_weights.thumbnail_px must be >= 8"):
+        TokenWeightLogger(thumbnail_px=4)
