@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import types
 from pathlib import Path
 
 import torch
@@ -54,9 +53,8 @@ def replay(
         model_path=model_path, lora="off", c_dual=None, micro_batch_size=micro_batch, eps_low=eps_low, eps_high=eps_high
     )
     module.configure_model()
-    module._trainer = types.SimpleNamespace(world_size=1)  # what `_update` reads of the trainer
-    module.manual_backward = lambda loss: loss.backward()
-    module._step = lambda stats: None  # the step below
+    step = module.rollout_step  # its update, without its optimizer step (the loop below steps)
+    step.optimizer_step = lambda stats, opt, sched: "applied"
     named = [(n, p) for n, p in module.policy.named_parameters() if p.requires_grad]
     if decay_groups:
         plain = [p for n, p in named if "norm" in n or "bias" in n]
@@ -92,12 +90,11 @@ def replay(
             weight_version=module.ref.version,
         )
         advantages = group_advantages(rewards, group_size, "std")
-        module._update(batch, advantages[:, None] * response_mask, None, None, None)
+        step.update(batch, advantages[:, None] * response_mask, None, None, None, opt, None, None)
         norms.append(float(torch.nn.utils.clip_grad_norm_([p for _, p in named], grad_clip)))
         opt.step()
         opt.zero_grad(set_to_none=True)
         module.ref.version += 1
-    module._trainer = None
     return module, norms
 
 

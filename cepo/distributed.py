@@ -86,6 +86,11 @@ def initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def world_size() -> int:
+    """Processes in the default group (1 without one)."""
+    return dist.get_world_size() if initialized() else 1
+
+
 def rank() -> int:
     """This process's rank (0 without a process group)."""
     return dist.get_rank() if initialized() else 0

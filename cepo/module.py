@@ -16,7 +16,6 @@ counts optimizer updates; :attr:`GRPOModule.rl_step` counts rollout batches.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Literal
 
 import lightning as L
@@ -24,25 +23,20 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-from cepo import distributed, evidence, microbatch, parallel
-from cepo.advantages import group_advantages
+from cepo import distributed, evidence, parallel
 from cepo.credit import CreditAssigner
 from cepo.credit.uniform import Uniform
 from cepo.evaluation import EvalMetrics
 from cepo.evidence import CreditRecord
-from cepo.logprobs import token_entropy, token_logprobs
 from cepo.lora import LoraSettings
-from cepo.loss import aggregate, clipped_surrogate, k3_kl
-from cepo.objectives import MicroBatch, Objective
+from cepo.objectives import Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.scoring import Scorer
+from cepo.step import RolloutStep, StepSettings
 from cepo.step_stats import (
-    NonFiniteError,
-    UpdateStats,
     allowed_lag,
     check_lag,
-    check_mismatch,
     log_rollout_step,
     log_step,
 )
@@ -183,7 +177,7 @@ class GRPOModule(L.LightningModule):
         self.ref: PolicyRef | None = None  # shared with the rollout sampler and the objective
         self.reference: Reference | None = None  # the initial policy: the KL reference, reference evidence
         self.rl_step = 0
-        self.nonfinite_in_a_row = 0
+        self.rollout_step: RolloutStep | None = None  # built with the policy (configure_model)
         self.max_lag = 0  # optimizer updates a batch may lag the policy by (set in setup)
         self.last_credit: CreditRecord | None = None
         self.validated_at = -1  # the rollout step of the last validation during fit
@@ -224,6 +218,9 @@ class GRPOModule(L.LightningModule):
             self.reference.setup(self.policy)
         self.teacher.setup(self.ref)
         self.teacher_weights.setup(self.policy)
+        settings = StepSettings(**{f.name: hp[f.name] for f in dataclasses.fields(StepSettings)})
+        parts = (self.policy, self.scorer, self.credit, self.teacher, self.teacher_weights, self.objective)
+        self.rollout_step = RolloutStep(*parts, settings, self.reference)
         # connect the rollout sampler to the policy once (the engine binds to it)
         datamodule = getattr(self._trainer, "datamodule", None)
         if hasattr(datamodule, "connect"):
@@ -291,164 +288,33 @@ class GRPOModule(L.LightningModule):
         export_hf(self.policy, self.tokenizer, path, write=write, vision=self.ref.vision if self.ref else None)
 
     @torch.no_grad()
-    def policy_logprobs(
-        self, batch: RolloutBatch, model: torch.nn.Module | None = None, rows: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``[N, T]`` no-grad log-probs of the sampled tokens (only ``rows``, default all)."""
-        return self.scorer.logprobs(model or self.policy, batch.packed(), rows)[0]
+    def policy_logprobs(self, batch: RolloutBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """``[N, T]`` no-grad log-probs of the sampled tokens under ``model`` (default the policy)."""
+        return self.scorer.logprobs(model or self.policy, batch.packed())[0]
 
     # -- training ----------------------------------------------------------------------
-    @parallel.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see _update)
+    @property
+    def nonfinite_in_a_row(self) -> int:
+        """Optimizer updates in a row skipped for a non-finite gradient."""
+        return self.rollout_step.nonfinite_in_a_row if self.rollout_step is not None else 0
+
+    @parallel.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see RolloutStep.update)
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
         lag = check_lag(batch.weight_version, self.weight_version, self.max_lag)
-        t_start = time.perf_counter()
-        hp = self.hparams
-        original = batch
-        stage = distributed.stage
-        with stage("objective samples"):
-            batch = self.objective.build_samples(batch)  # e.g. CIPO's corrections
-        t_samples = time.perf_counter()
-        advantages = group_advantages(batch.rewards, batch.group_size, hp.advantage_scale)
-        if batch.row_weight is not None:
-            advantages = advantages * batch.row_weight
-        old_logprobs = None
-        if hp.num_minibatches > 1 or hp.tis_cap is not None:
-            with stage("old log-probs"):
-                old_logprobs = self.policy_logprobs(batch)  # the ratio needs every row
-        t_old = time.perf_counter()
-        needs = self.credit.needs()
-        with stage("evidence (student and teacher passes)"):
-            inputs = evidence.gather(
-                needs,
-                batch,
-                advantages,
-                self.policy,
-                self.scorer,
-                self.teacher,
-                self.teacher_weights,
-                old_logprobs,
-                self.reference,
-            )
-        t_teacher = time.perf_counter()
-        credit = self.credit.assign(inputs)
-        self.last_credit = CreditRecord(batch, inputs, credit, self.credit)
-        with stage("objective"):
-            self.objective.prepare(batch, advantages)
-
-        ref_logprobs = None
-        if hp.kl_coef > 0:
-            with stage("KL reference"), self.reference.model() as reference:
-                ref_logprobs = self.policy_logprobs(batch, reference)
-        is_weight = None
-        if hp.tis_cap is not None and batch.engine_logprobs is not None:
-            is_weight = torch.exp(old_logprobs - batch.engine_logprobs).clamp(max=hp.tis_cap)
-
-        with stage("update (forward/backward, optimizer)"):
-            stats = self._update(batch, credit.token_advantages, old_logprobs, ref_logprobs, is_weight)
-        t_end = time.perf_counter()
+        result = self.rollout_step(batch, self.optimizers(), self.lr_schedulers(), self.manual_backward, self.rl_step)
+        self.ref.version += result.updates
+        if result.stop:  # the engine gap was too large: no process applied the update
+            self.trainer.should_stop = True
+        self.last_credit = result.record
         self.rl_step += 1
-        with stage("teacher weights and objective after the update"):
+        with distributed.stage("teacher weights and objective after the update"):
             self.teacher_weights.on_step_end(self.rl_step)
             self.objective.on_step_end(self.rl_step)
+        stats = result.stats
         stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
         stats.update({"staleness": float(lag)} if self.max_lag else {})
-        timings = {
-            **batch.timings,
-            "samples": t_samples - t_start,
-            "old_logprobs": t_old - t_samples,
-            "teacher": t_teacher - t_old,
-            "train": t_end - t_teacher,
-        }
-        log_rollout_step(self, original, advantages[: original.num_rollouts], stats, timings)
-
-    def _update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight) -> dict[str, float]:
-        """``num_minibatches`` optimizer updates over group-aligned mini-batches."""
-        parallel.release(self.policy)  # FSDP: the training passes run sharded
-        hp = self.hparams
-        g = batch.group_size
-        n_groups = batch.num_rollouts // g
-        k = hp.num_minibatches
-        # exactly k group-aligned mini-batches, so every DDP rank takes k optimizer steps even
-        # when objectives appended a different number of rows on each rank
-        bounds = [(i * n_groups) // k for i in range(k + 1)]
-        stats = UpdateStats(k, ref_logprobs is not None, self.device)
-        if batch.engine_logprobs is not None and old_logprobs is not None:
-            stats.gap((old_logprobs - batch.engine_logprobs).abs()[batch.response_mask])
-        objective = self.objective
-        for i in range(k):
-            mb = slice(bounds[i] * g, bounds[i + 1] * g)
-            mb_mask = batch.response_mask[mb]
-            # rows kept out of the surrogate (row_weight 0, e.g. HDPO's privileged rollouts) do
-            # not dilute its token mean
-            pg_mask = mb_mask if batch.row_weight is None else mb_mask[batch.row_weight[mb] != 0]
-            normaliser = max(distributed.normaliser(pg_mask, hp.loss_agg, self.trainer.world_size, self.device), 1e-8)
-            obj_normaliser = None  # the objective's term averages over its active rows' tokens
-            if objective.active is not None:
-                active = mb_mask[objective.active[mb]]
-                obj_normaliser = distributed.normaliser(active, hp.loss_agg, self.trainer.world_size, self.device)
-            packed = batch.packed()
-            rows = range(mb.start, mb.stop)
-            if hp.skip_zero_loss_rows and ref_logprobs is None:  # rows whose loss is identically zero are not run
-                rows = microbatch.loss_rows(mb, token_adv, objective.pg_weight, objective.active)
-            chunks = self.scorer.plan(packed, torch.as_tensor(rows, device=self.device), self.policy)
-            # DDP syncs gradients at every backward: ranks with fewer micro-batches (fewer
-            # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
-            # an update with no loss-carrying row anywhere still runs one
-            for _ in range(max(distributed.global_max(len(chunks), self.device), 1) - len(chunks)):
-                self.manual_backward(parallel.zero_loss(self.policy))
-            for rows, w, logits in self.scorer.passes(self.policy, packed, chunks):
-                m = batch.response_mask[rows, :w]
-                logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :][:, :w])
-                old = old_logprobs[rows, :w] if old_logprobs is not None else logp.detach()
-                tis = None if is_weight is None else is_weight[rows, :w]
-                tok_loss, st = clipped_surrogate(
-                    logp, old, token_adv[rows, :w], m, hp.eps_low, hp.eps_high, hp.c_dual, tis
-                )
-                if objective.pg_weight != 1.0:
-                    tok_loss = objective.pg_weight * tok_loss
-                kl = None
-                if ref_logprobs is not None:
-                    kl = torch.where(m, k3_kl(logp, ref_logprobs[rows, :w]), torch.zeros_like(logp))
-                    tok_loss = tok_loss + hp.kl_coef * kl
-                loss = aggregate(tok_loss, m, hp.loss_agg, normaliser)
-                if obj_normaliser:
-                    temperature = batch.temperature
-                    extra = objective.token_loss(MicroBatch(batch, rows, logits, logp, old.detach(), m, temperature))
-                    loss = loss + aggregate(extra, m, hp.loss_agg, obj_normaliser)
-                self.manual_backward(loss)
-                stats.micro_batch(loss, st, m, token_entropy(logits.detach()), kl)
-                if batch.engine_logprobs is not None and old_logprobs is None:
-                    stats.gap((logp.detach() - batch.engine_logprobs[rows, :w]).abs()[m])
-            self._step(stats)
-        out = stats.result()
-        if "logprob_gap_mean" in out:  # warns; a stop was decided before the update (in _step)
-            check_mismatch(out["logprob_gap_mean"], hp.mismatch_warn, hp.mismatch_stop)
-        return out
-
-    def _step(self, stats: UpdateStats) -> None:
-        """Clip, step the optimizer and scheduler, and bump the weight version; an update whose
-        gradient is not finite is skipped (one host read of the norm per update)."""
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        if stats.mismatched(self.hparams.mismatch_stop):  # the engine gap measured for this update is too large
-            self.trainer.should_stop = True
-            return opt.zero_grad(set_to_none=True)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        clip = self.hparams.grad_clip if self.hparams.grad_clip is not None else float("inf")
-        norm = parallel.clip_grad_norm_(params, clip)
-        if not bool(torch.isfinite(norm)):
-            opt.zero_grad(set_to_none=True)
-            stats.nonfinite()
-            self.nonfinite_in_a_row += 1
-            if self.nonfinite_in_a_row >= self.hparams.max_nonfinite:
-                raise NonFiniteError(self.nonfinite_in_a_row, self.rl_step)
-            return
-        self.nonfinite_in_a_row = 0
-        stats.grad_norm(norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if sched is not None:
-            sched.step()
-        self.ref.version += 1
+        timings = {**result.batch.timings, **result.timings}
+        log_rollout_step(self, batch, result.advantages[: batch.num_rollouts], stats, timings)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Lightning's count of steps, its logging step: after a resume that re-ran a validation

@@ -101,6 +101,7 @@ def one_update(
     strategy_name: str = "ddp",
     max_tokens: int | None = None,
     share_prompts: bool = True,
+    **module_kw,
 ) -> dict:
     """One SGD update (lr 1, no clipping) on ``batches(step, rank)``, in micro-batches of
     ``MICRO_BATCH`` rows or, with ``max_tokens``, of that many padded tokens (each group's prompt
@@ -115,6 +116,7 @@ def one_update(
         micro_batch_size=MICRO_BATCH if max_tokens is None else 0,
         max_tokens_per_micro_batch=max_tokens,
         share_prompts=share_prompts,
+        **module_kw,
     )
     counter = CountForwards()
     extra = {"devices": devices, "strategy": strategy(strategy_name)} if devices > 1 else {}

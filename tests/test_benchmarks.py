@@ -531,7 +531,7 @@ def _trl_batches(tiny_dir, steps: int = 2, group: int = 4, prompts: int = 2) -> 
 
 
 def test_trl_replay_is_the_dapo_update_written_out(vs_trl, tiny_dir):
-    """``benchmarks/trl_replay.py`` (cepo's ``_update`` on recorded TRL batches, then clip and AdamW)
+    """``benchmarks/trl_replay.py`` (cepo's ``RolloutStep.update`` on recorded TRL batches, then clip and AdamW)
     equals the GRPO/DAPO update written directly: loss ``-sum A_i * logp_t / (response tokens of
     the batch)`` (the ratio is 1 with one update per batch), the same clip and AdamW."""
     import copy
