@@ -271,16 +271,24 @@ def trl_settings(s: Matched, out: Path) -> dict:
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
-    """Run ``cmd`` with its output in ``log``; its wall seconds. Exits on failure."""
+    """Run ``cmd`` with its output in ``log``; its wall seconds (its peak resident memory in
+    :data:`LAST_PEAK_MB`). Exits on failure."""
+    global LAST_PEAK_MB
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$", " ".join(cmd[:6]), "...", f"(log {log})", flush=True)
     t0 = time.perf_counter()
     with log.open("w") as fh:
-        code = subprocess.call(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak resident set
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
+    LAST_PEAK_MB = usage.ru_maxrss / 1024  # KiB on Linux
     if code:
         sys.exit(f"command failed ({code}); last lines of {log}:\n" + "".join(log.read_text().splitlines(True)[-30:]))
     return seconds
+
+
+LAST_PEAK_MB = 0.0
 
 
 def steady(seconds: list[float], skip: int) -> dict:
@@ -297,6 +305,7 @@ def run_cepo(s: Matched, out: Path, tag: str, skip: int, engine: str) -> dict:
     env = offline_env(PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]))
     load = os.getloadavg()
     seconds = run([sys.executable, "-m", "cepo", "fit", *args], env, out / f"cepo-{tag}.log")
+    peak = LAST_PEAK_MB
     run_dir = out / "runs" / "cepo" / tag
     rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("time/total")]
     wall = json.loads(clock.read_text())
@@ -313,6 +322,7 @@ def run_cepo(s: Matched, out: Path, tag: str, skip: int, engine: str) -> dict:
         "zero_var_frac": statistics.mean(float(r["train/zero_var_frac"]) for r in rows),
         "rewards": [float(r["train/reward_mean"]) for r in rows],
         "process_seconds": seconds,
+        "peak_mb": peak,
         "load_before": load,
         "load_after": os.getloadavg(),
         "model": str(run_dir / "hf_model"),
@@ -329,7 +339,7 @@ def run_trl(s: Matched, out: Path, tag: str, skip: int, trl_python: Path, record
     load = os.getloadavg()
     seconds = run([str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), str(settings)], env, folder / "log.txt")
     result = json.loads((folder / "result.json").read_text())
-    result.update(steady=steady(result["step_seconds"], skip), process_seconds=seconds)
+    result.update(steady=steady(result["step_seconds"], skip), process_seconds=seconds, peak_mb=LAST_PEAK_MB)
     result["generate"] = steady(result["generate_seconds"], skip)
     result.update(load_before=load, load_after=os.getloadavg())
     return result
@@ -386,6 +396,8 @@ def summarise(rounds: list[dict], base_acc: float) -> dict:
             "step_s": statistics.mean(r["steady"]["mean"] for r in runs),
             "step_s_per_round": [r["steady"]["mean"] for r in runs],
             "process_s": statistics.mean(r["process_seconds"] for r in runs),
+            "peak_mb": statistics.mean(r["peak_mb"] for r in runs),
+            "peak_mb_per_round": [r["peak_mb"] for r in runs],
             "acc_after": statistics.mean(r["acc"] for r in runs),
             "acc_after_per_round": [r["acc"] for r in runs],
             "gain": statistics.mean(r["acc"] for r in runs) - base_acc,
@@ -396,6 +408,8 @@ def summarise(rounds: list[dict], base_acc: float) -> dict:
     out["ratio_time_total"] = out["cepo"]["time_total_s"] / out["trl"]["step_s"]
     out["ratio_p10_per_round"] = [r["cepo"]["steady"]["p10"] / r["trl"]["steady"]["p10"] for r in rounds]
     out["process_ratio"] = out["cepo"]["process_s"] / out["trl"]["process_s"]
+    out["memory_ratio"] = out["cepo"]["peak_mb"] / out["trl"]["peak_mb"]
+    out["memory_ratio_per_round"] = [r["cepo"]["peak_mb"] / r["trl"]["peak_mb"] for r in rounds]
     return out
 
 
@@ -407,15 +421,16 @@ def table(s: Matched, summary: dict, base_acc: float, eval_size: int, rounds: li
         f"LoRA {s.lora or 'off'}; {len(rounds)} round(s); steps 1-{skip} of each run dropped; "
         f"greedy accuracy on {eval_size} test problems",
         "",
-        "| framework | s/step (wall) | per round | process (s) | acc before | acc after | gain | per round after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| framework | s/step (wall) | per round | process (s) | peak memory (MB) | acc before | acc after | gain "
+        "| per round after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for side, name in (("trl", "TRL GRPOTrainer"), ("cepo", "cepo fit")):
         x = summary[side]
         per = " / ".join(f"{v:.3f}" for v in x["step_s_per_round"])
         after = " / ".join(pct(v) for v in x["acc_after_per_round"])
         lines.append(
-            f"| {name} | {x['step_s']:.3f} | {per} | {x['process_s']:.1f} | {pct(base_acc)} | "
+            f"| {name} | {x['step_s']:.3f} | {per} | {x['process_s']:.1f} | {x['peak_mb']:.0f} | {pct(base_acc)} | "
             f"{pct(x['acc_after'])} | {100 * x['gain']:+.1f} | {after} |"
         )
     ratio_rounds = " / ".join(f"{v:.2f}" for v in summary["ratio_per_round"])
@@ -433,6 +448,9 @@ def table(s: Matched, summary: dict, base_acc: float, eval_size: int, rounds: li
         f"logging) {summary['trl']['step_s'] - trl_gen:.3f}",
         f"cepo zero-variance groups: {statistics.mean(r['cepo']['zero_var_frac'] for r in rounds):.0%} of a batch "
         "(their rows skip cepo's forward/backward; TRL runs them)",
+        f"peak-memory ratio cepo/TRL (whole processes' resident sets): {summary['memory_ratio']:.2f} (per round "
+        + " / ".join(f"{v:.2f}" for v in summary["memory_ratio_per_round"])
+        + ")",
         f"target cepo <= 0.4x TRL: {'met' if summary['ratio'] <= 0.4 else 'not met'}",
     ]
     if "replay" in rounds[0]["trl"]:

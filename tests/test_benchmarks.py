@@ -563,3 +563,31 @@ def test_trl_replay_is_the_dapo_update_written_out(vs_trl, tiny_dir):
         opt.zero_grad()
     assert replay.distance(module.policy, model) < 1e-4 * replay.distance(model, start)  # float noise only
     assert replay.distance(model, start) > 0
+
+
+def test_vs_trl_measures_each_sides_peak_memory(vs_trl, tmp_path):
+    """``run`` reads the child's own peak resident set (a child that holds 300 MB reports about
+    that, not this process's), and the table states both sides' peaks and their ratio."""
+    import sys
+
+    vs_trl, _ = vs_trl
+    grab = "import numpy; a = numpy.ones(300 * 2**20 // 8); a += 1"
+    vs_trl.run([sys.executable, "-c", grab], dict(__import__("os").environ), tmp_path / "log.txt")
+    assert 300 < vs_trl.LAST_PEAK_MB < 700
+    side = lambda step, peak: {
+        "steady": {"mean": step, "p10": step},
+        "process_seconds": 10.0,
+        "peak_mb": peak,
+        "acc": 0.5,
+        "time_total": {"mean": step},
+        "stages": {"train": 1.0},
+        "zero_var_frac": 0.0,
+        "generate": {"mean": 0.5},
+    }
+    rounds = [{"cepo": side(1.0, peak), "trl": side(2.0, 1000.0)} for peak in (600.0, 400.0)]
+    summary = vs_trl.summarise(rounds, 0.4)
+    assert summary["memory_ratio"] == 0.5 and summary["memory_ratio_per_round"] == [0.6, 0.4]
+    s = _matched(vs_trl, "tiny", tmp_path)
+    text = vs_trl.table(s, summary, 0.4, 10, rounds, 1)
+    assert "peak-memory ratio cepo/TRL (whole processes' resident sets): 0.50 (per round 0.60 / 0.40)" in text
+    assert "| cepo fit | 1.000 | 1.000 / 1.000 | 10.0 | 500 |" in text
