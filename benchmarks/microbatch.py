@@ -3,7 +3,7 @@
 ``plain`` runs each mini-batch in one forward/backward pass over every row, padded to the
 batch's longest row (``micro_batch_size 0``, ``skip_zero_loss_rows false``). ``planned`` groups
 rows by length into micro-batches trimmed to their own longest row and leaves out rows whose
-loss is identically zero (``cepo.microbatch``); the gradient is the same (tests/test_microbatch.py).
+loss is identically zero (``cepo.scoring.microbatch``); the gradient is the same (tests/test_microbatch.py).
 Short ``cepo fit`` runs of the built-in default alternate (plain planned plain planned ...) in
 one process so machine noise hits both alike. Prints a table and writes it to
 ``benchmarks/results/microbatch.{json,md}``.

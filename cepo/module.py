@@ -78,7 +78,7 @@ class GRPOModule(L.LightningModule):
         num_minibatches: optimizer updates per rollout batch (the paper uses 2).
         micro_batch_size: rows per forward pass (0: a whole mini-batch at once), for training and
             for every no-grad pass (old log-probs, evidence, teachers, distillation logits). Rows
-            are grouped by length and each pass is trimmed to its longest row (``cepo.microbatch``).
+            are grouped by length and each pass is trimmed to its longest row (``cepo.scoring.microbatch``).
         max_tokens_per_micro_batch: padded tokens per forward pass (null: micro-batches by rows
             only): length-grouped rows join a micro-batch while it holds at most this many tokens
             (rows x (longest prompt + longest response); with ``share_prompts``, distinct contexts x
@@ -103,7 +103,7 @@ class GRPOModule(L.LightningModule):
             It drops the key/value cache that ``share_prompts`` needs, so contexts are not shared.
         share_prompts: run each distinct context (a group's prompt, images included) once per
             micro-batch for all its rows in the training pass and the full-logit passes, forward
-            and backward (``cepo.shared_prompt``): the same gradient as plain passes, checked on the
+            and backward (``cepo.scoring.shared_prompt``): the same gradient as plain passes, checked on the
             first rows of each model type (off where it disagrees, and for the training pass of
             an FSDP-sharded policy, whose ranks must match forward for forward).
     """

@@ -22,15 +22,15 @@ from typing import Literal
 
 import torch
 
-from cepo import distributed, evidence, microbatch, parallel
+from cepo import distributed, evidence, parallel
 from cepo.advantages import group_advantages
 from cepo.credit import CreditAssigner
 from cepo.evidence import CreditRecord
-from cepo.logprobs import token_entropy, token_logprobs
 from cepo.loss import aggregate, clipped_surrogate, k3_kl
 from cepo.objectives import MicroBatch, Objective
 from cepo.rollout.batch import RolloutBatch
-from cepo.scoring import Scorer
+from cepo.scoring import Scorer, microbatch
+from cepo.scoring.logprobs import token_entropy, token_logprobs
 from cepo.step_stats import NonFiniteError, UpdateStats, check_mismatch
 from cepo.teacher import TeacherContexts, TeacherWeights
 

@@ -26,12 +26,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
-from cepo.logprobs import response_logits, token_logprobs
 from cepo.policy import PolicyRef, load_policy
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import PromptImages, SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.scoring import Packed
+from cepo.scoring.logprobs import response_logits, token_logprobs
 from cepo.tasks import Example
 from cepo.tasks.visual import VisualArithmetic
 from cepo.templates import RAW_TEMPLATE, fill

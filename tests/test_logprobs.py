@@ -1,6 +1,6 @@
 import torch
 
-from cepo.logprobs import response_logits, token_entropy, token_logprobs
+from cepo.scoring.logprobs import response_logits, token_entropy, token_logprobs
 
 
 def test_token_logprobs_matches_log_softmax():
@@ -70,9 +70,9 @@ def reference_response_logits(model, ids, mask, start):
 
 
 def test_chunked_logprobs_and_entropy_equal_one_shot_with_gradients(monkeypatch):
-    import cepo.logprobs
+    import cepo.scoring.logprobs
 
-    monkeypatch.setattr(cepo.logprobs, "CHUNK_ELEMENTS", 4 * 11)  # 4 positions a chunk: 15 = 4 + 4 + 4 + 3
+    monkeypatch.setattr(cepo.scoring.logprobs, "CHUNK_ELEMENTS", 4 * 11)  # 4 positions a chunk: 15 = 4 + 4 + 4 + 3
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 5, 11)).requires_grad_()
     targets = torch.randint(0, 11, (3, 5))
@@ -94,10 +94,10 @@ def test_bfloat16_logits_are_never_copied_to_float32_whole(monkeypatch):
     rounding of the logits' gradient."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import cepo.logprobs
+    import cepo.scoring.logprobs
 
     vocab, chunk = 64, 4
-    monkeypatch.setattr(cepo.logprobs, "CHUNK_ELEMENTS", chunk * vocab)
+    monkeypatch.setattr(cepo.scoring.logprobs, "CHUNK_ELEMENTS", chunk * vocab)
     torch.manual_seed(0)
     full = 3 * torch.randn(2, 9, vocab)
     logits = full.bfloat16().requires_grad_()

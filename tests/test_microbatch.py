@@ -5,9 +5,9 @@ import lightning as L
 import pytest
 import torch
 
-from cepo import microbatch
 from cepo.credit import Contrastive, Uniform
 from cepo.module import GRPOModule
+from cepo.scoring import microbatch
 from tests.helpers import TextParity, one_sgd_step
 
 # 6 rows, prompts left-padded to column 3; lengths (prompt + response) 5, 2, 7, 4, 3, 6

@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from cepo.logprobs import response_logits, token_logprobs
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine, left_pad
 from cepo.rollout.sampler import Penalties, sample, warpers
 from cepo.rollout.vllm_engine import vllm_available
+from cepo.scoring.logprobs import response_logits, token_logprobs
 
 PAD, EOS = 0, 1
 PROMPTS = ["12+34-5=", "7+8+9=", "99-45+3=", "50-25-5=", "1=", "3+3="]

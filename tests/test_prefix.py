@@ -3,9 +3,8 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from cepo import prefix
-from cepo.logprobs import token_logprobs
-from cepo.scoring import Scorer
+from cepo.scoring import Scorer, prefix
+from cepo.scoring.logprobs import token_logprobs
 from cepo.teacher import pack_contexts
 
 # three rows; their last tokens (3, 8, 6) predict nothing and get no node

@@ -1,16 +1,15 @@
-"""The scoring loop's shared contexts (cepo.shared_prompt): each distinct context of a micro-batch
+"""The scoring loop's shared contexts (cepo.scoring.shared_prompt): each distinct context of a micro-batch
 runs once, forward and backward, and the values and gradients are those of plain per-row passes."""
 
 import pytest
 import torch
 from PIL import Image
 
-from cepo import microbatch
 from cepo.credit import Contrastive, Uniform
-from cepo.logprobs import response_logits, token_logprobs
 from cepo.rollout.batch import pack
-from cepo.scoring import Packed, Scorer
-from cepo.shared_prompt import contexts, prompt_logits
+from cepo.scoring import Packed, Scorer, microbatch
+from cepo.scoring.logprobs import response_logits, token_logprobs
+from cepo.scoring.shared_prompt import contexts, prompt_logits
 from tests.helpers import one_sgd_step, tiny_llama
 
 RESPONSES = [[11, 12, 13], [14], [15, 16, 17, 18, 19], [20, 21], [22, 23, 24], [25]]

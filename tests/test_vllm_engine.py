@@ -9,12 +9,12 @@ import copy
 import pytest
 import torch
 
-from cepo.logprobs import response_logits, token_logprobs
 from cepo.rollout import vllm_engine
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.vllm_engine import VLLMEngine, hf_weights, vllm_available
+from cepo.scoring.logprobs import response_logits, token_logprobs
 from tests.helpers import fit_args, run_cli, tiny_llama
 
 OK, WHY = vllm_available()

@@ -304,7 +304,7 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from cepo.logprobs import token_logprobs
+        from cepo.scoring.logprobs import token_logprobs
 
         vocab = min(len(self.tokenizer), 64)
         ids = [(7 * i + 3) % vocab for i in range(24)]

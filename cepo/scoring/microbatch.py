@@ -44,7 +44,7 @@ def plan(
         max_tokens: padded tokens per micro-batch (None: no limit on tokens). Consecutive rows
             (in length order) join a micro-batch while its rows times its longest prompt plus its
             longest response stay within it.
-        contexts: per row of ``rows``, its context (``cepo.shared_prompt.contexts``), for passes
+        contexts: per row of ``rows``, its context (``cepo.scoring.shared_prompt.contexts``), for passes
             that run each distinct context once: a context's rows are kept together (in length
             order) and a micro-batch's tokens are :func:`shared_tokens`.
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from cepo.logprobs import head_at
+from cepo.scoring.logprobs import head_at
 
 
 def contexts(
@@ -51,7 +51,7 @@ def prompt_logits(
     context_of: list[int] | None = None,
 ) -> torch.Tensor:
     """Logits that predict the response tokens ``input_ids[:, start:]``, each distinct context
-    run once: the same values as :func:`cepo.logprobs.response_logits` (gradients included).
+    run once: the same values as :func:`cepo.scoring.logprobs.response_logits` (gradients included).
 
     Args:
         model: a causal LM returning ``.logits`` and ``.past_key_values`` (``use_cache=True``).

@@ -3,10 +3,10 @@
 The policy's own no-grad passes (old log-probs, student evidence), the teacher passes and the
 distillation logits all run packed ``[left-padded context | right-padded response]`` rows
 through a model, a few rows at a time. :class:`Scorer` plans those rows with
-:mod:`cepo.microbatch` (grouped by length, each pass trimmed to its longest row) and reads the
+:mod:`cepo.scoring.microbatch` (grouped by length, each pass trimmed to its longest row) and reads the
 results back at the response positions only. Values past a row's response are 0.
 
-Log-probs and entropies of text rows are computed over shared prefixes (:mod:`cepo.prefix`): the
+Log-probs and entropies of text rows are computed over shared prefixes (:mod:`cepo.scoring.prefix`): the
 rows are merged into token tries, so the prompt of a group's rollouts, the prompt of its ``c+`` and
 ``c-`` contexts and identical response beginnings are run once. This needs a model that takes a
 custom 4D attention mask with explicit positions (``sdpa`` or ``eager`` attention); the first
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cepo import microbatch, parallel, prefix, shared_prompt
-from cepo.logprobs import head_at, response_logits, token_entropy, token_logprobs
+from cepo import parallel
+from cepo.scoring import microbatch, prefix, shared_prompt
+from cepo.scoring.logprobs import head_at, response_logits, token_entropy, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Packed:
     vision: object | None = None
 
     def model_inputs(self, model: torch.nn.Module, rows: torch.Tensor):
-        """The ``model_inputs`` callable of :func:`~cepo.logprobs.response_logits` for ``rows``
+        """The ``model_inputs`` callable of :func:`~cepo.scoring.logprobs.response_logits` for ``rows``
         (None when they hold no image)."""
         if self.vision is None or self.images is None:
             return None
@@ -74,11 +75,11 @@ class Scorer:
         share_prefixes: compute log-probs and entropies of text rows over shared prefixes.
         shared_len: positions per packed sequence of shared prefixes (at least the longest row).
         max_tokens: padded tokens per forward pass (None: no limit): rows join a micro-batch while
-            it holds at most this many (at least one row, :func:`cepo.microbatch.plan`); a pass over
+            it holds at most this many (at least one row, :func:`cepo.scoring.microbatch.plan`); a pass over
             shared prefixes holds at most this many positions (at least one packed sequence).
         share_prompts: in :meth:`passes` (the training pass, the full-logit passes, images), run
             each distinct context of a micro-batch once for all its rows
-            (:mod:`cepo.shared_prompt`), once found equal to plain passes on the model type.
+            (:mod:`cepo.scoring.shared_prompt`), once found equal to plain passes on the model type.
     """
 
     def __init__(
