@@ -32,6 +32,7 @@ from cepo.lora import LoraSettings
 from cepo.objectives import Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
+from cepo.rollout.datamodule import DataLink, RolloutDataModule
 from cepo.scoring import Scorer
 from cepo.step import RolloutStep, StepSettings
 from cepo.step_stats import (
@@ -178,6 +179,7 @@ class GRPOModule(L.LightningModule):
         self.reference: Reference | None = None  # the initial policy: the KL reference, reference evidence
         self.rl_step = 0
         self.rollout_step: RolloutStep | None = None  # built with the policy (configure_model)
+        self.data: DataLink | None = None  # what the module reads of the DataModule (setup)
         self.max_lag = 0  # optimizer updates a batch may lag the policy by (set in setup)
         self.last_credit: CreditRecord | None = None
         self.validated_at = -1  # the rollout step of the last validation during fit
@@ -221,27 +223,26 @@ class GRPOModule(L.LightningModule):
         settings = StepSettings(**{f.name: hp[f.name] for f in dataclasses.fields(StepSettings)})
         parts = (self.policy, self.scorer, self.credit, self.teacher, self.teacher_weights, self.objective)
         self.rollout_step = RolloutStep(*parts, settings, self.reference)
-        # connect the rollout sampler to the policy once (the engine binds to it)
-        datamodule = getattr(self._trainer, "datamodule", None)
-        if hasattr(datamodule, "connect"):
-            datamodule.connect(self.ref)
-        self.objective.setup(self.ref, getattr(datamodule, "sampler", None), self.scorer)
+        if self.data is not None:  # connect the rollout sampler to the policy once (the engine binds to it)
+            self.data.connect(self.ref)
+        self.objective.setup(self.ref, self.data.sampler if self.data is not None else None, self.scorer)
         self.policy.train()  # from_pretrained returns eval mode; Lightning expects train mode
 
     def setup(self, stage: str) -> None:
-        # Built here, not lazily, so every DDP rank holds the metric even without val batches.
+        # Lightning calls this before configure_model: the one place the module meets the DataModule
         datamodule = self.trainer.datamodule
-        if stage == "fit" and datamodule.prompts_per_step < self.hparams.num_minibatches:
+        if not isinstance(datamodule, RolloutDataModule):
+            raise TypeError(f"cepo's module runs with a RolloutDataModule, got {type(datamodule).__name__}")
+        self.data = data = datamodule.link()
+        if stage == "fit" and data.prompts_per_step < self.hparams.num_minibatches:
             raise ValueError(
                 f"model.num_minibatches ({self.hparams.num_minibatches}) must be <= data.prompts_per_step "
-                f"({datamodule.prompts_per_step}): each mini-batch holds whole groups"
+                f"({data.prompts_per_step}): each mini-batch holds whole groups"
             )
         builds = type(self.objective).build_samples is not Objective.build_samples
-        stale = getattr(datamodule, "max_staleness", 0)
-        self.max_lag = allowed_lag(stale, self.hparams.num_minibatches, self.hparams.tis_cap, builds)
-        if self.val_metrics is None:
-            names = list(getattr(datamodule, "benchmark_names", []))
-            self.val_metrics = EvalMetrics(names, datamodule.eval_k).to(self.device)
+        self.max_lag = allowed_lag(data.max_staleness, self.hparams.num_minibatches, self.hparams.tis_cap, builds)
+        if self.val_metrics is None:  # built here, so every DDP rank holds the metric even without val batches
+            self.val_metrics = EvalMetrics(data.benchmark_names, data.eval_k).to(self.device)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

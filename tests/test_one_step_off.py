@@ -5,7 +5,7 @@ import lightning as L
 import pytest
 import torch
 
-import cepo.module
+import cepo.step
 from cepo.module import GRPOModule
 from cepo.objectives import CIPO
 from cepo.rollout.hf_engine import HFEngine
@@ -33,13 +33,13 @@ def checksum(model):
 @pytest.mark.parametrize("num_minibatches", [1, 2])
 def test_staleness_is_one_step_and_the_weights_are_recorded(tmp_path, tiny_dir, num_minibatches, monkeypatch):
     L.seed_everything(0)
-    surrogate, weights = cepo.module.clipped_surrogate, []
+    surrogate, weights = cepo.step.clipped_surrogate, []
 
     def spy_surrogate(logp, old, adv, mask, eps_low, eps_high, c_dual, tis=None):
         weights.append(None if tis is None else tis[mask])
         return surrogate(logp, old, adv, mask, eps_low, eps_high, c_dual, tis)
 
-    monkeypatch.setattr(cepo.module, "clipped_surrogate", spy_surrogate)
+    monkeypatch.setattr(cepo.step, "clipped_surrogate", spy_surrogate)
     module = GRPOModule(
         model_path=str(tiny_dir),
         num_minibatches=num_minibatches,

@@ -104,6 +104,27 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
+@dataclasses.dataclass(frozen=True)
+class DataLink:
+    """The DataModule as the module sees it (:meth:`RolloutDataModule.link`).
+
+    Attributes:
+        prompts_per_step: prompts per rollout step (per process).
+        max_staleness: rollout steps a training batch may lag the policy by.
+        benchmark_names: the held-out benchmarks, in DataLoader order (empty: the task alone).
+        eval_k: sampled generations per held-out prompt.
+        sampler: the rollout sampler (objectives that draw more samples use it).
+        connect: binds the sampler's engine to the policy, once it exists.
+    """
+
+    prompts_per_step: int
+    max_staleness: int
+    benchmark_names: list[str]
+    eval_k: int
+    sampler: object
+    connect: object
+
+
 class RolloutDataModule(L.LightningDataModule):
     """Owns the prompt splits, the rollout engine and the verifier.
 
@@ -462,6 +483,12 @@ class RolloutDataModule(L.LightningDataModule):
         return loaders if self.benchmarks else loaders[0]
 
     # -- generation -------------------------------------------------------------------
+    def link(self) -> DataLink:
+        """What the module reads of the DataModule, handed over once (``RLModule.setup``)."""
+        return DataLink(
+            self.prompts_per_step, self.max_staleness, self.benchmark_names, self.eval_k, self.sampler, self.connect
+        )
+
     def connect(self, policy: PolicyRef) -> None:
         """Connect the rollout sampler to the policy (the module calls this once it exists).
 
