@@ -82,7 +82,7 @@ for ctx in json.load(open(sys.argv[2])):
 json.dump(out, open(sys.argv[4], "w"))
 """
 
-# Run in .venv: cepo's prompt token ids (RolloutSampler.encode: no special tokens added).
+# Run in .venv: cepo's prompt token ids (RolloutGenerator.encode: no special tokens added).
 CEPO_IDS = r"""
 import json, sys
 from transformers import AutoTokenizer

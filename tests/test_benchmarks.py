@@ -14,7 +14,7 @@ from cepo.cli import cli_main
 from cepo.policy import PolicyRef
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
-from cepo.rollout.rollout_sampler import truncate_left
+from cepo.rollout.generator import truncate_left
 from cepo.tasks import Arithmetic, Example, JsonlTask
 from cepo.tasks import jsonl as jsonl_module
 from cepo.tasks.benchmarks import JsonlBenchmark
@@ -235,7 +235,7 @@ def _validate(tmp_path, tiny_dir, *extra):
 
 def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, monkeypatch, caplog, capsys):
     monkeypatch.chdir(ROOT)  # the config names the fixtures relative to the repository root
-    with caplog.at_level(logging.WARNING, logger="cepo.rollout.rollout_sampler"):
+    with caplog.at_level(logging.WARNING, logger="cepo.rollout.generator"):
         cli = _validate(tmp_path, tiny_dir, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml"))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     names = ["arithmetic", "gsm8k", "math500"]

@@ -11,7 +11,7 @@ from cepo.objectives import CIPO, OPSD
 from cepo.policy import PolicyRef
 from cepo.prompting import Chat, Plain
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
-from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.rollout.generator import RolloutGenerator
 from cepo.scoring import Scorer
 from cepo.tasks import Example, JsonlTask
 from cepo.teacher import Live, TeacherContexts
@@ -54,7 +54,7 @@ def rollouts(tok, model, prompt_format, responses, rewards_task=None):
     texts = [" The answer is \\boxed{" + r + "}" for r in responses]
     ids = [tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in texts]
     task = rewards_task or JsonlTask(verifier="exact")
-    sampler = RolloutSampler(Canned(ids), task, SamplingConfig(), SamplingConfig(), len(ids), 1.0, prompt_format)
+    sampler = RolloutGenerator(Canned(ids), task, SamplingConfig(), SamplingConfig(), len(ids), 1.0, prompt_format)
     sampler.connect(PolicyRef(model, tok, ""))
     sampler.sync()
     question = "Tom has 3 apples and buys 4 more. How many apples does he have?"

@@ -235,7 +235,8 @@ def test_sharded_sampler_resumes_each_rank_where_it_stopped():
     rank 0's broadcast makes them): disjoint halves of the epoch's order, the odd problem left out,
     and after a restore from a DataModule state each rank continues its own half past the batches
     it served."""
-    from cepo.rollout.datamodule import ResumableSampler, RolloutDataModule
+    from cepo.rollout.datamodule import RolloutDataModule
+    from cepo.rollout.index_sampler import ResumableSampler
     from tests.helpers import TextParity
 
     def datamodule():
@@ -247,16 +248,17 @@ def test_sharded_sampler_resumes_each_rank_where_it_stopped():
     orders = []
     for rank, dm in enumerate(dms):
         torch.set_rng_state(state)
-        sampler = ResumableSampler(9, dm, num_replicas=2, rank=rank)
+        sampler = ResumableSampler(9, dm.epoch_log, lambda: dm.served, num_replicas=2, rank=rank)
         assert len(sampler) == 4
         orders.append(list(sampler))
     assert not set(orders[0]) & set(orders[1]) and len(set(orders[0]) | set(orders[1])) == 8
-    assert dms[0]._epochs == dms[1]._epochs  # one seed
+    assert dms[0].epoch_log.epochs == dms[1].epoch_log.epochs  # one seed
     for rank, dm in enumerate(dms):  # one batch of 2 served, then a checkpoint
         dm.served = 1
         restored = datamodule()
         restored.load_state_dict(dm.state_dict())
-        assert list(ResumableSampler(9, restored, num_replicas=2, rank=rank)) == orders[rank][2:]
+        resumed = ResumableSampler(9, restored.epoch_log, lambda: restored.served, num_replicas=2, rank=rank)
+        assert list(resumed) == orders[rank][2:]
 
 
 def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir):

@@ -13,9 +13,9 @@ import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from cepo.rollout.batch import pack
+from cepo.rollout.decode import Penalties, sample, warpers
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine, left_pad
-from cepo.rollout.sampler import Penalties, sample, warpers
 from cepo.rollout.vllm_engine import vllm_available
 from cepo.scoring.logprobs import response_logits, token_logprobs
 

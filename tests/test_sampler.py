@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from cepo.rollout.batch import pack
+from cepo.rollout.decode import sample, warpers
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine, left_pad
-from cepo.rollout.sampler import sample, warpers
 from cepo.scoring.logprobs import response_logits, token_logprobs
 
 EOS = 1

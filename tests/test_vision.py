@@ -10,8 +10,8 @@ from cepo.evidence import gather
 from cepo.policy import PolicyRef, load_policy
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import PromptImages, SamplingConfig
+from cepo.rollout.generator import RolloutGenerator
 from cepo.rollout.hf_engine import HFEngine
-from cepo.rollout.rollout_sampler import RolloutSampler
 from cepo.scoring import Packed, Scorer
 from cepo.tasks import Arithmetic, Example
 from cepo.tasks.visual import VisualArithmetic
@@ -37,7 +37,7 @@ def digits(a: int, b: int, size: int = 56) -> Image.Image:
 
 def rollouts(vl, examples, n=2, max_new=6):
     engine = HFEngine()
-    sampler = RolloutSampler(
+    sampler = RolloutGenerator(
         engine, Arithmetic(), SamplingConfig(max_new_tokens=max_new, seed=3), SamplingConfig(), n, 1.0
     )
     sampler.connect(vl)

@@ -7,7 +7,7 @@ batch before advantages are computed (CIPO's corrections, HDPO's privileged roll
 module calls the hooks in this order every rollout step, with no knowledge of the method:
 
 0. :meth:`Objective.setup` once the policy exists: the shared :class:`~cepo.policy.PolicyRef`,
-   the :class:`~cepo.rollout.rollout_sampler.RolloutSampler` (same engine, weights and
+   the :class:`~cepo.rollout.generator.RolloutGenerator` (same engine, weights and
    verifier as the rollouts) and the micro-batched :class:`~cepo.scoring.Scorer`;
 1. :meth:`Objective.build_samples` -> the batch to train on (default: unchanged);
 2. :meth:`Objective.prepare` (no grad) -> per-row contexts, :attr:`Objective.active` rows;
@@ -28,7 +28,7 @@ import torch
 
 from cepo.policy import PolicyRef
 from cepo.rollout.batch import RolloutBatch
-from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.rollout.generator import RolloutGenerator
 from cepo.scoring import Scorer
 
 
@@ -74,10 +74,10 @@ class Objective:
         self.active: torch.Tensor | None = None
         self._metrics: dict[str, float] = {}
         self.policy: PolicyRef | None = None
-        self.sampler: RolloutSampler | None = None
+        self.sampler: RolloutGenerator | None = None
         self.scorer: Scorer | None = None
 
-    def setup(self, policy: PolicyRef, sampler: RolloutSampler | None, scorer: Scorer) -> None:
+    def setup(self, policy: PolicyRef, sampler: RolloutGenerator | None, scorer: Scorer) -> None:
         """Connect to the policy, the rollout sampler (None outside ``fit``) and the scorer."""
         self.policy, self.sampler, self.scorer = policy, sampler, scorer
 

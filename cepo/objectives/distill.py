@@ -32,7 +32,7 @@ from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
 from cepo.policy import PolicyRef
 from cepo.prompting import Placement
 from cepo.rollout.batch import RolloutBatch, concat
-from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.rollout.generator import RolloutGenerator
 from cepo.scoring import Scorer
 from cepo.teacher import EMA, Base, Live, TeacherWeights, pack_contexts
 from cepo.templates import OPSD_TEMPLATE, RAW_TEMPLATE, SDPO_TEMPLATE, check
@@ -79,7 +79,7 @@ class SelfDistillation(Objective):
         self._loss_sum, self._loss_tokens = 0.0, 0.0
 
     # -- hooks -------------------------------------------------------------------------
-    def setup(self, policy: PolicyRef, sampler: RolloutSampler | None, scorer: Scorer) -> None:
+    def setup(self, policy: PolicyRef, sampler: RolloutGenerator | None, scorer: Scorer) -> None:
         super().setup(policy, sampler, scorer)
         self.teacher_weights.setup(policy.model)
 

@@ -4,7 +4,7 @@ The train DataLoader yields plain prompt batches from a *sized* dataset. Generat
 in :meth:`RolloutDataModule.on_after_batch_transfer`, which Lightning calls for each batch
 right before ``training_step``, i.e. after the previous optimizer step: prefetching a
 batch of prompts is harmless, and every rollout batch is generated with the current
-weights. The DataModule owns a :class:`~cepo.rollout.rollout_sampler.RolloutSampler`
+weights. The DataModule owns a :class:`~cepo.rollout.generator.RolloutGenerator`
 (engine, verifier, sampling, packing) that the module connects to the policy once
 (:meth:`RolloutDataModule.connect`); before generating, the sampler re-syncs the engine if
 the policy's weight version moved.
@@ -37,9 +37,10 @@ from cepo.rewards import Reward, check_names
 from cepo.rollout.batch import RolloutBatch
 from cepo.rollout.dynamic import DynamicSampling, dynamic_batch
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
+from cepo.rollout.generator import EvalBatch, RolloutGenerator
 from cepo.rollout.hf_engine import HFEngine
+from cepo.rollout.index_sampler import EpochLog, ResumableSampler
 from cepo.rollout.one_step_off import OneStepOff
-from cepo.rollout.rollout_sampler import EvalBatch, RolloutSampler
 from cepo.rollout.stream import PromptStream
 from cepo.tasks import Arithmetic, Example, Task
 
@@ -53,44 +54,6 @@ def _collate(rows: list[Example]) -> list[Example]:
 
 CHECKED_ROWS = 64  # rows of each split whose images and prompt lengths are checked before a run
 log = logging.getLogger(__name__)
-
-
-class ResumableSampler(torch.utils.data.DistributedSampler):
-    """A shuffling sampler that can continue an epoch where a checkpoint left it.
-
-    Each epoch's order is ``torch.randperm`` seeded with a seed drawn from the global RNG when the
-    epoch starts, exactly as ``RandomSampler`` draws it (so a fresh run's order is the same as with
-    ``shuffle=True``). The seeds and the number of batches served are kept by the DataModule; after
-    a restore the interrupted epoch continues with its seed, past the batches already trained on.
-
-    Under DDP/FSDP (``num_replicas`` processes) every process uses rank 0's seed and takes every
-    ``num_replicas``-th problem of the order from its ``rank`` on (the last ``n % num_replicas``
-    left out), so the processes roll out disjoint prompts even when their global random streams
-    differ. Being a ``DistributedSampler``, Lightning leaves it in place.
-    """
-
-    def __init__(self, n: int, datamodule: RolloutDataModule, num_replicas: int = 1, rank: int = 0) -> None:
-        self.n, self.dm, self.num_replicas, self.rank = n, datamodule, num_replicas, rank
-        self.epoch, self.shuffle, self.drop_last = 0, True, True
-
-    def __len__(self) -> int:
-        return self.n // self.num_replicas
-
-    def __iter__(self):
-        dm = self.dm
-        skip = 0
-        if dm._resume is not None:  # continue the checkpointed epoch
-            seed, skip = dm._resume
-            dm._resume = None
-        else:
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            if self.num_replicas > 1 and distributed.initialized():
-                seed = distributed.broadcast_int(seed, dm.trainer.strategy.root_device)
-            dm._epochs.append((seed, dm.served))
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        order = torch.randperm(self.n, generator=generator)[: len(self) * self.num_replicas]
-        yield from order[self.rank :: self.num_replicas].tolist()[skip:]
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -229,7 +192,7 @@ class RolloutDataModule(L.LightningDataModule):
         else:
             seed = eval_sampling.seed + 1_000_003 * run_seed + 10_000_019
             self.eval_sampling = dataclasses.replace(eval_sampling, seed=seed)
-        self.sampler = RolloutSampler(
+        self.sampler = RolloutGenerator(
             self.engine,
             self.task,
             self.sampling,
@@ -245,13 +208,12 @@ class RolloutDataModule(L.LightningDataModule):
         self.background: OneStepOff | None = None  # the one-step-off generator
         if one_step_off:  # its own engine (set up on a copy of the policy) and sampler
             args = (self.task, self.sampling, self.eval_sampling, group_size, success_threshold)
-            self.background = OneStepOff(RolloutSampler(copy.deepcopy(self.engine), *args, prompt_format, rewards))
+            self.background = OneStepOff(RolloutGenerator(copy.deepcopy(self.engine), *args, prompt_format, rewards))
         self.stream: PromptStream | None = None  # the prompts, when the DataModule draws them
         self._stream_state: dict | None = None
         self.served = 0  # training batches handed to the module
         self.eval_calls = EVAL_CALLS_START  # the engine's call counter of evaluations (apart from training's)
-        self._epochs: list[tuple[int, int]] = []  # (shuffle seed, batches served before it) per epoch
-        self._resume: tuple[int, int] | None = None
+        self.epoch_log = EpochLog()  # the training sampler's epochs and where to resume
         self._fitting = False  # set by check_train: the training prompts must fit the context too
 
     # -- data -------------------------------------------------------------------------
@@ -403,6 +365,11 @@ class RolloutDataModule(L.LightningDataModule):
         """Rollout steps a training batch may lag the policy by (1 with one-step-off, else 0)."""
         return int(self.background is not None)
 
+    @property
+    def _root_device(self):
+        """Where the training sampler broadcasts its seed (None without a trainer)."""
+        return self.trainer.strategy.root_device if self.trainer is not None else None
+
     def train_dataloader(self) -> DataLoader:
         rows = _Rows(self.task.split("train"))
         shard = (self.trainer.distributed_sampler_kwargs if self.trainer is not None else None) or {}
@@ -418,7 +385,7 @@ class RolloutDataModule(L.LightningDataModule):
         return DataLoader(
             rows,
             batch_size=self.prompts_per_step,
-            sampler=ResumableSampler(len(rows), self, **shard),
+            sampler=ResumableSampler(len(rows), self.epoch_log, lambda: self.served, self._root_device, **shard),
             drop_last=True,
             collate_fn=_collate,
         )
@@ -430,7 +397,7 @@ class RolloutDataModule(L.LightningDataModule):
         state = {
             "served": self.served,
             "eval_calls": self.eval_calls,
-            "epochs": list(self._epochs),
+            "epochs": list(self.epoch_log.epochs),
             "engine": self.engine.state_dict(),
             "rng": {  # plain types: LightningCLI reads checkpoints with weights_only
                 "torch": torch.get_rng_state(),
@@ -462,10 +429,7 @@ class RolloutDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.served = state.get("served", 0)
         self.eval_calls = state.get("eval_calls", EVAL_CALLS_START)
-        self._epochs = [tuple(e) for e in state.get("epochs", [])]
-        if self._epochs:  # the epoch in progress: its seed, and the rows already served
-            seed, first = self._epochs[-1]
-            self._resume = (seed, (self.served - first) * self.prompts_per_step)
+        self.epoch_log.restore(state.get("epochs", []), self.served, self.prompts_per_step)
         self.engine.load_state_dict(state.get("engine", {}))
         self._load_draw_state(state)
         rng = state.get("rng")
@@ -534,7 +498,7 @@ class RolloutDataModule(L.LightningDataModule):
             self.eval_calls = self.engine.state_dict().get("calls", self.eval_calls)
             self.engine.load_state_dict(training)
 
-    def rollouts(self, sampler: RolloutSampler) -> RolloutBatch:
+    def rollouts(self, sampler: RolloutGenerator) -> RolloutBatch:
         """One step's rollouts from the prompt stream, with ``sampler`` (dynamic sampling's
         rounds when it is on)."""
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from cepo import parallel
+from cepo.rollout.decode import Penalties, sample
 from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
-from cepo.rollout.sampler import Penalties, sample
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +28,7 @@ class HFEngine(RolloutEngine):
 
     Args:
         batch_size: prompts per ``generate`` call (bounds memory; 0 = all at once).
-        compact: decode with :func:`cepo.rollout.sampler.sample`, which drops rows from the
+        compact: decode with :func:`cepo.rollout.decode.sample`, which drops rows from the
             batch as they finish (same draws as ``generate``, fewer tokens computed); False,
             or stop strings in the sampling settings, use ``model.generate``.
     """

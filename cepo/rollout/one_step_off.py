@@ -7,7 +7,7 @@ it recomputes the old log-probs with its current weights and weights each token 
 importance ratio to the engine's log-probs (``model.tis_cap``), docs/algorithms.md §10.
 
 The copy has its own engine (a copy of the DataModule's, made before it was set up) and its own
-:class:`~cepo.rollout.rollout_sampler.RolloutSampler`; evaluation keeps using the DataModule's
+:class:`~cepo.rollout.generator.RolloutGenerator`; evaluation keeps using the DataModule's
 sampler on the live policy. The first step, and the first step after a resume, generate at once
 with the current weights (staleness 0).
 """
@@ -23,18 +23,18 @@ import torch
 
 from cepo.policy import PolicyRef
 from cepo.rollout.batch import RolloutBatch
-from cepo.rollout.rollout_sampler import RolloutSampler
+from cepo.rollout.generator import RolloutGenerator
 
 
 class OneStepOff:
     """The background generator of the next rollout batch.
 
     Args:
-        sampler: a :class:`RolloutSampler` with its own (not yet set up) engine, used for every
+        sampler: a :class:`RolloutGenerator` with its own (not yet set up) engine, used for every
             training rollout; :meth:`connect` binds it to a frozen copy of the policy.
     """
 
-    def __init__(self, sampler: RolloutSampler) -> None:
+    def __init__(self, sampler: RolloutGenerator) -> None:
         self.sampler = sampler
         self.live: PolicyRef | None = None
         self.frozen: PolicyRef | None = None
@@ -63,7 +63,7 @@ class OneStepOff:
             self.frozen.version = self.live.version
         self.sampler.sync()
 
-    def next(self, build: Callable[[RolloutSampler], RolloutBatch], state: Callable[[], dict]) -> RolloutBatch:
+    def next(self, build: Callable[[RolloutGenerator], RolloutBatch], state: Callable[[], dict]) -> RolloutBatch:
         """This step's batch, and the next step's launched in the background.
 
         Args:

@@ -2,7 +2,7 @@
 
 One object owns everything that turns prompts into a :class:`~cepo.rollout.batch.RolloutBatch`:
 the engine, the verifier (the task), the sampling settings and the packing. It is connected to
-the policy once (:meth:`RolloutSampler.connect`, with the :class:`~cepo.policy.PolicyRef` the
+the policy once (:meth:`RolloutGenerator.connect`, with the :class:`~cepo.policy.PolicyRef` the
 module shares) and re-syncs the engine whenever the policy's weight version moved. The
 DataModule uses it for every training and evaluation batch; objectives that build extra
 samples (CIPO's corrections, HDPO's privileged rollouts) receive it in their ``setup``.
@@ -77,7 +77,7 @@ def context_length(policy: torch.nn.Module | None, engine: RolloutEngine) -> int
     return min(limits) if limits else None
 
 
-class RolloutSampler:
+class RolloutGenerator:
     """Generates, verifies and packs rollouts with the connected policy's current weights.
 
     Args:
@@ -134,7 +134,7 @@ class RolloutSampler:
     def sync(self) -> None:
         """Give the engine the policy's current weights if its version moved."""
         if self.policy is None:
-            raise RuntimeError("RolloutSampler.connect was not called (the module connects it in configure_model)")
+            raise RuntimeError("RolloutGenerator.connect was not called (the module connects it in configure_model)")
         if self.engine.weight_version != self.policy.version:
             self.engine.sync_weights(self.policy.model, self.policy.version)
 
