@@ -4,11 +4,12 @@ Two kinds of measurement, each variant in a fresh process (its own peak), varian
 (A B A B ...) over ``--rounds``:
 
 - ``step``: short ``cepo fit`` runs (the built-in default; SmolLM2-135M-Instruct on GSM8K with the
-  transformers engine, 2 prompts x 8 rollouts, 256 new tokens) with a resident-memory sampler in
-  the process: the peak while each stage of the rollout step ran (``cepo.distributed.stage``:
-  generation, evidence, update, ...) and the stage's seconds (``time/*``), for each step.
+  transformers engine, 2 prompts x 8 rollouts, 256 new tokens), reading the kernel's peak
+  resident counter as each stage ends (restarted as it begins): the peak while each stage ran
+  (``cepo.distributed.stage``: generation, evidence, update, ...) and the stage's seconds
+  (``time/*``), for each step.
 - ``pass``: the training pass alone (forward and backward of one group's rows through cepo's
-  scorer, as ``GRPOModule._update`` runs it) on random-init LoRA models of real shapes built from
+  scorer, as ``RolloutStep.update`` runs it) on random-init LoRA models of real shapes built from
   a config: Qwen2.5-0.5B and Qwen3-VL-2B's language model (``qwen3-vl-2b-text``: its widths, heads
   and vocabulary of 151,936 in Qwen2 layers, which lack only the q/k norms), with
   ``--layers`` decoder layers (real widths and vocabulary; time and activation memory grow with
@@ -31,7 +32,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -65,43 +65,77 @@ STEP_MODELS = {
 
 
 def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """This process's resident memory now (MB)."""
+    return _status("VmRSS")
 
 
-class Sampler(threading.Thread):
-    """Resident memory every 10 ms, the peak kept per label (``label()`` is read each time)."""
+def peak_mb() -> float:
+    """The process's peak resident memory since the last :func:`reset_peak` (MB)."""
+    return _status("VmHWM")
 
-    def __init__(self, label):
-        super().__init__(daemon=True)
-        self.label, self.peaks, self.running = label, {}, True
 
-    def run(self):
-        while self.running:
-            key, now = self.label(), rss_mb()
-            self.peaks[key] = max(self.peaks.get(key, 0.0), now)
-            time.sleep(0.01)
+def reset_peak() -> None:
+    """Restart the kernel's peak-resident counter at the current resident memory (Linux
+    ``clear_refs`` 5). No sampling thread: a polling thread holds the GIL at random moments and,
+    on a loaded machine, stalls a decode loop of small torch calls many times over."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
-    def stop(self) -> dict:
-        self.running = False
-        self.join()
-        return self.peaks
+
+def _status(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+class StagePeaks:
+    """The peak resident memory of each stage of ``cepo.distributed.stage`` (its label with the
+    step number dropped): the counter restarts as a stage begins and is read as it ends; an
+    enclosing stage also gets the peaks of the stages it holds."""
+
+    def __init__(self):
+        self.peaks: dict[str, float] = {}
+        self.open: list[float] = []
+
+    def install(self):
+        import contextlib
+        import re
+
+        from cepo import distributed
+
+        original = distributed.stage
+
+        @contextlib.contextmanager
+        def stage(name):
+            if self.open:  # the enclosing stage's peak so far
+                self.open[-1] = max(self.open[-1], peak_mb())
+            reset_peak()
+            self.open.append(0.0)
+            try:
+                with original(name):
+                    yield
+            finally:
+                peak = max(self.open.pop(), peak_mb())
+                label = re.sub(r"rollout step \d+ > ", "", distributed.current_stage() + " > " + name)
+                label = label.split(" > ")[-1]
+                self.peaks[label] = max(self.peaks.get(label, 0.0), peak)
+                if self.open:
+                    self.open[-1] = max(self.open[-1], peak)
+
+        distributed.stage = stage
+        return self
 
 
 # -- workers (one per variant, in their own process) ------------------------------------------------
 def step_worker(model: str, variant: str, steps: int, out: Path) -> dict:
     import csv
-    import re
 
-    from cepo import distributed
     from cepo.cli import cli_main
 
-    def label():
-        stage = distributed.current_stage()
-        return re.sub(r"rollout step \d+ > ", "", stage)
-
-    sampler = Sampler(label)
-    sampler.start()
+    stages = StagePeaks().install()
+    reset_peak()
     cli_main(
         [
             "fit",
@@ -135,10 +169,10 @@ def step_worker(model: str, variant: str, steps: int, out: Path) -> dict:
             "v",
         ]
     )
-    peaks = sampler.stop()
     rows = [r for r in csv.DictReader(open(out / "run" / "v" / "metrics.csv")) if r.get("time/total")]
     times = [{k[5:]: float(v) for k, v in r.items() if k.startswith("time/") and v} for r in rows]
-    return {"peak_mb": max(peaks.values()), "stage_peak_mb": peaks, "step_times": times}
+    run_peak = max(stages.peaks.values(), default=0.0)  # the counter restarts at each stage
+    return {"peak_mb": max(run_peak, peak_mb()), "stage_peak_mb": stages.peaks, "step_times": times}
 
 
 def pass_worker(model: str, variant: str, length: int, layers: int, rows: int, prompt: int, budget: int) -> dict:
@@ -178,17 +212,22 @@ def pass_worker(model: str, variant: str, length: int, layers: int, rows: int, p
     chunks = scorer.plan(packed, model=policy)
     weights = torch.randn(mask.shape, generator=g)
     before = rss_mb()
-    sampler = Sampler(lambda: "pass")
-    sampler.start()
+    reset_peak()
     t0 = time.perf_counter()
     for r, w, logits in scorer.passes(policy, packed, chunks):
         lp = token_logprobs(logits, ids[r, start : start + w])
         ((lp * weights[r, :w] * mask[r, :w]).sum() / mask.sum()).backward()
         del logits, lp
     seconds = time.perf_counter() - t0
-    peak = sampler.stop()["pass"]
+    peak = peak_mb()
     tokens = int(attn.sum()) if not variant.startswith("shared") else prompt + int(mask.sum())
-    return {"seconds": seconds, "added_peak_mb": peak - before, "tokens_run": tokens, "passes": len(chunks)}
+    return {
+        "seconds": seconds,
+        "added_peak_mb": peak - before,
+        "tokens_run": tokens,
+        "passes": len(chunks),
+        "response_lengths": lengths,
+    }
 
 
 # -- the driver --------------------------------------------------------------------------------------

@@ -591,3 +591,27 @@ def test_vs_trl_measures_each_sides_peak_memory(vs_trl, tmp_path):
     text = vs_trl.table(s, summary, 0.4, 10, rounds, 1)
     assert "peak-memory ratio cepo/TRL (whole processes' resident sets): 0.50 (per round 0.60 / 0.40)" in text
     assert "| cepo fit | 1.000 | 1.000 / 1.000 | 10.0 | 500 |" in text
+
+
+@pytest.mark.e2e
+def test_memory_benchmark_measures_the_training_pass_variants(tmp_path):
+    """``benchmarks/memory.py pass`` at test size: each variant in its own process, a shared
+    prompt runs fewer tokens than plain rows, and every figure is written to the results file."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory.py"), "pass", "--models", "tiny-text", "--lengths", "16"]
+        + ["--layers", "1", "--rows", "4", "--prompt", "20", "--variants", "plain", "shared", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = {r["variant"]: r for r in json.loads((tmp_path / "memory_pass.json").read_text())["results"]}
+    assert results["plain"]["tokens_run"] == 4 * 20 + sum(results["plain"]["response_lengths"])
+    assert results["shared"]["tokens_run"] == 20 + sum(results["plain"]["response_lengths"])
+    assert all(r["seconds"] > 0 and r["added_peak_mb"] >= 0 for r in results.values())
+    assert "| tiny-text | 16 | shared |" in (tmp_path / "memory_pass.md").read_text()
