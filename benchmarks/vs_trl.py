@@ -272,20 +272,38 @@ def trl_settings(s: Matched, out: Path) -> dict:
 
 def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
     """Run ``cmd`` with its output in ``log``; its wall seconds (its peak resident memory in
-    :data:`LAST_PEAK_MB`). Exits on failure."""
+    :data:`LAST_PEAK_MB`). Exits on failure.
+
+    The peak is the child's own ``VmHWM`` (its image after ``exec``), read every 0.2 s while it
+    runs: ``ru_maxrss`` of a child counts the memory of the parent it was forked from."""
     global LAST_PEAK_MB
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$", " ".join(cmd[:6]), "...", f"(log {log})", flush=True)
     t0 = time.perf_counter()
+    peak = 0.0
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak resident set
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        while proc.poll() is None:
+            peak = max(peak, hwm_mb(proc.pid))
+            time.sleep(0.2)
+        code = proc.returncode
     seconds = time.perf_counter() - t0
-    LAST_PEAK_MB = usage.ru_maxrss / 1024  # KiB on Linux
+    LAST_PEAK_MB = peak
     if code:
         sys.exit(f"command failed ({code}); last lines of {log}:\n" + "".join(log.read_text().splitlines(True)[-30:]))
     return seconds
+
+
+def hwm_mb(pid: int) -> float:
+    """The process's peak resident memory so far (MB; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 LAST_PEAK_MB = 0.0

@@ -566,14 +566,18 @@ def test_trl_replay_is_the_dapo_update_written_out(vs_trl, tiny_dir):
 
 
 def test_vs_trl_measures_each_sides_peak_memory(vs_trl, tmp_path):
-    """``run`` reads the child's own peak resident set (a child that holds 300 MB reports about
-    that, not this process's), and the table states both sides' peaks and their ratio."""
+    """``run`` reads the child's own peak resident set (a child that holds 300 MB for a second
+    reports about that, not this process's, even when this process is bigger), and the table
+    states both sides' peaks and their ratio."""
     import sys
 
     vs_trl, _ = vs_trl
-    grab = "import numpy; a = numpy.ones(300 * 2**20 // 8); a += 1"
+    ballast = bytearray(700 * 2**20)  # this process: bigger than the child
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    grab = "import numpy, time; a = numpy.ones(300 * 2**20 // 8); a += 1; time.sleep(1)"
     vs_trl.run([sys.executable, "-c", grab], dict(__import__("os").environ), tmp_path / "log.txt")
-    assert 300 < vs_trl.LAST_PEAK_MB < 700
+    assert 300 < vs_trl.LAST_PEAK_MB < 600
+    del ballast
     side = lambda step, peak: {
         "steady": {"mean": step, "p10": step},
         "process_seconds": 10.0,
