@@ -68,6 +68,7 @@ CASES += [  # the teacher and reference copies of a sharded policy
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("config, strategy, extra", CASES)
 def test_every_method_runs_on_two_processes(tmp_path, tiny_dir, config, strategy, extra):
     """The run finishes its 4 steps and both validations; every training metric the one-process
@@ -90,6 +91,7 @@ def test_every_method_runs_on_two_processes(tmp_path, tiny_dir, config, strategy
             assert math.isfinite(float(r[k])), (r["step"], k, r[k])
 
 
+@pytest.mark.e2e
 def test_a_rank_that_never_arrives_ends_in_one_line_within_the_timeout(tmp_path, tiny_dir):
     """Rank 0 enters a collective that rank 1 skips (rank 1 then stays busy): with
     ``--dist_timeout 10`` the run stops with one line naming the stage and exit code 2, and the
@@ -106,6 +108,7 @@ def test_a_rank_that_never_arrives_ends_in_one_line_within_the_timeout(tmp_path,
     assert elapsed < 120, elapsed  # start-up, two steps and the 10 s timeout; rank 1 sleeps 600 s
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_mismatch_stop_stops_every_process_before_the_update(tmp_path, tiny_dir):
     """Only rank 1 sees an engine/trainer gap above ``model.mismatch_stop`` (at step 2): the
@@ -120,6 +123,7 @@ def test_mismatch_stop_stops_every_process_before_the_update(tmp_path, tiny_dir)
     assert summary["rl_steps"] == 2 and summary["optimizer_steps"] == 1, summary
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["credit/uniform.yaml", "credit/contrastive.yaml"], ids=["grpo", "cepo"])
 def test_two_process_run_killed_in_a_validation_resumes_exactly(tmp_path, tiny_dir, config, monkeypatch):

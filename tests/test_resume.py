@@ -58,6 +58,7 @@ KILLS = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("overlays, extra, kill, where, at", KILLS)
 def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, where, at, monkeypatch):
     """A run killed after any checkpoint, including one written before the validation of its step,
@@ -161,6 +162,7 @@ def test_ckpt_path_last_finds_the_newest_checkpoint(tmp_path):
     assert last_checkpoint(tmp_path) == new_step
 
 
+@pytest.mark.e2e
 def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
     """A requeued job may resume a run whose last checkpoint is at max_steps: nothing trains, and
     metrics.csv must still hold every step (the rows come back before training would start)."""
@@ -173,6 +175,7 @@ def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
     assert sorted(before) == ["0", "1"] and metrics(tmp_path / "done" / "v") == before
 
 
+@pytest.mark.e2e
 def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
     """A validation every 2 steps, or none at all: the training metrics of every step are the same
     (evaluations draw from their own engine counter and a forked random stream)."""
@@ -186,6 +189,7 @@ def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
     assert_same(runs["often"], runs["never"])
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_sweep_point_killed_in_a_validation_resumes_exactly_on_the_rerun(tmp_path, tiny_dir, monkeypatch):
     """A sweep point killed when the validation of its step-4 checkpoint starts is resumed by the
