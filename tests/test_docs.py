@@ -86,3 +86,19 @@ def test_readme_python_example_runs(tiny_dir, tmp_path, monkeypatch):
     assert type(namespace["module"].credit).__name__ == "Contrastive"
     reward = namespace["trainer"].callback_metrics["train/reward_mean"]
     assert 0.0 <= float(reward) <= 1.0
+
+
+def test_relative_links_of_every_page_resolve():
+    """Every relative link of the README, CONTRIBUTING and docs/*.md points at a file or folder
+    that exists (moving a page breaks no link silently)."""
+    pages = [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#")[0]
+            if not path or "://" in path or path.startswith("mailto:"):
+                continue
+            resolved = (page.parent / path).resolve()
+            if not resolved.exists() and str(resolved.relative_to(ROOT)) not in LANDS_WITH_OTHER_BRANCH:
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken

@@ -54,17 +54,21 @@ def run(tmp_path, tiny_dir, name, *overlays, extra=(), timeout=300):
     return run_cli(["fit", *args], timeout), tmp_path / name / "v"
 
 
-_FAST = ("credit/contrastive.yaml", "ddp")  # one evidence-reading rule on DDP in the default suite
+# All slow (about 100 s each on the shared 2-core machine): the default suite runs two processes
+# through tests/test_distributed.py (a DDP fit, updates equal to one process under DDP and FSDP).
 CASES = [
-    pytest.param(config, strategy, [], marks=() if (config, strategy) == _FAST else pytest.mark.slow)
-    for strategy in ("ddp", "fsdp")
-    for config in CONFIGS
+    pytest.param(config, strategy, [], marks=pytest.mark.slow) for strategy in ("ddp", "fsdp") for config in CONFIGS
 ]
 CASES += [  # the teacher and reference copies of a sharded policy
     pytest.param("credit/contrastive.yaml", "fsdp", ["--model.teacher_weights", "Base"], marks=pytest.mark.slow),
     pytest.param("credit/uniform.yaml", "fsdp", ["--model.kl_coef", "0.1"], marks=pytest.mark.slow),
     # a Live teacher runs the sharded policy, and only rank 0 has rows with another success
-    pytest.param("method/sdpo.yaml", "fsdp", ["--model.objective.init_args.teacher_weights", "cepo.teacher.Live"]),
+    pytest.param(
+        "method/sdpo.yaml",
+        "fsdp",
+        ["--model.objective.init_args.teacher_weights", "cepo.teacher.Live"],
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
