@@ -12,9 +12,6 @@ from cepo.cli import cli_main
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MAX_LINES = 150
-# Named by the README, written on another branch (data-console, issue 22 part 7); delete the
-# entry once that branch is merged.
-LANDS_WITH_OTHER_BRANCH = {"docs/python.md"}
 
 
 def tracked_top_level() -> set[str]:
@@ -48,9 +45,7 @@ def test_readme_is_at_most_150_lines():
 def test_every_path_the_readme_names_exists():
     names = named_paths(README.read_text(), tracked_top_level())
     assert {"configs/default.yaml", "docs/results.md", "scripts/run.sh", "CONTRIBUTING.md"} <= names  # the parser
-    missing = sorted(
-        n for n in names - LANDS_WITH_OTHER_BRANCH if not (any(ROOT.glob(n)) if "*" in n else (ROOT / n).exists())
-    )
+    missing = sorted(n for n in names if not (any(ROOT.glob(n)) if "*" in n else (ROOT / n).exists()))
     assert not missing, f"README.md names paths that do not exist: {missing}"
 
 
@@ -99,6 +94,6 @@ def test_relative_links_of_every_page_resolve():
             if not path or "://" in path or path.startswith("mailto:"):
                 continue
             resolved = (page.parent / path).resolve()
-            if not resolved.exists() and str(resolved.relative_to(ROOT)) not in LANDS_WITH_OTHER_BRANCH:
+            if not resolved.exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, broken
