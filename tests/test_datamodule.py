@@ -5,9 +5,15 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler
 
-from cepo.rollout.datamodule import EVAL_CALLS_START, ResumableSampler, RolloutDataModule
+from cepo.rollout.datamodule import EVAL_CALLS_START, RolloutDataModule
+from cepo.rollout.index_sampler import ResumableSampler
 from cepo.tasks import Arithmetic
 from tests.helpers import TextParity
+
+
+def sampler(dm: RolloutDataModule, n: int, **kw) -> ResumableSampler:
+    """The training sampler as ``dm.train_dataloader`` builds it (its epoch log, its batches served)."""
+    return ResumableSampler(n, dm.epoch_log, lambda: dm.served, None, **kw)
 
 
 def data(**kw) -> RolloutDataModule:
@@ -44,7 +50,7 @@ def test_too_few_training_prompts_for_one_step_is_refused():
 def test_a_fresh_epoch_is_ordered_as_a_shuffled_dataloader():
     """Drawn from the global random stream exactly as ``RandomSampler`` draws it."""
     torch.manual_seed(5)
-    ours = list(ResumableSampler(12, data()))
+    ours = list(sampler(data(), 12))
     torch.manual_seed(5)
     assert ours == list(RandomSampler(range(12)))
     assert sorted(ours) == list(range(12))
@@ -53,16 +59,16 @@ def test_a_fresh_epoch_is_ordered_as_a_shuffled_dataloader():
 def test_a_restored_epoch_continues_past_the_batches_served():
     dm = data()
     torch.manual_seed(1)
-    order = list(ResumableSampler(12, dm))
+    order = list(sampler(dm, 12))
     dm.served = 2  # two batches of 3 prompts trained on, then a checkpoint
     state = dm.state_dict()
     after = torch.rand(3)  # what the global stream gives after the checkpoint
     torch.manual_seed(99)  # a new process, another stream
     again = data()
     again.load_state_dict(state)
-    assert list(ResumableSampler(12, again)) == order[6:]  # the same epoch, past the 6 served prompts
+    assert list(sampler(again, 12)) == order[6:]  # the same epoch, past the 6 served prompts
     assert torch.equal(torch.rand(3), after)  # the global random stream restored too
-    assert list(ResumableSampler(12, again)) != order[6:]  # the next epoch is a new one
+    assert list(sampler(again, 12)) != order[6:]  # the next epoch is a new one
     assert again.state_dict()["epochs"][-1][1] == 2  # it starts after the 2 batches served
 
 
@@ -70,9 +76,9 @@ def test_processes_take_disjoint_prompts_of_one_order():
     shards = []
     for rank in (0, 1):
         torch.manual_seed(3)  # ranks share the seed (broadcast from rank 0 under DDP)
-        shards.append(list(ResumableSampler(11, data(), num_replicas=2, rank=rank)))
+        shards.append(list(sampler(data(), 11, num_replicas=2, rank=rank)))
     torch.manual_seed(3)
-    full = list(ResumableSampler(11, data()))
+    full = list(sampler(data(), 11))
     assert len(shards[0]) == len(shards[1]) == 5
     assert shards[0] == full[0:10:2] and shards[1] == full[1:10:2]  # the last 11 % 2 left out
     assert not set(shards[0]) & set(shards[1])
