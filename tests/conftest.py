@@ -9,6 +9,16 @@ torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    """Lets ``tests.helpers.run_cli`` check that a test starting subprocesses is marked ``e2e``."""
+    from tests import helpers
+
+    helpers.CURRENT_TEST = request.node
+    yield
+    helpers.CURRENT_TEST = None
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     from cepo.tiny import build_tiny

@@ -150,12 +150,24 @@ def fit_args(
     ]
 
 
+CURRENT_TEST = None
+"""The running test's pytest item (set by an autouse fixture in ``tests/conftest.py``)."""
+
+
+def require_e2e_marker() -> None:
+    """Fail the running test unless it is marked ``e2e``: ``-m "not e2e"`` must leave out every
+    test that starts subprocesses."""
+    if CURRENT_TEST is not None and CURRENT_TEST.get_closest_marker("e2e") is None:
+        raise AssertionError(f"{CURRENT_TEST.nodeid} runs cepo in a subprocess: mark it @pytest.mark.e2e")
+
+
 def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m cepo *args`` in a subprocess, from the repository root.
+    """``python -m cepo *args`` in a subprocess, from the repository root (tests marked ``e2e``).
 
     ``python -m`` puts the working directory on ``sys.path``, so ``tests.helpers.*`` class
     paths import and ``cepo`` is the checkout's. Outputs go where ``--run_root`` says.
     """
+    require_e2e_marker()
     return subprocess.run(
         [sys.executable, "-m", "cepo", *args],
         capture_output=True,

@@ -343,6 +343,7 @@ NOISE = re.compile(r"Warning|deprecated|LitLogger")
 LIGHTNING_START_UP = ("Seed set to", "GPU available:", "TPU available:", "`Trainer(limit_val_batches")
 
 
+@pytest.mark.e2e
 def test_a_default_fit_prints_no_warnings_or_advertisements(tmp_path, tiny_dir):
     """A short default ``cepo fit``: no line of stdout or stderr matches NOISE, none of Lightning's
     start-up lines is printed, and the progress bar counts steps ("Step ... 2/2", no "Epoch")."""
@@ -354,6 +355,7 @@ def test_a_default_fit_prints_no_warnings_or_advertisements(tmp_path, tiny_dir):
     assert "Step" in done.stdout and "2/2" in done.stdout and "Epoch" not in done.stdout, done.stdout
 
 
+@pytest.mark.e2e
 def test_bad_input_is_exactly_one_line_on_stderr(tmp_path):
     """The process's whole stderr is the one error line: no start-up line before it."""
     done = run_cli(["fit", "--config", DEFAULT, "--model.eps_low", "2", "--run_root", str(tmp_path)])

@@ -465,6 +465,7 @@ def test_trl_runner_reward_gives_cepos_verdicts(vs_trl):
     assert reward(["= 19", [{"role": "assistant", "content": "\\boxed{19}"}], "18"], ["19", "19", "19"]) == [1, 1, 0]
 
 
+@pytest.mark.e2e
 @needs_trl
 def test_trl_runner_trains_and_saves_a_folder_cepo_loads(vs_trl, tiny_dir, tmp_path):
     """TRL's side end to end in .venv-trl: two GRPO steps on the tiny model, per-step wall times,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cepo.credit import Contrastive, CreditInputs, EvidenceRatio, Uniform
+from cepo.credit import Contrastive, CreditInputs, EvidenceRatio, HighEntropy, Redistributed, Uniform
 
 INF = float("inf")
 
@@ -66,14 +66,20 @@ def test_direction_anchoring(rule, clip, beta):
     assert torch.equal(out[~inp.mask], torch.zeros_like(out[~inp.mask]))
 
 
-@pytest.mark.parametrize("rule", [Uniform(), EvidenceRatio(), Contrastive()])
+@pytest.mark.parametrize("rule", [Uniform(), EvidenceRatio(), Contrastive(), HighEntropy(), Redistributed()], ids=repr)
 def test_no_grad_through_teachers(rule):
+    """Training calls ``assign`` (``cepo/module.py``), not the no-grad ``__call__``, so the rule
+    itself must return detached tensors (``CreditOutput``): no gradient may reach the teachers or
+    the evidence, even when an input still carries a graph."""
     inp = _random_inputs()
-    for name in ("advantages", "student_logprobs", "pos_logprobs", "neg_logprobs"):
+    inp.entropy = torch.rand(inp.mask.shape, generator=torch.Generator().manual_seed(1))
+    for name in ("advantages", "student_logprobs", "pos_logprobs", "neg_logprobs", "entropy"):
         getattr(inp, name).requires_grad_(True)
-    out = rule(inp)
-    assert not out.requires_grad
-    assert out.grad_fn is None
+    out = rule.assign(inp)
+    assert out.token_advantages[inp.mask].ne(0).any()  # a real output, not an empty one
+    for name in ("token_advantages", "weight", "delta"):
+        value = getattr(out, name)
+        assert value is None or (not value.requires_grad and value.grad_fn is None), name
 
 
 @pytest.mark.parametrize("rule", [EvidenceRatio, Contrastive])

@@ -4,6 +4,8 @@ seed does not. Times are the only logged values allowed to differ."""
 import csv
 import json
 
+import pytest
+
 from tests.helpers import fit_args, run_cli
 
 
@@ -13,6 +15,7 @@ def logged(run_dir):
     return [(r["step"], k, v) for r in rows for k, v in r.items() if v != "" and not k.startswith("time/")]
 
 
+@pytest.mark.e2e
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, tiny_dir):
     extra = ["--data.task", "tests.helpers.TextParity", "--export_hf", "false", "--trainer.val_check_interval", "2"]
     runs = {}

@@ -26,6 +26,7 @@ def _wheel_names() -> set[str]:
     return {_normal(line.split("==")[0].strip()) for line in block}
 
 
+@pytest.mark.e2e
 def test_cpu_smoke_runs_every_section(tmp_path):
     """The whole script at tiny sizes on CPU: every section ran, every result is there, nothing failed."""
     env = dict(os.environ, CEPO_NUM_THREADS="1")
@@ -78,6 +79,7 @@ OPTIONAL = {
 }
 
 
+@pytest.mark.e2e
 def test_imports_only_what_the_gpu_machine_has():
     """Every distribution gpu_check's modules import is on the GPU machine's list, among the carried
     wheels, or a requirement of a distribution on that list (which its own install brings); no vLLM."""

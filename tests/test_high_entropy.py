@@ -1,5 +1,7 @@
 """HighEntropy credit: hand-computed threshold, GRPO on kept tokens, and a run from its YAML."""
 
+import csv
+
 import pytest
 import torch
 
@@ -51,7 +53,8 @@ def test_bad_fraction_is_refused(bad):
 
 
 def test_fit_from_yaml(tmp_path, tiny_dir):
-    """The rule runs end to end from configs/credit/high_entropy.yaml; it needs no teacher pass."""
+    """The rule runs end to end from configs/credit/high_entropy.yaml: it reads the policy's
+    entropy, no teacher, and keeps GRPO's advantage on about the top 20% of credited tokens."""
     args = [
         "fit",
         *fit_args(
@@ -60,6 +63,18 @@ def test_fit_from_yaml(tmp_path, tiny_dir):
     ]
     cli = cli_main(args)
     assert type(cli.model.credit).__name__ == "HighEntropy" and cli.model.credit.top_fraction == 0.2
-    header = (tmp_path / "he" / "v" / "metrics.csv").read_text().splitlines()[0]
-    assert "train/beta" not in header.split(",")  # no mixing coefficient, no beta schedule
-    assert "credit/correct/weight_mean" in header.split(",")  # the token-weight logger showed it
+    rows = list(csv.DictReader((tmp_path / "he" / "v" / "metrics.csv").open()))
+    assert "train/beta" not in rows[0]  # no mixing coefficient, no beta schedule
+    # the token-weight logger's share of kept tokens (weight 1) among the responses, every step
+    kept = [
+        float(r[f"credit/{side}/weight_mean"])
+        for r in rows
+        for side in ("correct", "wrong")
+        if r.get(f"credit/{side}/weight_mean")
+    ]
+    assert len(kept) == 4 and all(0.15 <= k <= 0.25 for k in kept), kept
+    last = cli.model.last_credit  # the last training step's evidence and credit
+    assert last.inputs.entropy is not None and last.inputs.pos_logprobs is None and last.inputs.neg_logprobs is None
+    credited = last.inputs.mask & (last.inputs.advantages != 0)[:, None]
+    share = (last.output.token_advantages[credited] != 0).float().mean()
+    assert 0.2 <= float(share) <= 0.25  # the top 20% by entropy (ties may add a few)

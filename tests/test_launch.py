@@ -165,6 +165,7 @@ def test_submitit_local_gives_the_local_launchers_results(tmp_path, tiny_dir, ca
     assert meta["launcher"] == "submitit-local" and meta["status"] == "ok" and meta["job_id"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_preempted_point_is_requeued_and_resumes_from_its_checkpoint(tmp_path, tiny_dir):
     """The point's submitit task gets the preemption notice (USR2) after the first checkpoint:

@@ -54,20 +54,25 @@ def run(tmp_path, tiny_dir, name, *overlays, extra=(), timeout=300):
     return run_cli(["fit", *args], timeout), tmp_path / name / "v"
 
 
-_FAST = ("credit/contrastive.yaml", "ddp")  # one evidence-reading rule on DDP in the default suite
+# All slow (about 100 s each on the shared 2-core machine): the default suite runs two processes
+# through tests/test_distributed.py (a DDP fit, updates equal to one process under DDP and FSDP).
 CASES = [
-    pytest.param(config, strategy, [], marks=() if (config, strategy) == _FAST else pytest.mark.slow)
-    for strategy in ("ddp", "fsdp")
-    for config in CONFIGS
+    pytest.param(config, strategy, [], marks=pytest.mark.slow) for strategy in ("ddp", "fsdp") for config in CONFIGS
 ]
 CASES += [  # the teacher and reference copies of a sharded policy
     pytest.param("credit/contrastive.yaml", "fsdp", ["--model.teacher_weights", "Base"], marks=pytest.mark.slow),
     pytest.param("credit/uniform.yaml", "fsdp", ["--model.kl_coef", "0.1"], marks=pytest.mark.slow),
     # a Live teacher runs the sharded policy, and only rank 0 has rows with another success
-    pytest.param("method/sdpo.yaml", "fsdp", ["--model.objective.init_args.teacher_weights", "cepo.teacher.Live"]),
+    pytest.param(
+        "method/sdpo.yaml",
+        "fsdp",
+        ["--model.objective.init_args.teacher_weights", "cepo.teacher.Live"],
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("config, strategy, extra", CASES)
 def test_every_method_runs_on_two_processes(tmp_path, tiny_dir, config, strategy, extra):
     """The run finishes its 4 steps and both validations; every training metric the one-process
@@ -90,6 +95,7 @@ def test_every_method_runs_on_two_processes(tmp_path, tiny_dir, config, strategy
             assert math.isfinite(float(r[k])), (r["step"], k, r[k])
 
 
+@pytest.mark.e2e
 def test_a_rank_that_never_arrives_ends_in_one_line_within_the_timeout(tmp_path, tiny_dir):
     """Rank 0 enters a collective that rank 1 skips (rank 1 then stays busy): with
     ``--dist_timeout 10`` the run stops with one line naming the stage and exit code 2, and the
@@ -106,6 +112,7 @@ def test_a_rank_that_never_arrives_ends_in_one_line_within_the_timeout(tmp_path,
     assert elapsed < 120, elapsed  # start-up, two steps and the 10 s timeout; rank 1 sleeps 600 s
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_mismatch_stop_stops_every_process_before_the_update(tmp_path, tiny_dir):
     """Only rank 1 sees an engine/trainer gap above ``model.mismatch_stop`` (at step 2): the
@@ -120,6 +127,7 @@ def test_mismatch_stop_stops_every_process_before_the_update(tmp_path, tiny_dir)
     assert summary["rl_steps"] == 2 and summary["optimizer_steps"] == 1, summary
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["credit/uniform.yaml", "credit/contrastive.yaml"], ids=["grpo", "cepo"])
 def test_two_process_run_killed_in_a_validation_resumes_exactly(tmp_path, tiny_dir, config, monkeypatch):

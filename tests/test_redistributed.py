@@ -1,5 +1,6 @@
 """Redistributed credit: hand-computed weights, GRPO's total per rollout, and a run from its YAML."""
 
+import csv
 import math
 
 import torch
@@ -51,9 +52,24 @@ def test_equal_teachers_are_grpo():
 
 
 def test_fit_from_yaml(tmp_path, tiny_dir):
-    """Runs end to end from configs/credit/redistributed.yaml: teacher passes with no beta."""
+    """Runs end to end from configs/credit/redistributed.yaml: teacher passes with no beta, the
+    weights average 1 over the responses, and each rollout keeps GRPO's total credit."""
     extra = ["--data.task", "tests.helpers.TextParity"]
     cli = cli_main(["fit", *fit_args(tiny_dir, tmp_path, "rd", "credit/redistributed.yaml", extra=extra)])
     assert type(cli.model.credit).__name__ == "Redistributed"
-    header = (tmp_path / "rd" / "v" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert "train/beta" not in header and "credit/correct/delta_mean" in header
+    rows = list(csv.DictReader((tmp_path / "rd" / "v" / "metrics.csv").open()))
+    assert "train/beta" not in rows[0]
+    deltas = [float(r["credit/correct/abs_delta_mean"]) for r in rows if r.get("credit/correct/abs_delta_mean")]
+    assert len(deltas) == 2 and all(d > 0 for d in deltas)  # the teachers disagreed somewhere
+    means = [
+        float(r[f"credit/{side}/weight_mean"])
+        for r in rows
+        for side in ("correct", "wrong")
+        if r.get(f"credit/{side}/weight_mean")
+    ]
+    assert len(means) == 4 and all(abs(m - 1.0) < 1e-5 for m in means), means
+    last = cli.model.last_credit  # the last training step's evidence and credit
+    assert last.inputs.pos_logprobs is not None and last.inputs.neg_logprobs is not None
+    totals = last.output.token_advantages.sum(1)  # [N]
+    assert torch.allclose(totals, last.inputs.advantages * last.inputs.mask.sum(1), atol=1e-5)
+    assert not torch.equal(last.output.token_advantages, last.inputs.advantages[:, None] * last.inputs.mask)

@@ -4,6 +4,7 @@ the evidence rule's formula on Delta = log P_ref - log P_S."""
 
 import math
 
+import pytest
 import torch
 
 from cepo.credit.base import CreditInputs
@@ -26,6 +27,7 @@ def test_weights_by_hand():
     assert ReferenceGap(beta=0.0).needs() == frozenset()
 
 
+@pytest.mark.e2e
 def test_reference_gap_trains_from_its_config(tmp_path, tiny_dir):
     """A short fit with the rule: the module keeps the initial policy for its evidence (no KL
     term). At step 1 the LoRA policy is the initial one (Delta = 0 exactly); after updates the

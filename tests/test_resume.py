@@ -50,7 +50,7 @@ KILLS = [
     pytest.param((), [], "SIGKILL", "validation", 4, id="grpo-sigkill-in-validation"),
     pytest.param((), [], "SIGKILL", "train", 4, id="grpo-sigkill-after-validation", marks=pytest.mark.slow),
     pytest.param((), [], "SIGTERM", "train", 3, id="grpo-sigterm-validation-due"),
-    pytest.param(("credit/contrastive.yaml",), [], "SIGKILL", "validation", 4, id="cepo-sigkill-in-validation"),
+    pytest.param(CEPO, [], "SIGKILL", "validation", 4, id="cepo-sigkill-in-validation", marks=pytest.mark.slow),
     pytest.param(("sampling/dapo.yaml",), [], "SIGKILL", "train", 4, id="grpo-dapo-sigkill", marks=pytest.mark.slow),
     pytest.param(CEPO, EMA, "SIGKILL", "train", 4, id="cepo-ema-sigkill", marks=pytest.mark.slow),
     pytest.param(CEPO, EMA, "SIGTERM", "train", 3, id="cepo-ema-sigterm", marks=pytest.mark.slow),
@@ -58,8 +58,27 @@ KILLS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_dir):
+    """``run(overlays, args)``: the uninterrupted run of one config, run once in this module and
+    shared by every kill of that config (the run does not depend on where the others are killed)."""
+    done = {}
+
+    def run(overlays, args):
+        key = (tuple(overlays), tuple(args))
+        if key not in done:
+            root = tmp_path_factory.mktemp("whole")
+            whole = run_cli(["fit", *fit_args(tiny_dir, root, "whole", *overlays, steps=STEPS, extra=args)])
+            assert whole.returncode == 0, whole.stderr[-3000:]
+            done[key] = root / "whole" / "v"
+        return done[key]
+
+    return run
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("overlays, extra, kill, where, at", KILLS)
-def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, where, at, monkeypatch):
+def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, where, at, monkeypatch, uninterrupted):
     """A run killed after any checkpoint, including one written before the validation of its step,
     resumes with every training metric, validation row and sample file equal to the uninterrupted
     run's, and with every validation that was due run exactly once. SIGKILL resumes from the
@@ -80,8 +99,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, w
     def args(name, *more):
         return ["fit", *fit_args(tiny_dir, tmp_path, name, *overlays, steps=STEPS, extra=[*common, *more])]
 
-    whole = run_cli(args("whole"))
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    whole_dir = uninterrupted(overlays, common)
     monkeypatch.setenv("CEPO_TEST_KILL_AT", str(at))
     monkeypatch.setenv("CEPO_TEST_KILL_IN", where)
     monkeypatch.setenv("CEPO_TEST_KILL", kill)
@@ -100,7 +118,6 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, w
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     if kill == "SIGTERM":
         assert f"--ckpt_path last: {ckpt}" in resumed.stdout
-    whole_dir = tmp_path / "whole" / "v"
     summaries = [json.loads((d / "summary.json").read_text()) for d in (whole_dir, cut)]
     assert summaries[1]["base"] == summaries[0]["base"] is not None  # the base evaluation survives the resume
     assert summaries[1]["final"] == summaries[0]["final"]
@@ -161,6 +178,7 @@ def test_ckpt_path_last_finds_the_newest_checkpoint(tmp_path):
     assert last_checkpoint(tmp_path) == new_step
 
 
+@pytest.mark.e2e
 def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
     """A requeued job may resume a run whose last checkpoint is at max_steps: nothing trains, and
     metrics.csv must still hold every step (the rows come back before training would start)."""
@@ -173,6 +191,7 @@ def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
     assert sorted(before) == ["0", "1"] and metrics(tmp_path / "done" / "v") == before
 
 
+@pytest.mark.e2e
 def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
     """A validation every 2 steps, or none at all: the training metrics of every step are the same
     (evaluations draw from their own engine counter and a forked random stream)."""
@@ -186,6 +205,7 @@ def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
     assert_same(runs["often"], runs["never"])
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_sweep_point_killed_in_a_validation_resumes_exactly_on_the_rerun(tmp_path, tiny_dir, monkeypatch):
     """A sweep point killed when the validation of its step-4 checkpoint starts is resumed by the

@@ -221,6 +221,7 @@ def covering_points(points):
     return keep
 
 
+@pytest.mark.e2e
 def test_shipped_grids_validate():
     """One validation subprocess over points covering every value of every shipped grid."""
     jobs = {}
@@ -446,6 +447,7 @@ def write_grid(path: Path, axes: dict, model_path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_invalid_point_stops_the_sweep_before_anything_runs(tmp_path, tiny_dir, monkeypatch):
     grid = write_grid(tmp_path / "bad.yaml", {"data.group_size": [1, 4]}, tiny_dir)
 
@@ -461,6 +463,7 @@ def test_invalid_point_stops_the_sweep_before_anything_runs(tmp_path, tiny_dir, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_tiny_2x2_grid_runs_then_skips(tmp_path, tiny_dir, monkeypatch, capsys):
     axes = {"model.credit.init_args.clip": [0.2, 0.5], "model.credit.init_args.beta": [0.25, 0.5]}
     grid = write_grid(tmp_path / "clip_beta.yaml", axes, tiny_dir)

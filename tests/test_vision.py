@@ -235,6 +235,7 @@ def test_each_prompt_is_encoded_once_per_pass(vl, monkeypatch):
 CHAT = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "family",
     ["qwen2_vl", pytest.param("qwen2_5_vl", marks=pytest.mark.slow), pytest.param("qwen3_vl", marks=pytest.mark.slow)],

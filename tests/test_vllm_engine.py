@@ -134,6 +134,7 @@ def test_failed_sync_is_detected(setup, monkeypatch, sabotage):
     engine.sync_weights(policy, 12)  # leave the shared engine on the plain model
 
 
+@pytest.mark.e2e
 def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     """`cepo fit` with VLLMEngine, in a subprocess (its own vLLM engine)."""
     # rewards that vary within a group, so every step trains rows and the weights really move
@@ -147,6 +148,7 @@ def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
     assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
 
 
+@pytest.mark.e2e
 def test_fit_stops_when_the_engine_keeps_stale_weights(tmp_path, tiny_dir):
     """`cepo fit` with a vLLM engine whose weight pushes do nothing: the probe after the first
     optimizer step raises, and training stops with the stale-weights error."""

@@ -46,7 +46,7 @@ class HighEntropy(CreditAssigner):
         return CreditOutput(
             torch.where(keep, token_adv, torch.zeros_like(token_adv)),
             weight=torch.where(inputs.mask, weight, torch.ones_like(weight)),
-            delta=inputs.entropy,
+            delta=inputs.entropy.detach(),
             legend=legend,
             weight_range=(0.0, 1.0),
         )

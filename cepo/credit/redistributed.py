@@ -36,7 +36,7 @@ class Redistributed(CreditAssigner):
         mask = inputs.mask
         adv = inputs.advantages.detach().float()[:, None]  # [N, 1]
         zeros = torch.zeros(mask.shape, device=mask.device)
-        delta = torch.where(mask, (inputs.pos_logprobs - inputs.neg_logprobs).float(), zeros)
+        delta = torch.where(mask, (inputs.pos_logprobs - inputs.neg_logprobs).detach().float(), zeros)
         raw = torch.exp(torch.sign(adv) * delta)  # [N, T]
         lo, hi = max(1.0 - self.clip, 0.0), 1.0 + self.clip
         weight = torch.where(mask, raw.clamp(min=lo, max=hi), zeros)
