@@ -1,4 +1,4 @@
-"""In-process ``GRPOModule`` fits for ``benchmarks/gpu_check.py``: real rollout steps, replayed batches,
+"""In-process ``RLModule`` fits for ``benchmarks/gpu_check.py``: real rollout steps, replayed batches,
 hand-made batches, and what each step measured.
 
 A real step is Lightning's ``fit`` with the transformers engine, as ``cepo fit`` runs it; a replayed
@@ -18,15 +18,15 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.rollout.batch import RolloutBatch, pack
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.engine import SamplingConfig
 
 
 def share_prompts_available() -> bool:
-    """Whether this cepo's ``GRPOModule`` takes ``share_prompts`` (the shared-prefix training pass)."""
-    return "share_prompts" in inspect.signature(GRPOModule.__init__).parameters
+    """Whether this cepo's ``RLModule`` takes ``share_prompts`` (the shared-prefix training pass)."""
+    return "share_prompts" in inspect.signature(RLModule.__init__).parameters
 
 
 def sync(device: torch.device) -> None:
@@ -120,11 +120,11 @@ class Replay(RolloutDataModule):
         return dataclasses.replace(out, **fields)
 
 
-def module(model_dir: Path, credit=None, *, lr: float = 1e-6, **kw) -> GRPOModule:
-    """The paper's optimizer (AdamW, weight decay 0.01, constant lr) and ``kw`` as ``GRPOModule`` args;
+def module(model_dir: Path, credit=None, *, lr: float = 1e-6, **kw) -> RLModule:
+    """The paper's optimizer (AdamW, weight decay 0.01, constant lr) and ``kw`` as ``RLModule`` args;
     seeded, so that every variant starts from the same LoRA initialisation."""
     L.seed_everything(0, verbose=False)
-    return GRPOModule(
+    return RLModule(
         model_path=str(model_dir),
         credit=credit,
         optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.01),
@@ -132,7 +132,7 @@ def module(model_dir: Path, credit=None, *, lr: float = 1e-6, **kw) -> GRPOModul
     )
 
 
-def fit(mod: GRPOModule, data: RolloutDataModule, steps: int, accelerator: str, callbacks=(), **trainer_kw):
+def fit(mod: RLModule, data: RolloutDataModule, steps: int, accelerator: str, callbacks=(), **trainer_kw):
     """``steps`` rollout steps of ``mod`` on ``data``, no logger, checkpoint or validation."""
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(

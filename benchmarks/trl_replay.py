@@ -3,10 +3,10 @@
 ``benchmarks/trl_runner.py`` with ``record`` saves every generation batch TRL's ``GRPOTrainer``
 trained on (``<out>/batches.pt``: prompt and completion ids and masks, rewards, TRL's advantages).
 This script starts from the same model folder and feeds those batches, in order, to cepo's own
-update (``GRPOModule._update``: group advantages from the rewards, the uniform credit, the
+update (``RLModule._update``: group advantages from the rewards, the uniform credit, the
 clipped surrogate with the token-mean normaliser over the batch, micro-batches grouped by
 length, zero-advantage rows skipped), then clips the gradient and steps AdamW as
-``GRPOModule._step`` does. The sampling and the data order are TRL's; the update is cepo's. The
+``RLModule._step`` does. The sampling and the data order are TRL's; the update is cepo's. The
 final weights are compared with TRL's final model and saved as a Hugging Face folder, which
 ``vs_trl.py --replay`` scores with the same evaluator as both runs: if the accuracy matches TRL's,
 the two frameworks' updates agree and a gap between the runs comes from the rollouts.
@@ -40,16 +40,16 @@ def replay(
     micro_batch: int = 64,
     decay_groups: bool = False,
 ):
-    """A :class:`~cepo.module.GRPOModule` trained on ``batches``; its per-update gradient norms.
+    """A :class:`~cepo.module.RLModule` trained on ``batches``; its per-update gradient norms.
 
     ``decay_groups``: no weight decay on biases and norm weights (transformers' ``Trainer``);
     False decays every weight, as cepo's optimizer does.
     """
     from cepo.advantages import group_advantages
-    from cepo.module import GRPOModule
+    from cepo.module import RLModule
     from cepo.rollout.batch import RolloutBatch, pack
 
-    module = GRPOModule(
+    module = RLModule(
         model_path=model_path, lora="off", c_dual=None, micro_batch_size=micro_batch, eps_low=eps_low, eps_high=eps_high
     )
     module.configure_model()

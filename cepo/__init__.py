@@ -1,7 +1,7 @@
 """cepo: token-level credit assignment for RL with verifiable rewards, on PyTorch Lightning.
 
 Entry points: ``cepo fit|validate|warmup|sweep`` (``cepo.__main__``); the LightningModule
-``cepo.module.GRPOModule``; the DataModule ``cepo.rollout.datamodule.RolloutDataModule``; credit
+``cepo.module.RLModule``; the DataModule ``cepo.rollout.datamodule.RolloutDataModule``; credit
 rules in ``cepo.credit``.
 """
 

@@ -113,7 +113,7 @@ def run(argv: list[str] | None = None) -> None:
     # Checkpoints are taken after the step's optimizer updates, which is what cepo wants.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     # Held-out metrics are reduced across processes by torchmetrics' compute() before they are
-    # logged (GRPOModule.on_validation_epoch_end): Lightning's advice to add sync_dist does not apply.
+    # logged (RLModule.on_validation_epoch_end): Lightning's advice to add sync_dist does not apply.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     # Lightning's own _pytree helper builds torch's deprecated LeafSpec on every batch transfer;
     # nothing cepo can change (fixed upstream by Lightning), so the FutureWarning says nothing to a user.

@@ -29,7 +29,7 @@ from cepo.callbacks import (
     TokenWeightLogger,
 )
 from cepo.callbacks.trackers import SaveConfigToTrackers, TrackerUploads
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.progress import count_steps
 from cepo.rollout.datamodule import RolloutDataModule
 
@@ -307,7 +307,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CepoCLI:
     if not run and args and args[0] in ("fit", "validate"):
         args = args[1:]
     return CepoCLI(
-        GRPOModule,
+        RLModule,
         RolloutDataModule,
         args=args,
         run=run,

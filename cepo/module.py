@@ -1,4 +1,9 @@
-"""``GRPOModule``: the policy, the credit rule and the clipped surrogate, as a LightningModule.
+"""``RLModule``: the policy and its rollout step (``cepo.step``), as a LightningModule.
+
+It runs every method: GRPO and the token-level credit rules, the self-distillation objectives
+(with or without a policy gradient) and CIPO's corrections. Its step is
+:class:`~cepo.step.RolloutStep` (plain torch); here it gets Lightning's backward, optimizer and
+scheduler, checkpoints and logging.
 
 One training step is one rollout batch (from :class:`~cepo.rollout.datamodule.RolloutDataModule`):
 
@@ -10,7 +15,7 @@ One training step is one rollout batch (from :class:`~cepo.rollout.datamodule.Ro
 
 Optimization is manual because one rollout batch feeds several optimizer updates and the
 token-mean normaliser must span the whole mini-batch. ``trainer.global_step`` therefore
-counts optimizer updates; :attr:`GRPOModule.rl_step` counts rollout batches.
+counts optimizer updates; :attr:`RLModule.rl_step` counts rollout batches.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 
 
-class GRPOModule(L.LightningModule):
+class RLModule(L.LightningModule):
     """Policy-gradient training with pluggable token-level credit assignment.
 
     Args:
@@ -351,3 +356,7 @@ class GRPOModule(L.LightningModule):
             log_step(self.trainer, metrics, self.rl_step, step=self.rl_step)
             self.validated_at = self.rl_step
         self.val_metrics.reset()
+
+
+GRPOModule = RLModule
+"""The module's name until 2026-12 (it always ran every method), kept for existing scripts."""

@@ -230,7 +230,7 @@ def log_step(trainer, metrics: dict, rl_step: int, step: int | None = None) -> N
 
 
 def log_rollout_step(module, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
-    """Log a :class:`~cepo.module.GRPOModule` rollout step: its metrics to every logger
+    """Log a :class:`~cepo.module.RLModule` rollout step: its metrics to every logger
     (:func:`log_step`), and reward and accuracy to the progress bar."""
     beta = module.credit.beta if isinstance(module.credit, MixedCredit) else None
     lr = module.optimizers().param_groups[0]["lr"]

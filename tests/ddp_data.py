@@ -17,7 +17,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.engine import SamplingConfig
 from tests.helpers import TextParity, trainer
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     model_dir, out = argv
     torch.set_num_threads(1)
     L.seed_everything(0)
-    module = GRPOModule(model_path=model_dir, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    module = RLModule(model_path=model_dir, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
     data = RolloutDataModule(
         task=TextParity(train_size=8, val_size=4, test_size=4),
         prompts_per_step=2,

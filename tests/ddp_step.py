@@ -1,4 +1,4 @@
-"""One optimizer update of :class:`GRPOModule` on hand-made rollout batches, on one process or
+"""One optimizer update of :class:`RLModule` on hand-made rollout batches, on one process or
 as one rank of a 2-process DDP or FSDP2 (gloo) run; used by ``tests/test_distributed.py``.
 
 A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied] [MAX_TOKENS]``
@@ -17,7 +17,7 @@ import torch
 
 from cepo import parallel
 from cepo.credit import Contrastive, EvidenceRatio, HighEntropy, Redistributed, Uniform
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from tests.helpers import FixedBatches, make_batch, trainer
 
 GROUP = 4
@@ -108,7 +108,7 @@ def one_update(
     run once per micro-batch with ``share_prompts``, as by default); returns the policy's
     state after it (gathered whole under FSDP) and the number of gradient-carrying forward passes."""
     L.seed_everything(0)
-    module = GRPOModule(
+    module = RLModule(
         model_path=model_dir,
         credit=CREDITS[credit](),
         optimizer=lambda p: torch.optim.SGD(p, lr=1.0),

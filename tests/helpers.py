@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.objectives import CIPO
 from cepo.rollout.batch import RolloutBatch, pack
 from cepo.rollout.datamodule import RolloutDataModule
@@ -220,7 +220,7 @@ def one_sgd_step(tmp_path, tiny_dir, task=None, prompts=2, group_size=4, callbac
     Returns the policy's state dict after the step, and the module.
     """
     L.seed_everything(0)
-    module = GRPOModule(
+    module = RLModule(
         model_path=str(tiny_dir), optimizer=lambda p: torch.optim.SGD(p, lr=1.0), grad_clip=None, **module_kw
     )
     data = RolloutDataModule(

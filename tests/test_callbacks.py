@@ -10,7 +10,7 @@ from cepo.callbacks import BetaSchedule
 from cepo.callbacks.beta_schedule import beta_at
 from cepo.credit import MixedCredit, Uniform
 from cepo.credit.base import uniform_output
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from tests.helpers import small_data, trainer
 
 
@@ -72,7 +72,7 @@ class NotMixed(Uniform):
 def fit(tmp_path, tiny_dir, beta, schedule, steps, ckpt_path=None):
     L.seed_everything(0)
     credit = BetaRecorder(beta)
-    module = GRPOModule(model_path=str(tiny_dir), credit=credit)
+    module = RLModule(model_path=str(tiny_dir), credit=credit)
     tr = trainer(tmp_path, steps=steps, callbacks=[schedule])
     tr.fit(module, datamodule=small_data(), ckpt_path=ckpt_path)
     return tr, module, credit
@@ -90,7 +90,7 @@ def test_callback_sets_beta_every_step_and_restores_it(tmp_path, tiny_dir, kind,
 
 def test_rules_without_a_mixing_coefficient_are_left_alone(tmp_path, tiny_dir):
     L.seed_everything(0)
-    module = GRPOModule(model_path=str(tiny_dir), credit=NotMixed())
+    module = RLModule(model_path=str(tiny_dir), credit=NotMixed())
     trainer(tmp_path, steps=3, callbacks=[BetaSchedule("linear", decay_steps=2)]).fit(module, datamodule=small_data())
     assert module.credit.seen == [0.7, 0.7, 0.7]
 

@@ -262,9 +262,9 @@ def test_fsdp1_strategy_is_refused_by_name(tiny_dir):
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from cepo.module import GRPOModule
+    from cepo.module import RLModule
 
-    module = GRPOModule(model_path=str(tiny_dir))
+    module = RLModule(model_path=str(tiny_dir))
     module._trainer = types.SimpleNamespace(strategy=FSDPStrategy())
     with pytest.raises(ValueError, match="trainer.strategy: FSDPStrategy .FSDP1. is unsupported"):
         module.configure_model()

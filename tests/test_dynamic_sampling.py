@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.rollout.batch import gather_groups
 from cepo.rollout.dynamic import DynamicSampling, dynamic_batch, round_size
 from cepo.rollout.stream import PromptStream
@@ -116,7 +116,7 @@ def test_prompt_stream_reads_each_epoch_once_and_resumes():
 
 def test_fit_trains_on_groups_with_differing_rewards(tmp_path, tiny_dir):
     L.seed_everything(0)
-    module = GRPOModule(model_path=str(tiny_dir))
+    module = RLModule(model_path=str(tiny_dir))
     data = small_data(dynamic_sampling=DynamicSampling(max_rounds=4))
     seen = []
 

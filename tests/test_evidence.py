@@ -12,7 +12,7 @@ from cepo import evidence
 from cepo.credit import ENTROPY, EVIDENCE, NEG, POS, STUDENT, CreditAssigner, CreditInputs
 from cepo.credit.base import uniform_output
 from cepo.evidence import gather
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.policy import PolicyRef
 from cepo.scoring import Scorer
 from cepo.teacher import Live, TeacherContexts
@@ -33,7 +33,7 @@ class ReadsSomethingNew(CreditAssigner):
 
 def test_an_unknown_evidence_name_is_an_error_naming_it():
     with pytest.raises(ValueError, match=r"model\.credit \(ReadsSomethingNew\) reads unknown evidence 'tea_leaves'"):
-        GRPOModule(credit=ReadsSomethingNew())
+        RLModule(credit=ReadsSomethingNew())
     with pytest.raises(ValueError, match="unknown evidence 'tea_leaves'"):
         evidence.gather(frozenset({"tea_leaves"}), *([None] * 6))
 
@@ -45,7 +45,7 @@ def test_a_registered_provider_is_found_and_its_resources_are_kept():
 
     try:
         evidence.register(TeaLeaves(names=("tea_leaves",), resources=frozenset({"reference"})))
-        GRPOModule(credit=ReadsSomethingNew())  # no error now
+        RLModule(credit=ReadsSomethingNew())  # no error now
         assert evidence.resources({"tea_leaves", "student"}) == {"reference"}
         with pytest.raises(ValueError, match="provided twice"):
             evidence.register(evidence.PROVIDERS["pos"].__class__(names=("tea_leaves",)))

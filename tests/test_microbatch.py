@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cepo.credit import Contrastive, Uniform
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.scoring import microbatch
 from tests.helpers import TextParity, one_sgd_step
 
@@ -80,7 +80,7 @@ def test_skipping_and_grouping_rows_leaves_the_step_unchanged(tmp_path, tiny_dir
     assert 0 < constant < groups.shape[0]  # the batch had rows to skip and rows to train
     assert rows_plain == batch.num_rollouts
     assert rows_planned == batch.num_rollouts - constant * batch.group_size
-    initial = GRPOModule(model_path=str(tiny_dir))
+    initial = RLModule(model_path=str(tiny_dir))
     initial.configure_model()
     moved = max(float((plain[k] - initial.policy.state_dict()[k]).abs().max()) for k in plain)
     assert moved > 1e-4  # the step did something
@@ -112,7 +112,7 @@ def test_plan_by_token_budget_by_hand():
 
 def test_token_budget_is_validated():
     with pytest.raises(ValueError, match=r"model\.max_tokens_per_micro_batch must be >= 1 \(or null\), got 0"):
-        GRPOModule(max_tokens_per_micro_batch=0)
+        RLModule(max_tokens_per_micro_batch=0)
 
 
 def test_no_grad_passes_by_token_budget(tiny_model):
@@ -172,7 +172,7 @@ def test_token_budget_leaves_the_step_unchanged(tmp_path, tiny_dir):
     rows = passes["plain"][0][0]
     assert [n for n, _ in passes["one"]] == [1] * rows
     assert 1 < len(passes["budget"]) < rows and all(n == 1 or n * w <= budget for n, w in passes["budget"])
-    initial = GRPOModule(model_path=str(tiny_dir))
+    initial = RLModule(model_path=str(tiny_dir))
     initial.configure_model()
     assert max(float((plain[k] - initial.policy.state_dict()[k]).abs().max()) for k in plain) > 1e-4
     shared, _ = one_sgd_step(tmp_path / "shared", tiny_dir, **{**kw, "share_prompts": True})

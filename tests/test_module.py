@@ -1,4 +1,4 @@
-"""GRPOModule options checked against hand computations: the KL penalty to the reference (LoRA
+"""RLModule options checked against hand computations: the KL penalty to the reference (LoRA
 adapter disabled, or a frozen copy), truncated importance sampling (tis_cap), the engine/trainer
 mismatch guard, and the LoRA-merged Hugging Face export."""
 
@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cepo.cli import cli_main
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.rollout.datamodule import RolloutDataModule
 from tests.helpers import AllWrong, TextParity, fit_args, one_sgd_step, plain_logprobs, row_logprobs, trainer
 
@@ -47,7 +47,7 @@ class Record(L.Callback):
 
 def fit(tmp_path, tiny_dir, task, steps, callbacks, lr=0.5, **module_kw):
     L.seed_everything(0)
-    module = GRPOModule(
+    module = RLModule(
         model_path=str(tiny_dir), optimizer=lambda p: torch.optim.SGD(p, lr=lr), grad_clip=None, **module_kw
     )
     data = RolloutDataModule(task=task, prompts_per_step=2, group_size=4, eval_size=4, eval_k=0)
@@ -272,7 +272,7 @@ def test_a_step_logs_only_what_it_measured(tmp_path, tiny_dir):
         rewards = [1.0, 0.0, 1.0, 0.0] if step == 0 else [0.0, 0.0, 0.0, 0.0]
         return make_batch(tok, ["1+2="], ["3"], [" 3", " 4", " 3", " 5"], rewards, ["3", "4", "3", "5"], 4)
 
-    module = GRPOModule(model_path=str(tiny_dir), credit=Contrastive(beta=0.5))
+    module = RLModule(model_path=str(tiny_dir), credit=Contrastive(beta=0.5))
     from cepo.callbacks import TokenWeightLogger
 
     logger = CSVLogger(tmp_path, name="log", version="v")
@@ -307,18 +307,18 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, tiny_dir):
             self.weights.append(next(pl_module.policy.parameters()).detach().clone())
             self.metrics.append({k: float(v) for k, v in tr.callback_metrics.items()})
 
-    module = GRPOModule(model_path=str(tiny_dir), max_nonfinite=2)
+    module = RLModule(model_path=str(tiny_dir), max_nonfinite=2)
     watch = Watch()
     start = None
     tr = trainer(tmp_path / "a", steps=2, callbacks=[watch])
     tr.fit(module, datamodule=FixedBatches(batches))
-    start = GRPOModule(model_path=str(tiny_dir))
+    start = RLModule(model_path=str(tiny_dir))
     start.configure_model()
     first = next(start.policy.parameters())
     assert torch.equal(watch.weights[0], first)  # the NaN update was not applied
     assert watch.metrics[0]["train/nonfinite_updates"] == 1.0
     assert not torch.equal(watch.weights[1], first) and module.nonfinite_in_a_row == 0  # and training went on
     bad_steps.update(range(10))
-    stuck = GRPOModule(model_path=str(tiny_dir), max_nonfinite=2)
+    stuck = RLModule(model_path=str(tiny_dir), max_nonfinite=2)
     with pytest.raises(NonFiniteError, match="2 optimizer updates in a row"):
         trainer(tmp_path / "b", steps=5).fit(stuck, datamodule=FixedBatches(batches))

@@ -10,7 +10,7 @@ import torch
 from cepo.cli import cli_main
 from cepo.credit import Contrastive, CreditInputs
 from cepo.loss import clipped_surrogate
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.objectives import CIPO, HDPO, OPSD, SDPO, MicroBatch
 from cepo.objectives.cipo import choose_failures
 from cepo.objectives.divergence import full_vocab_jsd, generalized_jsd, topk_tail_jsd
@@ -265,7 +265,7 @@ def test_objective_gradient_is_exact_under_micro_batching(tmp_path, tiny_dir, ma
     # the objective's term or samples were part of the step
     assert getattr(obj, "_contexts", None) or getattr(obj, "last_prompts", None)
     split, _ = _one_step(tmp_path / "b", tiny_dir, make(), 1, g)
-    start = GRPOModule(model_path=str(tiny_dir))
+    start = RLModule(model_path=str(tiny_dir))
     start.configure_model()
     initial = start.policy.state_dict()
     moved = max(float((whole[k] - initial[k]).abs().max()) for k in whole)
@@ -302,7 +302,7 @@ def test_method_config_trains_end_to_end(tmp_path, tiny_dir, method):
 
 
 def test_more_minibatches_than_prompts_is_refused(tmp_path, tiny_dir):
-    module = GRPOModule(model_path=str(tiny_dir), num_minibatches=4)
+    module = RLModule(model_path=str(tiny_dir), num_minibatches=4)
     data = RolloutDataModule(task=TextParity(train_size=50, val_size=4, test_size=4), prompts_per_step=2, eval_size=4)
     with pytest.raises(ValueError, match="model.num_minibatches"):
         trainer(tmp_path, steps=1).fit(module, datamodule=data)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cepo.step
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.objectives import CIPO
 from cepo.rollout.hf_engine import HFEngine
 from cepo.step_stats import allowed_lag, check_lag
@@ -40,7 +40,7 @@ def test_staleness_is_one_step_and_the_weights_are_recorded(tmp_path, tiny_dir, 
         return surrogate(logp, old, adv, mask, eps_low, eps_high, c_dual, tis)
 
     monkeypatch.setattr(cepo.step, "clipped_surrogate", spy_surrogate)
-    module = GRPOModule(
+    module = RLModule(
         model_path=str(tiny_dir),
         num_minibatches=num_minibatches,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.5, weight_decay=0.1),  # the weights move every update
@@ -80,7 +80,7 @@ def test_a_stopped_run_rewinds_the_pending_draws(tmp_path, tiny_dir):
     """The batch pending when training stops is dropped, and the prompt stream and the engine's
     draw counter go back to before it: a checkpoint then resumes by drawing it again."""
     L.seed_everything(0)
-    module = GRPOModule(model_path=str(tiny_dir), tis_cap=2.0)
+    module = RLModule(model_path=str(tiny_dir), tis_cap=2.0)
     data = small_data(one_step_off=True)
     trainer(tmp_path, steps=3).fit(module, datamodule=data)
     state = data.state_dict()
@@ -91,11 +91,11 @@ def test_a_stopped_run_rewinds_the_pending_draws(tmp_path, tiny_dir):
 
 def test_one_step_off_needs_the_importance_correction(tmp_path, tiny_dir):
     with pytest.raises(ValueError, match="model.tis_cap"):
-        trainer(tmp_path, steps=1).fit(GRPOModule(model_path=str(tiny_dir)), datamodule=small_data(one_step_off=True))
+        trainer(tmp_path, steps=1).fit(RLModule(model_path=str(tiny_dir)), datamodule=small_data(one_step_off=True))
 
 
 def test_one_step_off_refuses_objectives_that_append_rows(tmp_path, tiny_dir):
-    module = GRPOModule(model_path=str(tiny_dir), tis_cap=2.0, objective=CIPO())
+    module = RLModule(model_path=str(tiny_dir), tis_cap=2.0, objective=CIPO())
     with pytest.raises(ValueError, match="data.one_step_off"):
         trainer(tmp_path, steps=1).fit(module, datamodule=small_data(one_step_off=True))
 
@@ -114,7 +114,7 @@ def test_one_step_off_with_dynamic_sampling(tmp_path, tiny_dir):
     from cepo.rollout.dynamic import DynamicSampling
 
     L.seed_everything(0)
-    module = GRPOModule(model_path=str(tiny_dir), tis_cap=2.0)
+    module = RLModule(model_path=str(tiny_dir), tis_cap=2.0)
     data = small_data(one_step_off=True, dynamic_sampling=DynamicSampling(max_rounds=3))
     seen = []
 
@@ -134,7 +134,7 @@ def test_a_checkpoint_while_a_batch_is_pending_resumes_by_drawing_it_again(tmp_p
     state from before batch 2's draws: restored, it draws batch 2's prompts with the same engine
     draw counter."""
     L.seed_everything(0)
-    module = GRPOModule(model_path=str(tiny_dir), tis_cap=2.0)
+    module = RLModule(model_path=str(tiny_dir), tis_cap=2.0)
     data = small_data(one_step_off=True)
     seen, saved = [], []
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cepo.cli import cli_main
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.rollout.hf_engine import HFEngine
 from tests.helpers import DEFAULT, fit_args, small_data, trainer
 
@@ -29,7 +29,7 @@ class RecordingEngine(HFEngine):
 def test_rollouts_are_on_policy(tmp_path, tiny_dir, num_minibatches):
     L.seed_everything(0)  # data order and rewards must not depend on the tests that ran before
     engine = RecordingEngine()
-    module = GRPOModule(
+    module = RLModule(
         model_path=str(tiny_dir),
         num_minibatches=num_minibatches,
         # weight decay moves the weights at every update, even one whose groups all tie
@@ -54,7 +54,7 @@ def test_rollouts_are_on_policy(tmp_path, tiny_dir, num_minibatches):
 
 
 def test_stale_batch_is_refused(tmp_path, tiny_dir):
-    module = GRPOModule(model_path=str(tiny_dir))
+    module = RLModule(model_path=str(tiny_dir))
     dm = small_data()
     tr = trainer(tmp_path, steps=1)
     tr.fit(module, datamodule=dm)

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from cepo.module import GRPOModule
+from cepo.module import RLModule
 from cepo.rollout import vllm_engine
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.vllm_engine import VLLMEngine
@@ -195,7 +195,7 @@ def test_engine_sleeps_through_every_update_of_a_fit(fake_vllm, tmp_path, tiny_d
     L.seed_everything(0)
     engine = VLLMEngine(max_model_len=64, verify_sync=False, enable_sleep_mode=True)
     FakeLLM.eos = 1
-    module = GRPOModule(model_path=str(tiny_dir), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    module = RLModule(model_path=str(tiny_dir), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     states = EngineStates(engine)
     trainer(tmp_path, steps=2, callbacks=[states]).fit(module, datamodule=small_data(engine=engine))
     assert module.rl_step == 2 and states.at_update == [True, True]
