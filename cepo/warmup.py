@@ -33,11 +33,11 @@ from torch.utils.data import DataLoader
 from cepo import assets
 from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
 from cepo.progress import steps_progress_bar
+from cepo.prompts.templates import RAW_TEMPLATE, fill
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.tasks import Arithmetic, Example
-from cepo.templates import RAW_TEMPLATE, fill
 from cepo.tiny import build_tiny, save_tokenizer
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
 from cepo.policy import PolicyRef, load_policy
+from cepo.prompts.templates import RAW_TEMPLATE, fill
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import PromptImages, SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
@@ -34,7 +35,6 @@ from cepo.scoring import Packed
 from cepo.scoring.logprobs import response_logits, token_logprobs
 from cepo.tasks import Example
 from cepo.tasks.visual import VisualArithmetic
-from cepo.templates import RAW_TEMPLATE, fill
 from cepo.tiny import build_tiny_vl, save_tokenizer
 
 log = logging.getLogger(__name__)

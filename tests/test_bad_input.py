@@ -103,7 +103,7 @@ CASES = {
         "no.py",
     ),
     "chat format without a chat template": (
-        lambda t, m: ["--data.prompt_format", "cepo.prompting.Chat"],
+        lambda t, m: ["--data.prompt_format", "cepo.prompts.Chat"],
         "the tokenizer has no chat template",
     ),
     "settings that do not go together": (

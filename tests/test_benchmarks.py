@@ -400,7 +400,7 @@ def test_vs_trl_gives_both_sides_the_same_settings(vs_trl, model, tmp_path, caps
     assert cfg["trainer"]["callbacks"][0]["class_path"] == "step_clock.StepClock"
     if model == "smollm2":
         assert m["lora"] == "on" and m["lora_settings"] == trl["lora"] == vs.LORA
-        assert d["prompt_format"]["class_path"] == "cepo.prompting.Chat" and trl["chat"] is True
+        assert d["prompt_format"]["class_path"] == "cepo.prompts.Chat" and trl["chat"] is True
         assert d["task"]["init_args"]["train"] == trl["train_file"]
         assert d["task"]["init_args"]["verifier"] == "exact" and trl["verifier"] == "exact"
         assert d["engine"]["class_path"] == "cepo.rollout.hf_engine.HFEngine"

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from cepo import assets
 from cepo.objectives import CIPO, OPSD
 from cepo.policy import PolicyRef
-from cepo.prompting import Chat, Plain
+from cepo.prompts.formats import Chat, Plain
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
 from cepo.rollout.generator import RolloutGenerator
 from cepo.scoring import Scorer

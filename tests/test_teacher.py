@@ -6,10 +6,10 @@ import torch
 from cepo.credit import ENTROPY, NEG, POS, EvidenceRatio
 from cepo.evidence import gather
 from cepo.policy import PolicyRef
+from cepo.prompts.templates import fill
 from cepo.scoring import Scorer
 from cepo.scoring.logprobs import token_logprobs
 from cepo.teacher import EMA, Base, Live, Synced, TeacherContexts, choose_negative, pack_contexts
-from cepo.templates import fill
 from tests.helpers import make_batch
 
 

@@ -13,7 +13,7 @@ Choices the paper leaves open, made here (each a constructor argument):
 - **How many corrections.** ``group_size`` per failed attempt, so each attempt is a GRPO group
   of its own and advantages compare corrections of the same attempt.
 - **Share cap.** Correction rows are at most ``max_share`` of the combined batch.
-- **Template.** ``cepo.templates.CIPO_TEMPLATE``, which restates the problem at the end so the model
+- **Template.** ``cepo.prompts.templates.CIPO_TEMPLATE``, which restates the problem at the end so the model
   answers in the task's own format. The reference answer never enters the prompt.
 - **Weight.** The corrections' advantages are multiplied by ``weight`` (0.5 by default).
 """
@@ -25,8 +25,8 @@ import math
 import torch
 
 from cepo.objectives.base import Objective, check_weight
+from cepo.prompts.templates import CIPO_INSTRUCTION, CIPO_TEMPLATE, check
 from cepo.rollout.batch import RolloutBatch, concat
-from cepo.templates import CIPO_INSTRUCTION, CIPO_TEMPLATE, check
 
 
 def choose_failures(correct: torch.Tensor, rewards: torch.Tensor, group_size: int, limit: int) -> list[int]:

@@ -30,12 +30,12 @@ from cepo import parallel
 from cepo.objectives.base import MicroBatch, Objective, check_weight
 from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
 from cepo.policy import PolicyRef
-from cepo.prompting import Placement
+from cepo.prompts.formats import Placement
+from cepo.prompts.templates import OPSD_TEMPLATE, RAW_TEMPLATE, SDPO_TEMPLATE, check
 from cepo.rollout.batch import RolloutBatch, concat
 from cepo.rollout.generator import RolloutGenerator
 from cepo.scoring import Scorer
 from cepo.teacher import EMA, Base, Live, TeacherWeights, pack_contexts
-from cepo.templates import OPSD_TEMPLATE, RAW_TEMPLATE, SDPO_TEMPLATE, check
 
 
 class SelfDistillation(Objective):
@@ -48,7 +48,7 @@ class SelfDistillation(Objective):
         weight: coefficient of the distillation term.
         pg_weight: coefficient of the clipped surrogate (0: distillation alone).
         template: teacher context with ``{prompt}`` and ``{feedback}``.
-        placement: where ``template`` goes (``cepo.prompting``): ``user`` wraps the user turn's
+        placement: where ``template`` goes (``cepo.prompts.formats``): ``user`` wraps the user turn's
             text and renders the chat again (instruction templates), ``assistant`` fills
             ``{prompt}`` with the rendered prompt (the feedback starts the assistant turn). Under
             the ``Plain`` prompt format both give the same text.
@@ -192,7 +192,7 @@ class OPSD(SelfDistillation):
         feedback_source: ``solution`` (the reference solution; the answer where a task has
             none) or ``answer``.
         weight, pg_weight: OPSD alone (``pg_weight: 0``, default) or added to GRPO with a weight.
-        template: the teacher context (default: the paper's wording, ``cepo.templates.OPSD_TEMPLATE``).
+        template: the teacher context (default: the paper's wording, ``cepo.prompts.templates.OPSD_TEMPLATE``).
         teacher_weights: ``Base`` by default (the paper's fixed teacher), or Live/Synced/EMA.
         placement: as :class:`SelfDistillation` (``user``: the instruction in the user turn).
     """
@@ -246,7 +246,7 @@ class SDPO(SelfDistillation):
         top_k: student top-K support (the paper: 100).
         is_cap: cap of the per-token importance ratio.
         weight, pg_weight: SDPO replaces the policy-gradient loss by default (``pg_weight: 0``).
-        template: the teacher context (default: the paper's, ``cepo.templates.SDPO_TEMPLATE``).
+        template: the teacher context (default: the paper's, ``cepo.prompts.templates.SDPO_TEMPLATE``).
         teacher_weights: ``EMA`` (tau 0.05) by default.
         placement: as :class:`SelfDistillation` (``user``: the demonstration in the user turn).
     """

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cepo.prompting import Plain, PromptFormat
+from cepo.prompts.formats import Plain, PromptFormat
 from cepo.scoring import Packed
 
 

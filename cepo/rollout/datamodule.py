@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from cepo import distributed
 from cepo.policy import PolicyRef
-from cepo.prompting import PromptFormat
+from cepo.prompts.formats import PromptFormat
 from cepo.rewards import Reward, check_names
 from cepo.rollout.batch import RolloutBatch
 from cepo.rollout.dynamic import DynamicSampling, dynamic_batch
@@ -116,8 +116,8 @@ class RolloutDataModule(L.LightningDataModule):
             (a warning says how many); training prompts are never cut (a warning, once). No
             room at all, or none of the first prompts fitting, is an error (:meth:`check_room`).
         prompt_format: how each problem's user turn becomes the text the policy continues, for
-            training and every benchmark: ``cepo.prompting.Plain`` (as is, the default; base
-            models) or ``cepo.prompting.Chat`` (the tokenizer's chat template, optional system
+            training and every benchmark: ``cepo.prompts.Plain`` (as is, the default; base
+            models) or ``cepo.prompts.Chat`` (the tokenizer's chat template, optional system
             prompt). Teacher contexts and correction prompts are rendered the same way.
         rewards: reward components summed with their weights (None: the task's own reward).
         dynamic_sampling: DAPO dynamic sampling (``max_rounds`` 0, the default: off): train on

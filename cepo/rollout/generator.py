@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from cepo.policy import PolicyRef
-from cepo.prompting import Plain, PromptFormat
+from cepo.prompts.formats import Plain, PromptFormat
 from cepo.rewards import Reward, RewardInputs, combine
 from cepo.rollout.batch import RolloutBatch, pack, pad_right
 from cepo.rollout.engine import PromptImages, RolloutEngine, SamplingConfig
@@ -88,7 +88,7 @@ class RolloutGenerator:
         group_size: rollouts per prompt ``G``.
         success_threshold: a rollout with reward at or above this counts as correct.
         prompt_format: how a problem's user turn becomes the text the policy continues
-            (default :class:`~cepo.prompting.Plain`).
+            (default :class:`~cepo.prompts.Plain`).
         rewards: reward components summed with their weights (:mod:`cepo.rewards`); None: the
             task's own reward.
     """

@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from cepo import assets
+from cepo.prompts.templates import check, fill
 from cepo.tasks.base import IMAGE_PLACEHOLDER, Example, Task
 from cepo.tasks.images import open_images
 from cepo.tasks.sources import open_rows
-from cepo.templates import check, fill
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

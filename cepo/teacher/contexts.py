@@ -16,10 +16,10 @@ from typing import Literal
 import torch
 
 from cepo.policy import PolicyRef
+from cepo.prompts.templates import HINT_TEMPLATE, RAW_TEMPLATE, check
 from cepo.rollout.batch import RolloutBatch, pack
 from cepo.scoring import Packed, Scorer
 from cepo.teacher.weights import TeacherWeights
-from cepo.templates import HINT_TEMPLATE, RAW_TEMPLATE, check
 from cepo.vision import PLACEHOLDER, Images
 
 Feedback = Literal["answer", "answer_rollout", "rollout", "first_k", "last_k"]

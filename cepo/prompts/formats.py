@@ -16,14 +16,14 @@ well-formed under a chat template:
 - corrections: the failed attempt becomes an assistant turn followed by a user turn asking for a
   correction (:meth:`PromptFormat.correction`; plain formats fill a one-string template).
 
-Templates are filled with :func:`cepo.templates.fill`, so literal braces need no escaping.
+Templates are filled with :func:`cepo.prompts.templates.fill`, so literal braces need no escaping.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from cepo.templates import fill
+from cepo.prompts.templates import fill
 
 Message = dict[str, str]
 Placement = Literal["assistant", "user"]
