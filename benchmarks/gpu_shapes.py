@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from cepo.bases.tiny import CHARS, EOS, PAD, UNK, save_tokenizer
 from cepo.tasks import Arithmetic
 from cepo.tasks.visual import VisualArithmetic
-from cepo.tiny import CHARS, EOS, PAD, UNK, save_tokenizer
 
 
 @dataclass(frozen=True)

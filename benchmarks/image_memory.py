@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timings per in-process cost (median)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
-    from cepo.tiny import build_tiny_vl
+    from cepo.bases.tiny import build_tiny_vl
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

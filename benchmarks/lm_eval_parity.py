@@ -119,8 +119,8 @@ def run(cmd: list[str], env: dict[str, str], out: Path, cwd: Path, reuse: bool) 
 
 
 def prepare_assets(cepo_python: Path, env: dict[str, str]) -> tuple[Path, Path]:
-    """The model folder and the GSM8K test file, prepared by cepo.assets if absent."""
-    code = "from cepo import assets; print(assets.smollm2()); print(assets.data_file('gsm8k/test.jsonl'))"
+    """The model folder and the GSM8K test file, prepared by cepo.bases.assets if absent."""
+    code = "from cepo.bases import assets; print(assets.smollm2()); print(assets.data_file('gsm8k/test.jsonl'))"
     out = subprocess.check_output([str(cepo_python), "-c", code], env=env, cwd=ROOT, text=True)
     model, data = out.strip().splitlines()[-2:]
     return Path(model), Path(data)

@@ -132,10 +132,10 @@ def write_data(model: str, folder: Path) -> tuple[Path, Path]:
 
 def model_folder(model: str) -> str:
     if model == "tiny":
-        from cepo.warmup import builtin_base
+        from cepo.bases.warmup import builtin_base
 
         return str(builtin_base())
-    from cepo.assets import smollm2
+    from cepo.bases.assets import smollm2
 
     return str(smollm2())
 

@@ -125,11 +125,11 @@ def run(argv: list[str] | None = None) -> None:
     )
     quiet_lightning()
     if args and args[0] == "warmup":
-        from cepo.warmup import warmup_main
+        from cepo.bases.warmup import warmup_main
 
         warmup_main(args[1:])
     elif args and args[0] == "assets":
-        from cepo.assets import assets_main
+        from cepo.bases.assets import assets_main
 
         assets_main(args[1:])
     elif args and args[0] == "sweep":

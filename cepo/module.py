@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from cepo import distributed, evidence, parallel
+from cepo.bases.warmup import resolve_model_path
 from cepo.credit import CreditAssigner
 from cepo.credit.uniform import Uniform
 from cepo.evaluation import EvalMetrics
@@ -48,7 +49,6 @@ from cepo.step_stats import (
 )
 from cepo.teacher import Live, Reference, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
-from cepo.warmup import resolve_model_path
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:

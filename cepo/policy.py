@@ -119,7 +119,7 @@ def export_hf(policy: torch.nn.Module, tokenizer, path, write: bool = True, visi
     this (a collective); only those with ``write`` save."""
     from transformers import GenerationConfig
 
-    from cepo.tiny import save_tokenizer
+    from cepo.bases.tiny import save_tokenizer
 
     if parallel.is_sharded(policy):
         policy = unsharded_copy(policy)

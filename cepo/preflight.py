@@ -101,7 +101,7 @@ def check_engine(engine, model_path: str | None) -> None:
 def model_context(model_path: str | None) -> int | None:
     """The model's context (``max_position_embeddings``) read without loading it, or None."""
     if model_path == "builtin":
-        from cepo.tiny import tiny_config  # the built-in base is a tiny Llama of the default size
+        from cepo.bases.tiny import tiny_config  # the built-in base is a tiny Llama of the default size
 
         return inspect.signature(tiny_config).parameters["max_positions"].default
     config = Path(str(model_path)) / "config.json"

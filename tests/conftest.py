@@ -21,7 +21,7 @@ def _current_test(request):
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from cepo.tiny import build_tiny
+    from cepo.bases.tiny import build_tiny
 
     return build_tiny(
         tmp_path_factory.mktemp("tiny") / "model",

@@ -182,7 +182,7 @@ class FixedEngine(RolloutEngine):
 
 
 def test_evaluate_verifies_with_the_given_task_and_cuts_long_prompts():
-    from cepo.tiny import char_tokenizer
+    from cepo.bases.tiny import char_tokenizer
 
     tok = char_tokenizer()
     engine = FixedEngine(tok, "so 0.5")

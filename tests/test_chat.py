@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from cepo import assets
+from cepo.bases import assets
 from cepo.objectives import CIPO, OPSD
 from cepo.policy import PolicyRef
 from cepo.prompts.formats import Chat, Plain

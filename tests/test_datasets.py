@@ -250,8 +250,8 @@ def test_jsonl_task_is_the_dataset_task():
 def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path):
     """The issue's end-to-end case: ``cepo fit`` with the VL default config, ``--data.task
     cepo.tasks.DatasetTask --data.task.train x.parquet --data.task.val y.parquet``, for 2 steps."""
+    from cepo.bases.tiny import build_tiny_vl
     from cepo.cli import cli_main
-    from cepo.tiny import build_tiny_vl
     from tests.helpers import ROOT
 
     model = build_tiny_vl(tmp_path / "model", seed=0)

@@ -262,8 +262,8 @@ def test_a_step_logs_only_what_it_measured(tmp_path, tiny_dir):
     entropy or clip fraction and no credit summary, rather than step 0's values again."""
     from lightning.pytorch.loggers import CSVLogger
 
+    from cepo.bases.tiny import char_tokenizer
     from cepo.credit import Contrastive
-    from cepo.tiny import char_tokenizer
     from tests.helpers import FixedBatches, make_batch, trainer
 
     tok = char_tokenizer()
@@ -288,8 +288,8 @@ def test_a_step_logs_only_what_it_measured(tmp_path, tiny_dir):
 def test_nonfinite_updates_are_skipped_then_stop(tmp_path, tiny_dir):
     """An update with a NaN gradient leaves the weights as they were and is counted; training goes
     on after one, and max_nonfinite in a row stop it with NonFiniteError."""
+    from cepo.bases.tiny import char_tokenizer
     from cepo.step_stats import NonFiniteError
-    from cepo.tiny import char_tokenizer
     from tests.helpers import FixedBatches, make_batch, trainer
 
     tok = char_tokenizer()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from cepo.bases.tiny import char_tokenizer
 from cepo.cli import cli_main
 from cepo.credit import Contrastive, CreditInputs
 from cepo.loss import clipped_surrogate
@@ -17,7 +18,6 @@ from cepo.objectives.divergence import full_vocab_jsd, generalized_jsd, topk_tai
 from cepo.policy import PolicyRef
 from cepo.rollout.batch import concat
 from cepo.rollout.datamodule import RolloutDataModule
-from cepo.tiny import char_tokenizer
 from tests.helpers import TextParity, fit_args, make_batch, one_sgd_step, trainer
 
 

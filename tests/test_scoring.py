@@ -44,8 +44,8 @@ def _vl(family):
     import tempfile
     from pathlib import Path
 
+    from cepo.bases.tiny import build_tiny_vl
     from cepo.policy import load_policy
-    from cepo.tiny import build_tiny_vl
 
     path = build_tiny_vl(Path(tempfile.mkdtemp()) / "m", seed=0, family=family)
     return load_policy(str(path), "on")
@@ -134,7 +134,7 @@ def test_a_step_over_shared_contexts_is_the_plain_step(tmp_path, tiny_dir, credi
 @pytest.mark.parametrize("credit", [Uniform, Contrastive], ids=["grpo", "cepo"])
 def test_a_vl_step_over_shared_contexts_is_the_plain_step(tmp_path, credit):
     """The same with images (a Qwen2-VL LoRA policy, micro-batches of 3 rows over groups of 4)."""
-    from cepo.tiny import build_tiny_vl
+    from cepo.bases.tiny import build_tiny_vl
     from tests.test_vision import ParityVisual
 
     path = build_tiny_vl(tmp_path / "vl", seed=0)

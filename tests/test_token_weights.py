@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cepo.bases.tiny import char_tokenizer
 from cepo.callbacks import TokenWeightLogger
 from cepo.callbacks.token_weights import thumbnail
-from cepo.tiny import char_tokenizer
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="image (\d) of the prompt">')
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from cepo.bases.tiny import build_tiny_vl
 from cepo.credit import NEG, POS, Contrastive, Uniform
 from cepo.evidence import gather
 from cepo.policy import PolicyRef, load_policy
@@ -16,7 +17,6 @@ from cepo.scoring import Packed, Scorer
 from cepo.tasks import Arithmetic, Example
 from cepo.tasks.visual import VisualArithmetic
 from cepo.teacher import Live, TeacherContexts
-from cepo.tiny import build_tiny_vl
 from tests.helpers import one_sgd_step
 
 
@@ -207,7 +207,7 @@ def test_vl_fit_runs_from_its_config(tmp_path, vl):
 
 
 def test_vl_warmup_saves_a_loadable_base(tmp_path):
-    from cepo.warmup_vl import VLWarmupConfig, run_vl_warmup
+    from cepo.bases.warmup_vl import VLWarmupConfig, run_vl_warmup
 
     cfg = VLWarmupConfig(max_steps=3, check_every=2, check_size=4, batch_size=4)
     summary = run_vl_warmup(tmp_path / "base", cfg)

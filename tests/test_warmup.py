@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cepo.warmup import WarmupConfig, builtin_base, lr_factor, warmup_key
+from cepo.bases.warmup import WarmupConfig, builtin_base, lr_factor, warmup_key
 
 
 def test_default_base_keeps_its_cache_key():

@@ -49,7 +49,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from cepo import assets
+from cepo.bases import assets
 from cepo.prompts.templates import check, fill
 from cepo.tasks.base import IMAGE_PLACEHOLDER, Example, Task
 from cepo.tasks.images import open_images
@@ -250,7 +250,7 @@ def row_example(row: dict, where: str, base_dir: Path, prompt_template: str) -> 
 
 
 def read_dataset(path: str | Path, prompt_template: str, setting: str = "task.train") -> list[Example]:
-    """Load and validate the dataset at ``path`` (or ``asset:<name>``, :mod:`cepo.assets`): a
+    """Load and validate the dataset at ``path`` (or ``asset:<name>``, :mod:`cepo.bases.assets`): a
     JSONL or Parquet file or a saved ``datasets`` folder (:mod:`cepo.tasks.sources`), with its rows'
     images; raise ``ValueError`` naming the file and row of a bad row, and ``setting`` with the
     path for a missing or unsupported one."""

@@ -1,6 +1,6 @@
 """The supervised warm-up that makes the built-in base policy (a Lightning run, cached).
 
-A randomly initialised tiny model (``cepo.tiny``) is trained on reference solutions of the
+A randomly initialised tiny model (``cepo.bases.tiny``) is trained on reference solutions of the
 built-in arithmetic task until its greedy validation accuracy first reaches
 ``target_accuracy`` (or ``max_steps`` pass), so that GRPO groups hold both correct and wrong
 rollouts. A share ``hint_fraction`` of the examples shows the answer in context first, laid
@@ -30,15 +30,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from cepo import assets
-from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
+from cepo.bases import assets
+from cepo.bases.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
+from cepo.bases.tiny import build_tiny, save_tokenizer
 from cepo.progress import steps_progress_bar
 from cepo.prompts.templates import RAW_TEMPLATE, fill
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
 from cepo.tasks import Arithmetic, Example
-from cepo.tiny import build_tiny, save_tokenizer
 
 log = logging.getLogger(__name__)
 WARMUP_VERSION = 1
@@ -212,12 +212,12 @@ BUILTIN = "builtin"
 
 def resolve_model_path(model_path: str) -> str:
     """``builtin`` / ``builtin-vl`` become the cached warm-up folders of the text / vision-language
-    base (built on first use), ``asset:<name>`` a prepared asset (:mod:`cepo.assets`); else the
+    base (built on first use), ``asset:<name>`` a prepared asset (:mod:`cepo.bases.assets`); else the
     folder as is."""
     if model_path == BUILTIN:
         return str(builtin_base())
     if model_path == "builtin-vl":
-        from cepo.warmup_vl import builtin_vl_base
+        from cepo.bases.warmup_vl import builtin_vl_base
 
         return str(builtin_vl_base())
     model_path = assets.resolve(model_path)

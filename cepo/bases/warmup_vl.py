@@ -1,7 +1,7 @@
 """The built-in vision-language base: a tiny Qwen2-VL warmed up on the visual arithmetic task.
 
-As for the text base (:mod:`cepo.warmup`), a supervised warm-up stands in for pretraining: the
-tiny model (``cepo.tiny.build_tiny_vl``, ~0.2M parameters) imitates reference solutions of
+As for the text base (:mod:`cepo.bases.warmup`), a supervised warm-up stands in for pretraining: the
+tiny model (``cepo.bases.tiny.build_tiny_vl``, ~0.2M parameters) imitates reference solutions of
 :class:`~cepo.tasks.visual.VisualArithmetic` (two digits in a 56x56 image, the operation in the
 text, answered ``" 3+8 = 11"``) until its greedy validation accuracy first reaches
 ``target_accuracy``, so GRPO groups hold both correct and wrong rollouts. Half of the examples show
@@ -25,7 +25,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from cepo.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
+from cepo.bases.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
+from cepo.bases.tiny import build_tiny_vl, save_tokenizer
 from cepo.policy import PolicyRef, load_policy
 from cepo.prompts.templates import RAW_TEMPLATE, fill
 from cepo.rollout.batch import pack
@@ -35,7 +36,6 @@ from cepo.scoring import Packed
 from cepo.scoring.logprobs import response_logits, token_logprobs
 from cepo.tasks import Example
 from cepo.tasks.visual import VisualArithmetic
-from cepo.tiny import build_tiny_vl, save_tokenizer
 
 log = logging.getLogger(__name__)
 BUILTIN_VL = "builtin-vl"
