@@ -231,8 +231,8 @@ BUILTIN = "builtin"
 
 def resolve_model_path(model_path: str) -> str:
     """``builtin`` / ``builtin-filler`` / ``builtin-vl`` become the cached warm-up folders of the
-    text / filler-task / vision-language base (built on first use), ``asset:<name>`` a prepared asset (:mod:`cepo.assets`); else the
-    folder as is."""
+    text / filler-task / vision-language base (built on first use), ``asset:<name>`` a prepared
+    asset (:mod:`cepo.assets`); else the folder as is."""
     if model_path in BUILTIN_BASES:
         return str(builtin_base(BUILTIN_BASES[model_path]))
     if model_path == "builtin-vl":
