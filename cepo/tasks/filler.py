@@ -1,6 +1,6 @@
 """The built-in arithmetic task with free filler: a task on which token-level credit should matter.
 
-A problem ``8+7-5+9=`` is answered ``" yes so 15-5+9 = kin 10+9 = hot fig 19"``: the worked steps
+A problem ``8+7-5+9=`` is answered ``" yes so 15-5+9 = kind 10+9 = far well 19"``: the worked steps
 of :class:`~cepo.tasks.Arithmetic`, each preceded by a *slot* of filler words. The verifier reads
 only the number after the last ``=`` (letters before it are skipped), so
 
