@@ -94,3 +94,10 @@ def test_warmup_redraws_the_filler_of_each_solution(tiny_dir):
         ids, _, start, mask = module.encode([example], [False], random.Random(seed))
         targets.add(tuple(ids[0, start:][mask[0]].tolist()))
     assert len(targets) > 5
+
+
+def test_filler_base_is_known_to_preflight_without_building_it():
+    from cepo import preflight
+
+    assert preflight.model_context("builtin-filler") == preflight.model_context("builtin") == 256
+    assert preflight.model_kind("builtin-filler") == (False, "LlamaForCausalLM")
