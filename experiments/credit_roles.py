@@ -6,7 +6,7 @@ Reads every run's ``metrics.csv`` under a sweep folder (``cepo sweep`` run direc
 teacher on the steps where beta > 0) and the policy's mean response-token entropy (``train/entropy``) over the first and
 the last 5 rollout steps.
 
-    .venv/bin/python experiments/credit_roles.py /work/runs-credit/credit_filler
+    .venv/bin/python experiments/credit_roles.py runs/sweeps/credit_filler
 """
 
 from __future__ import annotations
