@@ -18,7 +18,11 @@ import yaml
 
 from cepo.vision import VL_MODEL_TYPES
 
-BUILTIN_KINDS = {"builtin": (False, "LlamaForCausalLM"), "builtin-vl": (True, "Qwen2VLForConditionalGeneration")}
+BUILTIN_KINDS = {
+    "builtin": (False, "LlamaForCausalLM"),
+    "builtin-filler": (False, "LlamaForCausalLM"),
+    "builtin-vl": (True, "Qwen2VLForConditionalGeneration"),
+}
 
 
 def check_config_files(args: list[str]) -> None:
@@ -100,8 +104,8 @@ def check_engine(engine, model_path: str | None) -> None:
 
 def model_context(model_path: str | None) -> int | None:
     """The model's context (``max_position_embeddings``) read without loading it, or None."""
-    if model_path == "builtin":
-        from cepo.bases.tiny import tiny_config  # the built-in base is a tiny Llama of the default size
+    if model_path in ("builtin", "builtin-filler"):
+        from cepo.bases.tiny import tiny_config  # the built-in text bases are tiny Llamas of the default size
 
         return inspect.signature(tiny_config).parameters["max_positions"].default
     config = Path(str(model_path)) / "config.json"

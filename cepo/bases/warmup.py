@@ -25,6 +25,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -38,7 +39,7 @@ from cepo.prompts.templates import RAW_TEMPLATE, fill
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig
 from cepo.rollout.hf_engine import HFEngine
-from cepo.tasks import Arithmetic, Example
+from cepo.tasks import Arithmetic, Example, FillerArithmetic
 
 log = logging.getLogger(__name__)
 WARMUP_VERSION = 1
@@ -62,6 +63,10 @@ class WarmupConfig:
         hint_fraction: share of examples shown with the answer in context first.
         seed: seed of initialisation and data order.
         task_seed: seed of the built-in task's splits.
+        task: which built-in task the base learns: ``arithmetic`` (:class:`~cepo.tasks.Arithmetic`,
+            the ``builtin`` base) or ``filler`` (:class:`~cepo.tasks.FillerArithmetic`, the
+            ``builtin-filler`` base), at its defaults.
+        max_new_tokens: response length of the greedy accuracy checks.
     """
 
     target_accuracy: float = 0.3
@@ -75,11 +80,22 @@ class WarmupConfig:
     hint_fraction: float = 0.5
     seed: int = 0
     task_seed: int = 1234
+    task: Literal["arithmetic", "filler"] = "arithmetic"
+    max_new_tokens: int = 40
 
 
 # Settings added after bases were published: left out of the key at these values, so the
 # bases made before they existed keep their folder names.
-_KEY_DEFAULTS = {"lr_decay_steps": 0}
+_KEY_DEFAULTS = {"lr_decay_steps": 0, "task": "arithmetic", "max_new_tokens": 40}
+
+WARMUP_TASKS: dict[str, type[Arithmetic]] = {"arithmetic": Arithmetic, "filler": FillerArithmetic}
+"""The task each ``WarmupConfig.task`` names."""
+
+BUILTIN_BASES = {
+    "builtin": WarmupConfig(),
+    "builtin-filler": WarmupConfig(task="filler", max_new_tokens=80),
+}
+"""The ``model.model_path`` names of the built-in text bases and the warm-up that makes each."""
 
 
 def warmup_key(cfg: WarmupConfig) -> str:
@@ -118,7 +134,7 @@ class SFTModule(L.LightningModule):
         self.engine.setup(self.policy, self.tokenizer, model_path)
         self.val_accuracy: list[tuple[int, float]] = []
 
-    def encode(self, examples: list[Example], hinted: list[bool]):
+    def encode(self, examples: list[Example], hinted: list[bool], rng: random.Random):
         tok = self.tokenizer
         contexts = [
             tok(
@@ -127,13 +143,16 @@ class SFTModule(L.LightningModule):
             ).input_ids
             for e, h in zip(examples, hinted)
         ]
-        targets = [tok(e.solution, add_special_tokens=False).input_ids + [tok.eos_token_id] for e in examples]
+        solutions = [self.task.training_solution(e, rng) for e in examples]
+        targets = [tok(s, add_special_tokens=False).input_ids + [tok.eos_token_id] for s in solutions]
         return pack(contexts, targets, tok.pad_token_id)
 
     def training_step(self, batch: list[Example], batch_idx: int) -> torch.Tensor:
         rng = random.Random(self.cfg.seed * 7919 + self.global_step)
         hinted = [rng.random() < self.cfg.hint_fraction for _ in batch]
-        ids, attn, start, mask = self.encode(batch, hinted)
+        # The solutions' own stream (free filler, when the task has any), apart from the hints'.
+        solution_rng = random.Random((self.cfg.seed * 7919 + self.global_step) * 2 + 1)
+        ids, attn, start, mask = self.encode(batch, hinted, solution_rng)
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         logits = self.policy(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
         logits = logits[:, start - 1 : -1]
@@ -153,7 +172,7 @@ class SFTModule(L.LightningModule):
 
     def greedy_accuracy(self, examples: list[Example]) -> float:
         ids = [self.tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
-        gen = self.engine.generate(ids, 1, SamplingConfig(temperature=0.0, max_new_tokens=40))
+        gen = self.engine.generate(ids, 1, SamplingConfig(temperature=0.0, max_new_tokens=self.cfg.max_new_tokens))
         texts = self.tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         return sum(self.task.is_correct(t, e.answer) for t, e in zip(texts, examples)) / len(examples)
 
@@ -177,7 +196,7 @@ def run_warmup(out: Path, cfg: WarmupConfig) -> dict:
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     build_tiny(work / "init", seed=cfg.seed)
-    task = Arithmetic(seed=cfg.task_seed)  # the built-in task at its defaults
+    task = WARMUP_TASKS[cfg.task](seed=cfg.task_seed)  # the built-in task at its defaults
     module = SFTModule(str(work / "init"), task, cfg)
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
@@ -211,11 +230,11 @@ BUILTIN = "builtin"
 
 
 def resolve_model_path(model_path: str) -> str:
-    """``builtin`` / ``builtin-vl`` become the cached warm-up folders of the text / vision-language
-    base (built on first use), ``asset:<name>`` a prepared asset (:mod:`cepo.bases.assets`); else the
-    folder as is."""
-    if model_path == BUILTIN:
-        return str(builtin_base())
+    """``builtin`` / ``builtin-filler`` / ``builtin-vl`` become the cached warm-up folders of the
+    text / filler-task / vision-language base (built on first use), ``asset:<name>`` a prepared
+    asset (:mod:`cepo.bases.assets`); else the folder as is."""
+    if model_path in BUILTIN_BASES:
+        return str(builtin_base(BUILTIN_BASES[model_path]))
     if model_path == "builtin-vl":
         from cepo.bases.warmup_vl import builtin_vl_base
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from cepo.bases.assets import WARMUP_SUMMARY, cache_dir, publish_warmup
 from cepo.bases.tiny import build_tiny_vl, save_tokenizer
+from cepo.bases.warmup_target import TargetStop
 from cepo.policy import PolicyRef, load_policy
 from cepo.prompts.templates import RAW_TEMPLATE, fill
 from cepo.rollout.batch import pack
@@ -49,7 +50,11 @@ class VLWarmupConfig:
     Attributes:
         target_accuracy: stop at the first check whose greedy validation accuracy reaches this.
         max_steps: stop here regardless.
-        check_every: optimizer steps between accuracy checks.
+        check_every: optimizer steps between accuracy checks while far from the target.
+        near_check_every: optimizer steps between checks once a check came within
+            ``near_margin`` of the target, so the stop overshoots by at most what these steps
+            gain (:mod:`cepo.bases.warmup_target`).
+        near_margin: how far below the target a check counts as near it.
         check_size: validation problems per check.
         batch_size: examples per optimizer step.
         lr: AdamW learning rate (after a 50-step linear ramp).
@@ -61,6 +66,8 @@ class VLWarmupConfig:
     target_accuracy: float = 0.3
     max_steps: int = 3000
     check_every: int = 100
+    near_check_every: int = 10
+    near_margin: float = 0.15
     check_size: int = 200
     batch_size: int = 32
     lr: float = 3e-3
@@ -84,7 +91,10 @@ class VLSFTModule(L.LightningModule):
         self.ref = PolicyRef(self.policy, self.tokenizer, model_path, vision=vision)
         self.engine = HFEngine()
         self.engine.setup(self.policy, self.tokenizer, model_path)
-        self.val_accuracy: list[tuple[int, float]] = []
+        self.stop = TargetStop(
+            cfg.target_accuracy, cfg.near_margin, cfg.check_every, cfg.near_check_every, cfg.max_steps
+        )
+        self.val_accuracy = self.stop.checks  # (step, accuracy) of every check
 
     def training_step(self, batch: list[Example], batch_idx: int) -> torch.Tensor:
         rng = random.Random(self.cfg.seed * 7919 + self.global_step)
@@ -110,13 +120,13 @@ class VLSFTModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.global_step
-        if step % self.cfg.check_every == 0 or step >= self.cfg.max_steps:
-            acc = self.greedy_accuracy(self.task.split("val")[: self.cfg.check_size])
-            self.val_accuracy.append((step, acc))
-            log.info("VL warm-up step %d: greedy val accuracy %.3f", step, acc)
-            if acc >= self.cfg.target_accuracy:
-                self.trainer.should_stop = True
+        checked = len(self.stop.checks)
+        if self.stop.update(
+            self.global_step, lambda: self.greedy_accuracy(self.task.split("val")[: self.cfg.check_size])
+        ):
+            self.trainer.should_stop = True
+        if len(self.stop.checks) > checked:
+            log.info("VL warm-up step %d: greedy val accuracy %.3f", *self.stop.checks[-1])
 
     def greedy_accuracy(self, examples: list[Example]) -> float:
         vision = self.ref.vision

@@ -2,6 +2,7 @@
 
 from cepo.tasks.arithmetic import Arithmetic
 from cepo.tasks.base import Example, Task
+from cepo.tasks.filler import FillerArithmetic
 from cepo.tasks.jsonl import DatasetTask, JsonlTask
 
-__all__ = ["Arithmetic", "DatasetTask", "Example", "JsonlTask", "Task"]
+__all__ = ["Arithmetic", "DatasetTask", "Example", "FillerArithmetic", "JsonlTask", "Task"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 
@@ -55,6 +56,11 @@ class Task:
         """Whether ``response`` reaches ``answer``."""
         got = self.extract_answer(response)
         return got is not None and got == answer.strip()
+
+    def training_solution(self, example: Example, rng: random.Random) -> str:
+        """The reference response a supervised warm-up imitates for ``example`` (a task whose
+        solutions vary between samples draws one from ``rng``); by default ``example.solution``."""
+        return example.solution
 
     def reward(self, response: str, answer: str) -> float:
         """Scalar reward in [0, 1]: 1 for a correct response, else 0."""
