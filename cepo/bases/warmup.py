@@ -13,7 +13,7 @@ default ``~/.cache/cepo``), keyed by a hash of every setting, and is reused when
 The constant learning rate is deliberate. A warm-up decayed over 550 steps (``lr_decay_steps``)
 reached the same greedy accuracy in 600 steps instead of 1600, but it left a base that GRPO
 barely moved: +1.4 points in 300 default steps (seed 0), where this one gained +12.6 with the
-same settings and code (README, Results).
+same settings and code (docs/results.md).
 """
 
 from __future__ import annotations
