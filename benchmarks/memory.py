@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 STEP_VARIANTS = {
+    "config": [],  # the configs as shipped
+    "before": ["--model.share_prompts", "false", "--model.max_tokens_per_micro_batch", "null"],  # 2026-12-04's
     "plain": ["--model.share_prompts", "false"],
     "shared": ["--model.share_prompts", "true"],
     "checkpointing": ["--model.gradient_checkpointing", "true"],
@@ -171,8 +173,11 @@ def step_worker(model: str, variant: str, steps: int, out: Path) -> dict:
     )
     rows = [r for r in csv.DictReader(open(out / "run" / "v" / "metrics.csv")) if r.get("time/total")]
     times = [{k[5:]: float(v) for k, v in r.items() if k.startswith("time/") and v} for r in rows]
+    keys = ("loss", "grad_norm", "reward_mean", "entropy", "response_len")
+    metrics = [{k: float(r[f"train/{k}"]) for k in keys if r.get(f"train/{k}")} for r in rows]
     run_peak = max(stages.peaks.values(), default=0.0)  # the counter restarts at each stage
-    return {"peak_mb": max(run_peak, peak_mb()), "stage_peak_mb": stages.peaks, "step_times": times}
+    out = {"peak_mb": max(run_peak, peak_mb()), "stage_peak_mb": stages.peaks, "step_times": times}
+    return {**out, "step_metrics": metrics}
 
 
 def pass_worker(model: str, variant: str, length: int, layers: int, rows: int, prompt: int, budget: int) -> dict:
@@ -324,7 +329,12 @@ def report(kind: str, results: list[dict], a) -> str:
                 f"{t.get('train', 0):.1f} | {t.get('samples', 0):.1f} | {t.get('teacher', 0):.1f} | "
                 f"{t.get('total', 0):.1f} | {x['peak_mb']:.0f} |"
             )
-    stages = ["", "Peak resident memory (MB) while each stage ran:", ""]
+    stages = ["", "Training metrics of each step (the same rollouts: equal to float tolerance across variants):", ""]
+    for x in results:
+        for k, m in enumerate(x.get("step_metrics", [])):
+            shown = ", ".join(f"{key} {value:.6g}" for key, value in m.items())
+            stages.append(f"- {x['model']} {x['variant']} round {x['round']} step {k + 1}: {shown}")
+    stages += ["", "Peak resident memory (MB) while each stage ran:", ""]
     for x in results:
         top = sorted(x["stage_peak_mb"].items(), key=lambda kv: -kv[1])[:6]
         shown = "; ".join(f"{k} {v:.0f}" for k, v in top)
