@@ -145,3 +145,26 @@ def test_a_vl_step_over_shared_contexts_is_the_plain_step(tmp_path, credit):
     assert module.scorer.prompts_checked == {("qwen2_vl", "sdpa"): True}
     for k in plain:
         assert torch.allclose(plain[k], shared[k], atol=2e-6), k
+
+
+def test_activation_checkpointing_keeps_the_gradient(tiny_dir):
+    """``model.gradient_checkpointing`` (transformers' activation checkpointing) on a LoRA policy
+    in training mode: it is on, and the gradient is the one without it."""
+    from cepo.policy import load_policy
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        policy, _, _ = load_policy(str(tiny_dir), "on", gradient_checkpointing=checkpointing)
+        assert policy.is_gradient_checkpointing == checkpointing
+        torch.manual_seed(1)
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:  # B starts at 0: give the adapter a gradient path through A
+                p.data.normal_()
+        policy.train()
+        ids = torch.randint(3, 50, (4, 20), generator=torch.Generator().manual_seed(2))
+        token_logprobs(response_logits(policy, ids, torch.ones_like(ids), 10), ids[:, 10:]).sum().backward()
+        grads.append({n: p.grad for n, p in policy.named_parameters() if p.requires_grad})
+    assert set(grads[0]) == set(grads[1]) and all(g is not None for g in grads[1].values())
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
