@@ -599,6 +599,7 @@ def test_vs_trl_measures_each_sides_peak_memory(vs_trl, tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_memory_benchmark_measures_the_training_pass_variants(tmp_path):
     """``benchmarks/memory.py pass`` at test size: each variant in its own process, a shared
     prompt runs fewer tokens than plain rows, and every figure is written to the results file."""
