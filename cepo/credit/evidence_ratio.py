@@ -35,8 +35,15 @@ class EvidenceRatio(MixedCredit):
     def assign(self, inputs: CreditInputs) -> CreditOutput:
         if self.beta == 0.0:  # GRPO exactly; the module skips the teacher passes then
             return uniform_output(inputs)
+        return evidence_weighted(
+            inputs, self.delta(inputs), self.clip, self.beta, EVIDENCE_LEGEND.format(delta=self.shown)
+        )
+
+    shown = "log P_T+(y_t) - log P_S(y_t)"
+    """What ``Delta`` is, on the token-weight page."""
+
+    def delta(self, inputs: CreditInputs):
+        """``[N, T]`` the evidence ``Delta_t`` (a subclass reading other evidence overrides this)."""
         if inputs.pos_logprobs is None or inputs.student_logprobs is None:
             raise ValueError("EvidenceRatio needs pos_logprobs and student_logprobs")
-        delta = inputs.pos_logprobs - inputs.student_logprobs
-        legend = EVIDENCE_LEGEND.format(delta="log P_T+(y_t) - log P_S(y_t)")
-        return evidence_weighted(inputs, delta, self.clip, self.beta, legend)
+        return inputs.pos_logprobs - inputs.student_logprobs

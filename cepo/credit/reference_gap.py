@@ -9,22 +9,15 @@ penalty; with ``beta = 0`` it is GRPO exactly.
 
 from __future__ import annotations
 
-from cepo.credit.base import (
-    EVIDENCE_LEGEND,
-    STUDENT,
-    CreditInputs,
-    CreditOutput,
-    MixedCredit,
-    check_clip_beta,
-    evidence_weighted,
-    uniform_output,
-)
+from cepo.credit.base import STUDENT, CreditInputs
+from cepo.credit.evidence_ratio import EvidenceRatio
 
 REFERENCE = "reference"  # provided by cepo/evidence/reference.py
 
 
-class ReferenceGap(MixedCredit):
-    """Tokens the initial policy likes more than the current one get more credit (or blame).
+class ReferenceGap(EvidenceRatio):
+    """Tokens the initial policy likes more than the current one get more credit (or blame):
+    RLSD's rule with the reference in the teacher's place.
 
     Args:
         clip: weight clip bound ``eps_w``; the weight lives in ``[1-clip, 1+clip]``.
@@ -32,17 +25,9 @@ class ReferenceGap(MixedCredit):
     """
 
     reads = frozenset({REFERENCE, STUDENT})
+    shown = "log P_ref(y_t) - log P_S(y_t)"
 
-    def __init__(self, clip: float = 0.5, beta: float = 0.5) -> None:
-        check_clip_beta(clip, beta)
-        self.clip = float(clip)
-        self.beta = float(beta)
-
-    def assign(self, inputs: CreditInputs) -> CreditOutput:
-        if self.beta == 0.0:
-            return uniform_output(inputs)
+    def delta(self, inputs: CreditInputs):
         if REFERENCE not in inputs.evidence or inputs.student_logprobs is None:
             raise ValueError("ReferenceGap needs the reference and student log-probs")
-        delta = inputs.evidence[REFERENCE] - inputs.student_logprobs
-        legend = EVIDENCE_LEGEND.format(delta="log P_ref(y_t) - log P_S(y_t)")
-        return evidence_weighted(inputs, delta, self.clip, self.beta, legend)
+        return inputs.evidence[REFERENCE] - inputs.student_logprobs
