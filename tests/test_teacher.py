@@ -1,6 +1,8 @@
 """Teacher contexts and weights, the evidence a rule asks for, and the shared scoring loop: context
 building, c- choice, and log-probs equal to a direct forward."""
 
+import copy
+
 import torch
 
 from cepo.credit import ENTROPY, NEG, POS, EvidenceRatio
@@ -191,3 +193,22 @@ def test_length_grouped_passes_equal_one_pass(tiny_model):
         ([2, 0], 2),
         ([3, 1], 19),  # " 42-4 = 38 and more" is 19 characters
     ]
+
+
+def test_logits_keep_a_bfloat16_models_dtype_and_values(tiny_model):
+    """A bfloat16 teacher's logits are not copied to float32 (the largest tensor of a distillation
+    step): they come back in bfloat16, equal to the model's own forward, and 0 past each response."""
+    model, tok = tiny_model
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    ctx = [tok(t, add_special_tokens=False).input_ids for t in ("1+2= 3", "12+30-4= 38")]
+    responses = [tok(t, add_special_tokens=False).input_ids for t in (" 3", " 42-4 = 38")]
+    rows = pack_contexts(ctx, responses, tok.pad_token_id, 1.0, "cpu")
+    out = Scorer(0).logits(model, rows)
+    assert out.dtype == torch.bfloat16 and out.shape[:2] == rows.mask.shape
+    for i in range(2):
+        width = len(responses[i])
+        with torch.no_grad():
+            full = torch.tensor([ctx[i] + responses[i]])
+            plain = model(full).logits[0, len(ctx[i]) - 1 : -1]
+        assert torch.allclose(out[i, :width].float(), plain.float(), atol=2e-2)
+        assert bool((out[i, width:] == 0).all())

@@ -124,7 +124,7 @@ class SelfDistillation(Objective):
             return parallel.is_sharded(model)
 
     def _teacher_logits(self, batch: RolloutBatch, rows: list[int], temperature: float, device) -> torch.Tensor:
-        """``[len(rows), T_max, V]`` float32 teacher logits at the response positions of ``rows``."""
+        """``[len(rows), T_max, V]`` teacher logits (the model's dtype) at the response positions of ``rows``."""
         packed = pack_contexts(
             [self._contexts[r] for r in rows],
             [batch.response_ids[r] for r in rows],

@@ -315,10 +315,14 @@ class Scorer:
 
     @torch.no_grad()
     def logits(self, model: torch.nn.Module, rows: Packed) -> torch.Tensor:
-        """``[N, T, V]`` float32 logits at each response position (full vocabulary; 0 past the end)."""
+        """``[N, T, V]`` logits at each response position (full vocabulary; 0 past the end), in the
+        model's own output dtype: a bfloat16 model's logits are not copied to float32 (that copy
+        would double the largest tensor of a distillation step); the divergences upcast one
+        micro-batch at a time. Masked in place, so the peak is one ``[N, T, V]`` tensor."""
         out = None
         for r, width, logits in self.passes(model, rows, self.plan(rows, model=model)):
             if out is None:
-                out = torch.zeros(*rows.mask.shape, logits.shape[-1], device=rows.mask.device)
-            out[r, :width] = logits.float()
-        return torch.where(rows.mask[..., None], out, torch.zeros_like(out))
+                shape = (*rows.mask.shape, logits.shape[-1])
+                out = torch.zeros(shape, dtype=logits.dtype, device=rows.mask.device)
+            out[r, :width] = logits
+        return out.masked_fill_(~rows.mask[..., None], 0)
