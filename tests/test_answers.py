@@ -131,15 +131,39 @@ def test_table_agrees_with_math_verify(reference, response, exact, mv, decides):
         assert math_verify_equal(response, reference) is True  # an earlier number, which cepo ignores
 
 
-def test_math_verify_gets_the_strings_as_written(monkeypatch):
+def test_math_verify_gets_the_committed_answer_as_written(monkeypatch):
     """No comma is stripped on the way to math-verify, and it is asked whenever the exact match
-    refuses (the old whole-answer comma removal accepted this pair before asking it)."""
+    refuses (the old whole-answer comma removal accepted this pair before asking it). It sees the
+    answer the response commits to (boxed), not the text around it."""
     seen = []
     monkeypatch.setattr(
         jsonl_module, "math_verify_equal", lambda response, answer: seen.append((response, answer)) or False
     )
     assert JsonlTask().is_correct("so \\boxed{(15)}", "(1,5)") is False
-    assert seen == [("so \\boxed{(15)}", "(1,5)")]
+    assert JsonlTask().is_correct("Half of it: 0.50 of the cake", "\\frac{1}{2}") is False
+    assert seen == [("\\boxed{(15)}", "(1,5)"), ("\\boxed{0.50}", "\\frac{1}{2}")]
+
+
+@pytest.mark.parametrize(
+    "response, reference, correct",
+    [
+        ("9 + 20 =", "29", False),  # the question restated: math-verify alone evaluates it to 29
+        ("\\boxed{9+20}", "29", False),
+        ("\\boxed{17 \\times 17}", "289", False),
+        ("The sum is 9 + 20 = 29.", "29", True),  # working before the value is fine
+        ("\\boxed{29}", "29", True),
+        ("\\boxed{1/2}", "0.5", True),  # a fraction is a value
+        ("\\boxed{0.5}", "\\frac{1}{2}", True),
+        ("\\boxed{-5}", "-5", True),
+        ("\\boxed{3 + 2\\sqrt{2}}", "3+2\\sqrt{2}", True),  # the reference is an expression itself
+    ],
+)
+def test_an_unevaluated_expression_does_not_answer_a_number(response, reference, correct):
+    """RL on SmolLM2 with ``What is 9 + 20?`` found, within ten steps, that restating the question
+    (``9 + 20 =``) scored as correct: math-verify read the text's expression and evaluated it. Only
+    the committed answer is verified, and arithmetic left undone does not answer a plain number."""
+    pytest.importorskip("math_verify")
+    assert JsonlTask().is_correct(response, reference) is correct
 
 
 def test_math_verify_does_not_warn_that_its_timeout_is_off(monkeypatch, caplog):

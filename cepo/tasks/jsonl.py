@@ -25,7 +25,10 @@ accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a bo
 or by exact match of the normalised extracted answer (``verifier="exact"``). math-verify's own
 timeouts use ``SIGALRM``, which only works on the main thread, so cepo always runs it in a
 daemon worker thread with its timeouts off and bounds it with its own (``verify_timeout``);
-on a timeout or an error the verdict falls back to the exact match. math-verify's warning that
+on a timeout or an error the verdict falls back to the exact match. Only the answer a response
+commits to (:func:`committed_answer`: its last box, else its last number) is verified, and where
+the reference is a plain number, arithmetic left undone in it (``9 + 20``) is wrong
+(:func:`unevaluated`): given the whole text, math-verify evaluated a restated question. math-verify's warning that
 its timeouts are off ("Timeout is disabled ... to prevent code getting stuck") is silenced for
 that reason (:class:`_CepoTimesMathVerify`): cepo supplies the timeout.
 
@@ -60,6 +63,8 @@ T = TypeVar("T")
 
 _BOXED = re.compile(r"\\boxed\{")
 _NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?")  # "5," is the number 5
+_PLAIN = re.compile(r"-?\d+(?:\.\d+)?")
+_OPERATION = re.compile(r"\d\s*(?:[-+*^×·÷]|\\times|\\cdot|\\div)\s*\(?\s*-?\d")  # "9 + 20", "3\times 4"
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 QUESTION_KEYS = ("prompt", "question", "problem")
 ROLES = ("system", "user", "assistant")
@@ -118,6 +123,29 @@ def normalise(answer: str) -> str:
     if re.fullmatch(r"-?\d+\.0+", a):
         a = a.split(".")[0]
     return a
+
+
+def committed_answer(response: str) -> str | None:
+    """The answer a response commits to, as written: its last ``\\boxed{}``; else the first token
+    after its last ``####`` (GSM8K's form; ``"#### 18, so"``: ``18``); else its last number.
+    Only this is verified: the rest of the text is working."""
+    boxed = last_boxed(response)
+    if boxed is not None:
+        return boxed
+    if "####" in response:
+        tail = response.split("####")[-1].split()
+        return tail[0].rstrip(",") if tail else None
+    numbers = _NUMBER.findall(response)
+    return numbers[-1] if numbers else None
+
+
+def unevaluated(committed: str, answer: str) -> bool:
+    """Whether ``committed`` leaves arithmetic undone where the reference is a plain number:
+    ``9 + 20`` (or ``17 \\times 17``) answers nothing when the answer is ``29``, although math-verify
+    evaluates it and finds it equal. A policy finds that hole within ten RL steps by restating the
+    question (measured on SmolLM2 with ``What is 9 + 20?``). Fractions (``1/2``, ``\\frac{1}{2}``)
+    are values and pass; a reference that is itself an expression (``3+2\\sqrt{2}``) lets any pass."""
+    return bool(_PLAIN.fullmatch(normalise(answer))) and bool(_OPERATION.search(committed))
 
 
 def exact_match(got: str | None, answer: str) -> bool:
@@ -321,30 +349,25 @@ class DatasetTask(Task):
         return self._splits[name]
 
     def extract_answer(self, response: str) -> str | None:
-        boxed = last_boxed(response)
-        if boxed is not None:
-            return normalise(boxed)
-        if "####" in response:
-            tail = response.split("####")[-1].split()
-            return normalise(tail[0].rstrip(",")) if tail else None  # "#### 18, so": 18
-        numbers = _NUMBER.findall(response)
-        return normalise(numbers[-1]) if numbers else None
+        committed = committed_answer(response)
+        return None if committed is None else normalise(committed)
 
     def is_correct(self, response: str, answer: str) -> bool:
         """Exact match first (cheap); then, with ``verifier="math_verify"``, math-verify within
         ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands).
         A response whose last ``\\boxed{}`` is empty is incorrect with either verifier."""
-        if exact_match(self.extract_answer(response), answer):
+        committed = committed_answer(response)
+        if committed is None or not normalise(committed):
+            return False  # nothing, or an empty box (math-verify would read an earlier number)
+        if exact_match(normalise(committed), answer):
             return True
-        if self.verifier == "exact":
+        if self.verifier == "exact" or unevaluated(committed, answer):
             return False
-        boxed = last_boxed(response)
-        if boxed is not None and not normalise(boxed):
-            return False  # the answer it commits to is empty (math-verify would read an earlier number)
         import math_verify  # noqa: F401 - the first import (~1 s, sympy) must not eat the timeout
 
         try:
-            return run_with_timeout(lambda: math_verify_equal(response, answer), self.verify_timeout)
+            boxed = f"\\boxed{{{committed}}}"  # math-verify reads the answer committed to, not the text
+            return run_with_timeout(lambda: math_verify_equal(boxed, answer), self.verify_timeout)
         except TimeoutError:
             log.warning("math-verify gave no verdict within %gs; counted as incorrect", self.verify_timeout)
         except Exception as err:  # a parse/verify error: the exact match (False) decides
