@@ -32,13 +32,13 @@ from cepo import distributed, evidence, parallel
 from cepo.bases.warmup import resolve_model_path
 from cepo.credit import CreditAssigner
 from cepo.credit.uniform import Uniform
-from cepo.evaluation import EvalMetrics
 from cepo.evidence import CreditRecord
 from cepo.lora import LoraSettings
 from cepo.objectives import Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.rollout.datamodule import DataLink, RolloutDataModule
+from cepo.rollout.evaluator import EvalMetrics
 from cepo.scoring import Scorer
 from cepo.step import RolloutStep, StepSettings
 from cepo.step_stats import (
@@ -189,7 +189,7 @@ class RLModule(L.LightningModule):
         self.last_credit: CreditRecord | None = None
         self.validated_at = -1  # the rollout step of the last validation during fit
         self.validation_pending = False  # restored: the checkpoint came before a validation that was due
-        # built in setup: the benchmarks and k come from the DataModule
+        # built in setup from the DataModule's evaluator (the benchmarks and k)
         self.val_metrics: EvalMetrics | None = None
 
     def _check_optimizer(self) -> None:
@@ -247,7 +247,7 @@ class RLModule(L.LightningModule):
         builds = type(self.objective).build_samples is not Objective.build_samples
         self.max_lag = allowed_lag(data.max_staleness, self.hparams.num_minibatches, self.hparams.tis_cap, builds)
         if self.val_metrics is None:  # built here, so every DDP rank holds the metric even without val batches
-            self.val_metrics = EvalMetrics(data.benchmark_names, data.eval_k).to(self.device)
+            self.val_metrics = data.evaluator.metrics().to(self.device)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -14,7 +14,9 @@ DataModule draws the prompts itself from a resumable :class:`~cepo.rollout.strea
 (refill rounds, the next batch while this one trains) and the DataLoader yields step tickets.
 
 Evaluation scores the task's held-out split, or, when ``benchmarks`` are named, one
-validation DataLoader per benchmark, each verified by its own task.
+validation DataLoader per benchmark, each verified by its own task; the DataModule's
+:class:`~cepo.rollout.evaluator.Evaluator` (``evaluator``) holds those settings, draws and
+verifies the answers, and builds the metrics and per-sample rows.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from cepo.rewards import Reward, check_names
 from cepo.rollout.batch import RolloutBatch
 from cepo.rollout.dynamic import DynamicSampling, dynamic_batch
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
-from cepo.rollout.generator import EvalBatch, RolloutGenerator
+from cepo.rollout.evaluator import EvalBatch, EvalRows, Evaluator
+from cepo.rollout.evaluator import eval_sampling as resolve_eval_sampling
+from cepo.rollout.generator import RolloutGenerator
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.index_sampler import EpochLog, ResumableSampler
 from cepo.rollout.one_step_off import OneStepOff
@@ -45,7 +49,6 @@ from cepo.rollout.stream import PromptStream
 from cepo.tasks import Arithmetic, Example, Task
 
 RANK_SEED_STRIDE = 30_000_001  # sampling seeds of the processes of one run, apart
-EVAL_CALLS_START = 1_000_000_007  # evaluations count their engine calls from here, far from training's
 
 
 def _collate(rows: list[Example]) -> list[Example]:
@@ -74,16 +77,14 @@ class DataLink:
     Attributes:
         prompts_per_step: prompts per rollout step (per process).
         max_staleness: rollout steps a training batch may lag the policy by.
-        benchmark_names: the held-out benchmarks, in DataLoader order (empty: the task alone).
-        eval_k: sampled generations per held-out prompt.
+        evaluator: held-out evaluation (its metrics, the benchmarks, ``k``).
         sampler: the rollout sampler (objectives that draw more samples use it).
         connect: binds the sampler's engine to the policy, once it exists.
     """
 
     prompts_per_step: int
     max_staleness: int
-    benchmark_names: list[str]
-    eval_k: int
+    evaluator: Evaluator
     sampler: object
     connect: object
 
@@ -174,45 +175,22 @@ class RolloutDataModule(L.LightningDataModule):
         run_seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         self.sampling = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * run_seed)
         self.success_threshold = success_threshold
-        self.eval_split = eval_split
-        self.eval_size = eval_size
-        self.eval_batch_size = eval_batch_size
-        self.eval_k = eval_k
         # the setting that limits evaluation's new tokens, for messages
         self.eval_length_setting = f"data.{'eval_' if eval_sampling is not None else ''}sampling.max_new_tokens"
-        if eval_sampling is None:
-            self.eval_sampling = SamplingConfig(
-                temperature=1.0,
-                top_p=self.sampling.top_p,
-                top_k=self.sampling.top_k,
-                max_new_tokens=self.sampling.max_new_tokens,
-                stop=list(self.sampling.stop),
-                seed=self.sampling.seed + 10_000_019,
-            )
-        else:
-            seed = eval_sampling.seed + 1_000_003 * run_seed + 10_000_019
-            self.eval_sampling = dataclasses.replace(eval_sampling, seed=seed)
-        self.sampler = RolloutGenerator(
-            self.engine,
-            self.task,
-            self.sampling,
-            self.eval_sampling,
-            group_size,
-            success_threshold,
-            prompt_format,
-            rewards,
-        )
+        self.eval_sampling = resolve_eval_sampling(eval_sampling, self.sampling, run_seed)
+        tasks = self.benchmarks or {"": self.task}
+        self.evaluator = Evaluator(tasks, eval_split, eval_size, eval_batch_size, eval_k, self.eval_sampling)
+        args = (self.task, self.sampling, group_size, success_threshold, prompt_format, rewards)
+        self.sampler = RolloutGenerator(self.engine, *args)
         self.prompt_format, self.rewards = self.sampler.prompt_format, self.sampler.rewards
         self.dynamic_sampling = dynamic_sampling if dynamic_sampling is not None else DynamicSampling()
         self.one_step_off = bool(one_step_off)
         self.background: OneStepOff | None = None  # the one-step-off generator
         if one_step_off:  # its own engine (set up on a copy of the policy) and sampler
-            args = (self.task, self.sampling, self.eval_sampling, group_size, success_threshold)
-            self.background = OneStepOff(RolloutGenerator(copy.deepcopy(self.engine), *args, prompt_format, rewards))
+            self.background = OneStepOff(RolloutGenerator(copy.deepcopy(self.engine), *args))
         self.stream: PromptStream | None = None  # the prompts, when the DataModule draws them
         self._stream_state: dict | None = None
         self.served = 0  # training batches handed to the module
-        self.eval_calls = EVAL_CALLS_START  # the engine's call counter of evaluations (apart from training's)
         self.epoch_log = EpochLog()  # the training sampler's epochs and where to resume
         self._fitting = False  # set by check_train: the training prompts must fit the context too
 
@@ -225,7 +203,7 @@ class RolloutDataModule(L.LightningDataModule):
         for name, task in self.eval_tasks().items():
             if not self.eval_rows(task):
                 where = f"benchmark {name!r}" if self.benchmarks else "the task"
-                raise ValueError(f"{where} has no {self.eval_split!r} split to evaluate on")
+                raise ValueError(f"{where} has no {self.evaluator.split!r} split to evaluate on")
 
     def check_train(self, world_size: int = 1) -> None:
         """The training split holds at least one step's prompts on each of ``world_size``
@@ -252,9 +230,8 @@ class RolloutDataModule(L.LightningDataModule):
         if has_vision:
             return
         splits = [("train", self.task.split("train"))] if fit else []
-        splits += [
-            (f"{self.eval_split} ({name or 'task'})", self.eval_rows(task)) for name, task in self.eval_tasks().items()
-        ]
+        split = self.evaluator.split
+        splits += [(f"{split} ({name or 'task'})", self.eval_rows(task)) for name, task in self.eval_tasks().items()]
         for name, rows in splits:
             if any(e.images for e in rows[:CHECKED_ROWS]):
                 raise ValueError(
@@ -337,23 +314,32 @@ class RolloutDataModule(L.LightningDataModule):
                     "they keep their last tokens" if what == "evaluation" else "they are not cut",
                 )
 
+    # -- evaluation (the evaluator's, named as the DataModule's settings) ------------------
+    @property
+    def eval_k(self) -> int:
+        """Sampled generations per held-out prompt."""
+        return self.evaluator.k
+
     @property
     def benchmark_names(self) -> list[str]:
         """The benchmark names in DataLoader order (empty without ``benchmarks``)."""
-        return list(self.benchmarks)
+        return self.evaluator.names
 
     def eval_tasks(self) -> dict[str, Task]:
         """The tasks scored by ``validate``, in DataLoader order (the task alone, named "")."""
-        return dict(self.benchmarks) if self.benchmarks else {"": self.task}
+        return dict(self.evaluator.tasks)
 
     def eval_task(self, dataloader_idx: int = 0) -> Task:
         """The task whose held-out split validation DataLoader ``dataloader_idx`` serves."""
-        return list(self.eval_tasks().values())[dataloader_idx]
+        return self.evaluator.task(dataloader_idx)
 
     def eval_rows(self, task: Task | None = None) -> list[Example]:
         """The held-out problems of ``task`` (default: the training task) that are scored."""
-        rows = (task if task is not None else self.task).split(self.eval_split)
-        return rows[: self.eval_size] if self.eval_size else rows
+        return self.evaluator.rows(task if task is not None else self.task)
+
+    def evaluate(self, examples: list[Example], task: Task | None = None) -> EvalBatch:
+        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``."""
+        return self.evaluator.evaluate(self.sampler, examples, task if task is not None else self.task)
 
     @property
     def streamed(self) -> bool:
@@ -396,7 +382,7 @@ class RolloutDataModule(L.LightningDataModule):
         draw counter, and the global random streams (saved with every checkpoint)."""
         state = {
             "served": self.served,
-            "eval_calls": self.eval_calls,
+            **self.evaluator.state_dict(),
             "epochs": list(self.epoch_log.epochs),
             "engine": self.engine.state_dict(),
             "rng": {  # plain types: LightningCLI reads checkpoints with weights_only
@@ -428,7 +414,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.served = state.get("served", 0)
-        self.eval_calls = state.get("eval_calls", EVAL_CALLS_START)
+        self.evaluator.load_state_dict(state)
         self.epoch_log.restore(state.get("epochs", []), self.served, self.prompts_per_step)
         self.engine.load_state_dict(state.get("engine", {}))
         self._load_draw_state(state)
@@ -440,18 +426,13 @@ class RolloutDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One DataLoader per benchmark (Lightning passes ``dataloader_idx``), else one."""
-        loaders = [
-            DataLoader(_Rows(self.eval_rows(task)), batch_size=self.eval_batch_size, collate_fn=_collate)
-            for task in self.eval_tasks().values()
-        ]
+        loaders = self.evaluator.dataloaders()
         return loaders if self.benchmarks else loaders[0]
 
     # -- generation -------------------------------------------------------------------
     def link(self) -> DataLink:
         """What the module reads of the DataModule, handed over once (``RLModule.setup``)."""
-        return DataLink(
-            self.prompts_per_step, self.max_staleness, self.benchmark_names, self.eval_k, self.sampler, self.connect
-        )
+        return DataLink(self.prompts_per_step, self.max_staleness, self.evaluator, self.sampler, self.connect)
 
     def connect(self, policy: PolicyRef) -> None:
         """Connect the rollout sampler to the policy (the module calls this once it exists).
@@ -467,13 +448,13 @@ class RolloutDataModule(L.LightningDataModule):
         if self.background is not None:
             self.background.connect(policy)
 
-    def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0) -> object:
+    def on_after_batch_transfer(self, batch: list[Example] | EvalRows, dataloader_idx: int = 0) -> object:
         if self.trainer.training:
             distributed.set_stage(f"rollout step {self.served + 1}")
         with distributed.stage("weight sync and generation"):
             return self._generate(batch, dataloader_idx)
 
-    def _generate(self, batch: list[Example], dataloader_idx: int) -> object:
+    def _generate(self, batch: list[Example] | EvalRows, dataloader_idx: int) -> object:
         self.sampler.sync()
         if self.trainer.training:
             self.served += 1
@@ -482,21 +463,7 @@ class RolloutDataModule(L.LightningDataModule):
             if self.background is None:
                 return self.rollouts(self.sampler)
             return self.background.next(self.rollouts, self._draw_state)
-        return self._isolated_evaluation(batch, self.eval_task(dataloader_idx))
-
-    def _isolated_evaluation(self, batch: list[Example], task: Task) -> EvalBatch:
-        """Evaluate with the engine's own evaluation counter and a forked global RNG, then put the
-        training draw state back: an evaluation, scheduled or not, never changes what training
-        draws, and it draws the same whether or not the run was resumed before it (the counter is
-        checkpointed)."""
-        training = self.engine.state_dict()
-        self.engine.load_state_dict({"calls": self.eval_calls})
-        try:
-            with torch.random.fork_rng(devices=[]):
-                return self.evaluate(batch, task)
-        finally:
-            self.eval_calls = self.engine.state_dict().get("calls", self.eval_calls)
-            self.engine.load_state_dict(training)
+        return self.evaluator.isolated(self.sampler, batch, dataloader_idx)
 
     def rollouts(self, sampler: RolloutGenerator) -> RolloutBatch:
         """One step's rollouts from the prompt stream, with ``sampler`` (dynamic sampling's
@@ -516,7 +483,3 @@ class RolloutDataModule(L.LightningDataModule):
             state = self.background.state_at_launch
             self.background.wait()
             self._load_draw_state(state)
-
-    def evaluate(self, examples: list[Example], task: Task | None = None) -> EvalBatch:
-        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``."""
-        return self.sampler.evaluate(examples, task, self.eval_k)
