@@ -30,7 +30,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from cepo import distributed, evidence, parallel
 from cepo.bases.warmup import resolve_model_path
-from cepo.credit import CreditAssigner
+from cepo.credit import CreditAssigner, MixedCredit
 from cepo.credit.uniform import Uniform
 from cepo.evidence import CreditRecord
 from cepo.lora import LoraSettings
@@ -41,12 +41,7 @@ from cepo.rollout.datamodule import DataLink, RolloutDataModule
 from cepo.rollout.evaluator import EvalMetrics
 from cepo.scoring import Scorer
 from cepo.step import RolloutStep, StepSettings
-from cepo.step_stats import (
-    allowed_lag,
-    check_lag,
-    log_rollout_step,
-    log_step,
-)
+from cepo.step_stats import allowed_lag, check_lag, log_step, step_metrics
 from cepo.teacher import Live, Reference, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 
@@ -320,7 +315,13 @@ class RLModule(L.LightningModule):
         stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
         stats.update({"staleness": float(lag)} if self.max_lag else {})
         timings = {**result.batch.timings, **result.timings}
-        log_rollout_step(self, batch, result.advantages[: batch.num_rollouts], stats, timings)
+        beta = self.credit.beta if isinstance(self.credit, MixedCredit) else None
+        lr = self.optimizers().param_groups[0]["lr"]
+        n = batch.num_rollouts
+        metrics = step_metrics(batch, result.advantages[:n], stats, timings, self.rl_step, lr, beta)
+        log_step(self.loggers, metrics, self.rl_step, latest=self.trainer.callback_metrics)
+        self.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
+        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Lightning's count of steps, its logging step: after a resume that re-ran a validation
@@ -353,7 +354,7 @@ class RLModule(L.LightningModule):
         in_fit = self.trainer.state.fn == "fit"
         self.log_dict(metrics, sync_dist=False, logger=not in_fit)
         if in_fit:
-            log_step(self.trainer, metrics, self.rl_step, step=self.rl_step)
+            log_step(self.loggers, metrics, self.rl_step, step=self.rl_step, latest=self.trainer.callback_metrics)
             self.validated_at = self.rl_step
         self.val_metrics.reset()
 
