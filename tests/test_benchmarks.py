@@ -235,7 +235,7 @@ def _validate(tmp_path, tiny_dir, *extra):
 
 def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, monkeypatch, caplog, capsys):
     monkeypatch.chdir(ROOT)  # the config names the fixtures relative to the repository root
-    with caplog.at_level(logging.WARNING, logger="cepo.rollout.generator"):
+    with caplog.at_level(logging.WARNING, logger="cepo.rollout.evaluator"):
         cli = _validate(tmp_path, tiny_dir, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml"))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     names = ["arithmetic", "gsm8k", "math500"]

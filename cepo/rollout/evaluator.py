@@ -135,6 +135,14 @@ class Evaluator:
         k: int,
         sampling: SamplingConfig,
     ) -> None:
+        if k < 0:
+            raise ValueError(f"data.eval_k must be >= 0, got {k}")
+        if split not in ("val", "test"):
+            raise ValueError(f"data.eval_split must be 'val' or 'test', got {split!r}")
+        if size is not None and size < 1:
+            raise ValueError(f"data.eval_size must be >= 1 (null: the whole split), got {size}")
+        if batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be >= 1, got {batch_size}")
         self.tasks = dict(tasks)
         self.split = split
         self.size = size
@@ -156,6 +164,13 @@ class Evaluator:
         """The held-out problems of ``task`` that are scored."""
         rows = task.split(self.split)
         return rows[: self.size] if self.size else rows
+
+    def check_rows(self) -> None:
+        """Every task scored has held-out rows (loading, and so validating, its split)."""
+        for name, task in self.tasks.items():
+            if not self.rows(task):
+                where = f"benchmark {name!r}" if name else "the task"
+                raise ValueError(f"{where} has no {self.split!r} split to evaluate on")
 
     def scope(self) -> str:
         """What a pass scores, in words (``val, 500 problems``)."""
