@@ -206,10 +206,8 @@ class CepoCLI(LightningCLI):
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             acc = "val/acc"
             base = f"{self.base_metrics[acc]:.3f}" if self.base_metrics else "n/a"
-            print(
-                f"\nheld-out greedy accuracy ({self.datamodule.eval_split}, "
-                f"{len(self.datamodule.eval_rows())} problems): base {base} -> final {final[acc]:.3f}"
-            )
+            scope = self.datamodule.evaluator.scope()
+            print(f"\nheld-out greedy accuracy ({scope}): base {base} -> final {final[acc]:.3f}")
             print(f"run directory: {run_dir}")
 
     def after_validate(self) -> None:

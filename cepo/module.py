@@ -30,23 +30,18 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from cepo import distributed, evidence, parallel
 from cepo.bases.warmup import resolve_model_path
-from cepo.credit import CreditAssigner
+from cepo.credit import CreditAssigner, MixedCredit
 from cepo.credit.uniform import Uniform
-from cepo.evaluation import EvalMetrics
 from cepo.evidence import CreditRecord
 from cepo.lora import LoraSettings
 from cepo.objectives import Objective
 from cepo.policy import PolicyRef, export_hf, load_policy
 from cepo.rollout.batch import RolloutBatch
 from cepo.rollout.datamodule import DataLink, RolloutDataModule
+from cepo.rollout.evaluator import EvalMetrics
 from cepo.scoring import Scorer
 from cepo.step import RolloutStep, StepSettings
-from cepo.step_stats import (
-    allowed_lag,
-    check_lag,
-    log_rollout_step,
-    log_step,
-)
+from cepo.step_stats import allowed_lag, check_lag, log_step, step_metrics
 from cepo.teacher import Live, Reference, TeacherContexts, TeacherWeights
 from cepo.vision import VisionSettings
 
@@ -189,7 +184,7 @@ class RLModule(L.LightningModule):
         self.last_credit: CreditRecord | None = None
         self.validated_at = -1  # the rollout step of the last validation during fit
         self.validation_pending = False  # restored: the checkpoint came before a validation that was due
-        # built in setup: the benchmarks and k come from the DataModule
+        # built in setup from the DataModule's evaluator (the benchmarks and k)
         self.val_metrics: EvalMetrics | None = None
 
     def _check_optimizer(self) -> None:
@@ -247,7 +242,7 @@ class RLModule(L.LightningModule):
         builds = type(self.objective).build_samples is not Objective.build_samples
         self.max_lag = allowed_lag(data.max_staleness, self.hparams.num_minibatches, self.hparams.tis_cap, builds)
         if self.val_metrics is None:  # built here, so every DDP rank holds the metric even without val batches
-            self.val_metrics = EvalMetrics(data.benchmark_names, data.eval_k).to(self.device)
+            self.val_metrics = data.evaluator.metrics().to(self.device)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -320,7 +315,13 @@ class RLModule(L.LightningModule):
         stats.update({f"{self.objective.name}/{k}": v for k, v in self.objective.metrics().items()})
         stats.update({"staleness": float(lag)} if self.max_lag else {})
         timings = {**result.batch.timings, **result.timings}
-        log_rollout_step(self, batch, result.advantages[: batch.num_rollouts], stats, timings)
+        beta = self.credit.beta if isinstance(self.credit, MixedCredit) else None
+        lr = self.optimizers().param_groups[0]["lr"]
+        n = batch.num_rollouts
+        metrics = step_metrics(batch, result.advantages[:n], stats, timings, self.rl_step, lr, beta)
+        log_step(self.loggers, metrics, self.rl_step, latest=self.trainer.callback_metrics)
+        self.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
+        self.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Lightning's count of steps, its logging step: after a resume that re-ran a validation
@@ -353,7 +354,7 @@ class RLModule(L.LightningModule):
         in_fit = self.trainer.state.fn == "fit"
         self.log_dict(metrics, sync_dist=False, logger=not in_fit)
         if in_fit:
-            log_step(self.trainer, metrics, self.rl_step, step=self.rl_step)
+            log_step(self.loggers, metrics, self.rl_step, step=self.rl_step, latest=self.trainer.callback_metrics)
             self.validated_at = self.rl_step
         self.val_metrics.reset()
 

@@ -3,7 +3,7 @@
 The update loop adds each micro-batch's loss, clip counts, entropy and KL as tensors to an
 :class:`UpdateStats`; nothing is read back to the host until :meth:`UpdateStats.result`, once
 per rollout step. :func:`step_metrics` names everything the module logs for the step, and
-:func:`log_step` sends a step's metrics to the loggers.
+:func:`log_step` sends a step's metrics to the loggers it is handed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import torch
 
 from cepo import distributed
 from cepo.advantages import zero_variance_groups
-from cepo.credit import MixedCredit
 from cepo.loss import SurrogateStats
 from cepo.rollout.batch import RolloutBatch
 
@@ -212,29 +211,20 @@ def check_mismatch(gap: float, warn: float, stop: float | None) -> bool:
     return False
 
 
-def log_step(trainer, metrics: dict, rl_step: int, step: int | None = None) -> None:
-    """Send one rollout step's metrics to every logger, at step ``rl_step - 1`` (0-based, as
-    Lightning numbers training batches: the number of updates applied to the policy that drew
-    the step's rollouts), or at ``step``.
+def log_step(loggers, metrics: dict, rl_step: int, step: int | None = None, latest: dict | None = None) -> None:
+    """Send one rollout step's metrics to every logger in ``loggers``, at step ``rl_step - 1``
+    (0-based, as Lightning numbers training batches: the number of updates applied to the policy
+    that drew the step's rollouts), or at ``step``.
 
     Not through ``LightningModule.log``: Lightning keeps a step-level value until the epoch ends,
     so a metric that a step does not produce (per-token statistics when no row trained, a credit
     summary of rollouts that were all correct, ...) would be written again with its last value.
-    Here a step's row holds exactly what that step measured. ``trainer.callback_metrics`` gets the
-    values too (callbacks and checkpoint monitors read the latest ones there).
+    Here a step's row holds exactly what that step measured. ``latest`` (the trainer's
+    ``callback_metrics``, where callbacks and checkpoint monitors read the latest values) gets the
+    values too.
     """
     values = {k: float(v) for k, v in metrics.items()}
-    for logger in trainer.loggers:
+    for logger in loggers:
         logger.log_metrics(values, step=rl_step - 1 if step is None else step)
-    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
-
-
-def log_rollout_step(module, batch: RolloutBatch, advantages, stats: dict, timings: dict) -> None:
-    """Log a :class:`~cepo.module.RLModule` rollout step: its metrics to every logger
-    (:func:`log_step`), and reward and accuracy to the progress bar."""
-    beta = module.credit.beta if isinstance(module.credit, MixedCredit) else None
-    lr = module.optimizers().param_groups[0]["lr"]
-    log_step(module.trainer, step_metrics(batch, advantages, stats, timings, module.rl_step, lr, beta), module.rl_step)
-    n = batch.num_rollouts
-    module.log("reward", batch.rewards.mean(), prog_bar=True, logger=False, batch_size=n)
-    module.log("acc", batch.correct.float().mean(), prog_bar=True, logger=False, batch_size=n)
+    if latest is not None:
+        latest.update({k: torch.tensor(v) for k, v in values.items()})

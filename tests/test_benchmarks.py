@@ -14,7 +14,7 @@ from cepo.cli import cli_main
 from cepo.policy import PolicyRef
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
-from cepo.rollout.generator import truncate_left
+from cepo.rollout.evaluator import truncate_left
 from cepo.tasks import Arithmetic, Example, JsonlTask
 from cepo.tasks import jsonl as jsonl_module
 from cepo.tasks.benchmarks import JsonlBenchmark
@@ -158,7 +158,7 @@ def test_one_val_dataloader_per_benchmark():
     assert [len(dl.dataset) for dl in loaders] == [3, 3]
     assert dm.benchmark_names == ["arith", "gsm8k"]
     assert dm.eval_task(1) is bench["gsm8k"]
-    assert next(iter(loaders[1]))[0].answer == "18"
+    assert next(iter(loaders[1])).examples[0].answer == "18"
     task = Arithmetic(train_size=10, val_size=4)
     single = RolloutDataModule(task=task).val_dataloader()
     assert len(single.dataset) == 4 and single.dataset.rows == task.split("val")
@@ -235,7 +235,7 @@ def _validate(tmp_path, tiny_dir, *extra):
 
 def test_validate_reports_every_benchmark_and_their_mean(tmp_path, tiny_dir, monkeypatch, caplog, capsys):
     monkeypatch.chdir(ROOT)  # the config names the fixtures relative to the repository root
-    with caplog.at_level(logging.WARNING, logger="cepo.rollout.generator"):
+    with caplog.at_level(logging.WARNING, logger="cepo.rollout.evaluator"):
         cli = _validate(tmp_path, tiny_dir, "--config", str(ROOT / "configs" / "eval" / "benchmarks.yaml"))
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     names = ["arithmetic", "gsm8k", "math500"]

@@ -54,7 +54,7 @@ def rollouts(tok, model, prompt_format, responses, rewards_task=None):
     texts = [" The answer is \\boxed{" + r + "}" for r in responses]
     ids = [tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in texts]
     task = rewards_task or JsonlTask(verifier="exact")
-    sampler = RolloutGenerator(Canned(ids), task, SamplingConfig(), SamplingConfig(), len(ids), 1.0, prompt_format)
+    sampler = RolloutGenerator(Canned(ids), task, SamplingConfig(), len(ids), 1.0, prompt_format)
     sampler.connect(PolicyRef(model, tok, ""))
     sampler.sync()
     question = "Tom has 3 apples and buys 4 more. How many apples does he have?"

@@ -1,11 +1,12 @@
 """cepo.rollout.datamodule without a Trainer: its settings checks, the resumable data order, the
-split across processes, and evaluations that leave training's random draws alone."""
+split across processes, and the evaluation rows and benchmark order (the evaluation itself:
+tests/test_evaluator.py)."""
 
 import pytest
 import torch
 from torch.utils.data import RandomSampler
 
-from cepo.rollout.datamodule import EVAL_CALLS_START, RolloutDataModule
+from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.index_sampler import ResumableSampler
 from cepo.tasks import Arithmetic
 from tests.helpers import TextParity
@@ -93,28 +94,3 @@ def test_evaluation_rows_and_benchmark_order():
     assert dm.benchmark_names == ["parity", "arith"] and dm.eval_task(1) is second
     loaders = dm.val_dataloader()
     assert [len(loader.dataset) for loader in loaders] == [3, 5]
-
-
-def test_an_evaluation_leaves_training_draws_alone(monkeypatch):
-    """Evaluations draw from their own engine counter and a forked global stream: training's
-    counter and random stream are as they were, and the evaluation counter moves on."""
-    dm = data()
-    dm.engine.load_state_dict({"calls": 7})
-
-    def evaluate(batch, task):  # an evaluation that draws: engine calls and global random numbers
-        dm.engine.load_state_dict({"calls": dm.engine.state_dict()["calls"] + len(batch)})
-        return torch.rand(2)
-
-    monkeypatch.setattr(dm, "evaluate", evaluate)
-    torch.manual_seed(0)
-    expected_next = torch.rand(1)
-    torch.manual_seed(0)
-    drawn = dm._isolated_evaluation([None] * 4, dm.task)
-    assert torch.equal(torch.rand(1), expected_next)  # training's stream as if no evaluation ran
-    assert dm.engine.state_dict()["calls"] == 7  # training's engine counter put back
-    assert dm.eval_calls == EVAL_CALLS_START + 4  # the evaluation counter moved on
-    torch.manual_seed(0)
-    assert torch.equal(drawn, torch.rand(2))  # the evaluation drew from a fork of the stream
-    dm._isolated_evaluation([None] * 2, dm.task)
-    assert dm.eval_calls == EVAL_CALLS_START + 6 and dm.engine.state_dict()["calls"] == 7
-    assert dm.state_dict()["eval_calls"] == EVAL_CALLS_START + 6  # checkpointed

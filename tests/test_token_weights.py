@@ -41,10 +41,7 @@ def record(images):
 
 def render(tmp_path, images, **kwargs):
     rec, tok = record(images)
-    callback = TokenWeightLogger(**kwargs)
-    callback.out_dir = tmp_path
-    trainer = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path), global_step=0)
-    return callback.render(trainer, SimpleNamespace(tokenizer=tok), rec, 1).read_text()
+    return TokenWeightLogger(**kwargs).render(rec, 1, tok, tmp_path).read_text()
 
 
 def test_each_rollout_shows_its_prompts_image_as_a_bounded_thumbnail(tmp_path):

@@ -37,9 +37,7 @@ def digits(a: int, b: int, size: int = 56) -> Image.Image:
 
 def rollouts(vl, examples, n=2, max_new=6):
     engine = HFEngine()
-    sampler = RolloutGenerator(
-        engine, Arithmetic(), SamplingConfig(max_new_tokens=max_new, seed=3), SamplingConfig(), n, 1.0
-    )
+    sampler = RolloutGenerator(engine, Arithmetic(), SamplingConfig(max_new_tokens=max_new, seed=3), n, 1.0)
     sampler.connect(vl)
     sampler.sync()
     return sampler.rollout(examples), sampler

@@ -6,7 +6,8 @@ and each of the ``data.eval_k`` samples, with ``benchmark``, ``index`` (the prob
 its held-out split), ``prompt``, ``sample``, ``response``, ``extracted``, ``reference``,
 ``correct``, ``tokens`` and ``truncated``. Files are named after the pass (``base``, ``final``,
 ``validate``) or the rollout step after which an in-training check ran (``step_00100``); under DDP each
-process writes its own part (``.rank1``, ...).
+process writes its own part (``.rank1``, ...). The rows are the evaluation batch's own
+(:attr:`cepo.rollout.evaluator.EvalBatch.records`), written as they are.
 """
 
 from __future__ import annotations
@@ -43,13 +44,8 @@ class EvalSamplesWriter(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if self._file is None or getattr(batch, "records", None) is None:
             return
-        datamodule = trainer.datamodule
-        names = datamodule.benchmark_names
-        benchmark = names[dataloader_idx] if names else "task"
-        first = batch_idx * datamodule.eval_batch_size  # validation loaders are not shuffled
         for record in batch.records:
-            row = {"benchmark": benchmark, **record, "index": first + record["index"]}
-            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._file is not None:

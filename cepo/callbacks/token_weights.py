@@ -131,10 +131,11 @@ class TokenWeightLogger(L.Callback):
         if record is None or record.output.weight is None:
             return  # no per-token weight this step (uniform credit, or beta == 0)
         metrics = self.step_metrics(record, trainer.datamodule.task, pl_module.tokenizer)
-        log_step(trainer, metrics, pl_module.rl_step)  # a step's row holds only what it measured
         step = pl_module.rl_step
+        log_step(trainer.loggers, metrics, step, latest=trainer.callback_metrics)  # only what the step measured
         if self.every_n_steps and trainer.is_global_zero and (step == 1 or step % self.every_n_steps == 0):
-            self.render(trainer, pl_module, record, step)
+            out_dir = self.out_dir or Path(trainer.default_root_dir) / "token_weights"
+            self.render(record, step, pl_module.tokenizer, out_dir, trainer.loggers, trainer.global_step)
 
     def step_metrics(self, record, task, tokenizer) -> dict[str, float]:
         batch, out = record.batch, record.output
@@ -184,11 +185,11 @@ class TokenWeightLogger(L.Callback):
         rows = [i for i in range(batch.num_rollouts) if bool(batch.correct[i]) == correct]
         return rows[: self.num_examples]
 
-    def render(self, trainer, pl_module, record, step: int) -> Path:
-        out_dir = self.out_dir or Path(trainer.default_root_dir) / "token_weights"
+    def render(self, record, step: int, tok, out_dir: Path, loggers=(), global_step: int = 0) -> Path:
+        """Write rollout step ``step``'s page, its JSON and PNG to ``out_dir``, and give the figure to
+        each logger that takes figures (TensorBoard) at ``global_step``."""
         out_dir.mkdir(parents=True, exist_ok=True)
         batch, out = record.batch, record.output
-        tok = pl_module.tokenizer
         lo, hi = out.weight_range
         columns, thumbs = {}, {}
         for label, correct in (("correct", True), ("wrong", False)):
@@ -218,10 +219,10 @@ class TokenWeightLogger(L.Callback):
         png = out_dir / f"step_{step:05d}.png"
         fig = self.figure(columns, step, lo, hi)
         fig.savefig(png, dpi=100)
-        for lg in trainer.loggers:
+        for lg in loggers:
             exp = getattr(lg, "experiment", None)
             if hasattr(exp, "add_figure"):
-                exp.add_figure("credit/token_weights", fig, global_step=trainer.global_step)
+                exp.add_figure("credit/token_weights", fig, global_step=global_step)
         import matplotlib.pyplot as plt
 
         plt.close(fig)

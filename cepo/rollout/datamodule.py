@@ -11,17 +11,19 @@ the policy's weight version moved.
 
 With dynamic sampling (``dynamic_sampling``) or one-step-off rollouts (``one_step_off``) on, the
 DataModule draws the prompts itself from a resumable :class:`~cepo.rollout.stream.PromptStream`
-(refill rounds, the next batch while this one trains) and the DataLoader yields step tickets.
+(refill rounds, the next batch while this one trains; :class:`~cepo.rollout.stream.StreamedRollouts`)
+and the DataLoader yields step tickets.
 
 Evaluation scores the task's held-out split, or, when ``benchmarks`` are named, one
-validation DataLoader per benchmark, each verified by its own task.
+validation DataLoader per benchmark, each verified by its own task; the DataModule's
+:class:`~cepo.rollout.evaluator.Evaluator` (``evaluator``) holds those settings, draws and
+verifies the answers, and builds the metrics and per-sample rows.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import os
 import random
 
@@ -34,26 +36,23 @@ from cepo import distributed
 from cepo.policy import PolicyRef
 from cepo.prompts.formats import PromptFormat
 from cepo.rewards import Reward, check_names
-from cepo.rollout.batch import RolloutBatch
-from cepo.rollout.dynamic import DynamicSampling, dynamic_batch
+from cepo.rollout import checks
+from cepo.rollout.dynamic import DynamicSampling
 from cepo.rollout.engine import RolloutEngine, SamplingConfig
-from cepo.rollout.generator import EvalBatch, RolloutGenerator
+from cepo.rollout.evaluator import EvalBatch, EvalRows, Evaluator
+from cepo.rollout.evaluator import eval_sampling as resolve_eval_sampling
+from cepo.rollout.generator import RolloutGenerator
 from cepo.rollout.hf_engine import HFEngine
 from cepo.rollout.index_sampler import EpochLog, ResumableSampler
 from cepo.rollout.one_step_off import OneStepOff
-from cepo.rollout.stream import PromptStream
+from cepo.rollout.stream import PromptStream, StreamedRollouts
 from cepo.tasks import Arithmetic, Example, Task
 
 RANK_SEED_STRIDE = 30_000_001  # sampling seeds of the processes of one run, apart
-EVAL_CALLS_START = 1_000_000_007  # evaluations count their engine calls from here, far from training's
 
 
 def _collate(rows: list[Example]) -> list[Example]:
     return rows
-
-
-CHECKED_ROWS = 64  # rows of each split whose images and prompt lengths are checked before a run
-log = logging.getLogger(__name__)
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -74,16 +73,14 @@ class DataLink:
     Attributes:
         prompts_per_step: prompts per rollout step (per process).
         max_staleness: rollout steps a training batch may lag the policy by.
-        benchmark_names: the held-out benchmarks, in DataLoader order (empty: the task alone).
-        eval_k: sampled generations per held-out prompt.
+        evaluator: held-out evaluation (its metrics, the benchmarks, ``k``).
         sampler: the rollout sampler (objectives that draw more samples use it).
         connect: binds the sampler's engine to the policy, once it exists.
     """
 
     prompts_per_step: int
     max_staleness: int
-    benchmark_names: list[str]
-    eval_k: int
+    evaluator: Evaluator
     sampler: object
     connect: object
 
@@ -151,14 +148,6 @@ class RolloutDataModule(L.LightningDataModule):
             raise ValueError(f"data.group_size must be >= 2 (GRPO compares rollouts), got {group_size}")
         if prompts_per_step < 1:
             raise ValueError(f"data.prompts_per_step must be >= 1, got {prompts_per_step}")
-        if eval_k < 0:
-            raise ValueError(f"data.eval_k must be >= 0, got {eval_k}")
-        if eval_split not in ("val", "test"):
-            raise ValueError(f"data.eval_split must be 'val' or 'test', got {eval_split!r}")
-        if eval_size is not None and eval_size < 1:
-            raise ValueError(f"data.eval_size must be >= 1 (null: the whole split), got {eval_size}")
-        if eval_batch_size < 1:
-            raise ValueError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
         check_names(list(rewards or []))
         for name in benchmarks or {}:
             if not name or "/" in name:
@@ -174,45 +163,24 @@ class RolloutDataModule(L.LightningDataModule):
         run_seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         self.sampling = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * run_seed)
         self.success_threshold = success_threshold
-        self.eval_split = eval_split
-        self.eval_size = eval_size
-        self.eval_batch_size = eval_batch_size
-        self.eval_k = eval_k
         # the setting that limits evaluation's new tokens, for messages
         self.eval_length_setting = f"data.{'eval_' if eval_sampling is not None else ''}sampling.max_new_tokens"
-        if eval_sampling is None:
-            self.eval_sampling = SamplingConfig(
-                temperature=1.0,
-                top_p=self.sampling.top_p,
-                top_k=self.sampling.top_k,
-                max_new_tokens=self.sampling.max_new_tokens,
-                stop=list(self.sampling.stop),
-                seed=self.sampling.seed + 10_000_019,
-            )
-        else:
-            seed = eval_sampling.seed + 1_000_003 * run_seed + 10_000_019
-            self.eval_sampling = dataclasses.replace(eval_sampling, seed=seed)
-        self.sampler = RolloutGenerator(
-            self.engine,
-            self.task,
-            self.sampling,
-            self.eval_sampling,
-            group_size,
-            success_threshold,
-            prompt_format,
-            rewards,
-        )
+        self.eval_sampling = resolve_eval_sampling(eval_sampling, self.sampling, run_seed)
+        tasks = self.benchmarks or {"": self.task}
+        self.evaluator = Evaluator(tasks, eval_split, eval_size, eval_batch_size, eval_k, self.eval_sampling)
+        args = (self.task, self.sampling, group_size, success_threshold, prompt_format, rewards)
+        self.sampler = RolloutGenerator(self.engine, *args)
         self.prompt_format, self.rewards = self.sampler.prompt_format, self.sampler.rewards
         self.dynamic_sampling = dynamic_sampling if dynamic_sampling is not None else DynamicSampling()
         self.one_step_off = bool(one_step_off)
         self.background: OneStepOff | None = None  # the one-step-off generator
         if one_step_off:  # its own engine (set up on a copy of the policy) and sampler
-            args = (self.task, self.sampling, self.eval_sampling, group_size, success_threshold)
-            self.background = OneStepOff(RolloutGenerator(copy.deepcopy(self.engine), *args, prompt_format, rewards))
-        self.stream: PromptStream | None = None  # the prompts, when the DataModule draws them
-        self._stream_state: dict | None = None
+            self.background = OneStepOff(RolloutGenerator(copy.deepcopy(self.engine), *args))
+        self.streaming: StreamedRollouts | None = None  # the prompts, when the DataModule draws them
+        if self.dynamic_sampling.enabled or self.background is not None:
+            seed = self.sampling.seed + 20_000_003
+            self.streaming = StreamedRollouts(prompts_per_step, seed, self.dynamic_sampling, self.background)
         self.served = 0  # training batches handed to the module
-        self.eval_calls = EVAL_CALLS_START  # the engine's call counter of evaluations (apart from training's)
         self.epoch_log = EpochLog()  # the training sampler's epochs and where to resume
         self._fitting = False  # set by check_train: the training prompts must fit the context too
 
@@ -222,10 +190,7 @@ class RolloutDataModule(L.LightningDataModule):
         if stage == "fit":
             world = self.trainer.world_size if self.trainer is not None else 1
             self.check_train(world)
-        for name, task in self.eval_tasks().items():
-            if not self.eval_rows(task):
-                where = f"benchmark {name!r}" if self.benchmarks else "the task"
-                raise ValueError(f"{where} has no {self.eval_split!r} split to evaluate on")
+        self.evaluator.check_rows()
 
     def check_train(self, world_size: int = 1) -> None:
         """The training split holds at least one step's prompts on each of ``world_size``
@@ -247,118 +212,79 @@ class RolloutDataModule(L.LightningDataModule):
                 self.check_room(self.sampler.policy)
 
     def check_images(self, has_vision: bool, model: str = "the policy", fit: bool = True) -> None:
-        """Rows that carry images need a policy with a vision tower (a text policy would see only
-        the prompts' ``<image>`` placeholders). Looks at the first rows of each split used."""
-        if has_vision:
-            return
+        """Rows that carry images need a policy with a vision tower (:func:`cepo.rollout.checks.check_images`):
+        the training split's (``fit``) and each held-out split's first rows."""
         splits = [("train", self.task.split("train"))] if fit else []
-        splits += [
-            (f"{self.eval_split} ({name or 'task'})", self.eval_rows(task)) for name, task in self.eval_tasks().items()
-        ]
-        for name, rows in splits:
-            if any(e.images for e in rows[:CHECKED_ROWS]):
-                raise ValueError(
-                    f"the {name} rows have images but model.model_path {model} has no vision tower "
-                    "(a text model); use a vision-language model (e.g. builtin-vl) or a task without images"
-                )
+        split = self.evaluator.split
+        splits += [(f"{split} ({name or 'task'})", self.eval_rows(task)) for name, task in self.eval_tasks().items()]
+        checks.check_images(splits, has_vision, model)
 
-    def _length_checks(self) -> list[tuple[str, SamplingConfig, str]]:
-        """(the new-token setting, its sampling, whose prompts) for evaluation, and training too
-        once a fit is known to come."""
-        checks = [(self.eval_length_setting, self.eval_sampling, "evaluation")]
+    def _budgets(self) -> list[checks.Budget]:
+        """The new-token limits of evaluation, and of training too once a fit is known to come."""
+
+        def eval_rows() -> list[Example]:
+            return [e for task in self.eval_tasks().values() for e in self.eval_rows(task)[: checks.CHECKED_ROWS]]
+
+        def train_rows() -> list[Example]:
+            return list(self.task.split("train")[: checks.CHECKED_ROWS])
+
+        budgets = [checks.Budget(self.eval_length_setting, self.eval_sampling, "evaluation", eval_rows)]
         if self._fitting:
-            checks.append(("data.sampling.max_new_tokens", self.sampling, "training"))
-        return checks
-
-    def context_limit(self, model_context: int | None, model: str) -> tuple[int, str] | None:
-        """The tokens (prompt + response) the model and the engine accept, and what sets them."""
-        engine = getattr(self.engine, "max_model_len", None)
-        engine = engine if isinstance(engine, int) and engine > 0 else None
-        if engine is not None and (model_context is None or engine < model_context):
-            return engine, f"data.engine's max_model_len ({engine} tokens)"
-        if model_context is None:
-            return None
-        return model_context, f"the model's context ({model_context} tokens, max_position_embeddings of {model})"
+            budgets.append(checks.Budget("data.sampling.max_new_tokens", self.sampling, "training", train_rows))
+        return budgets
 
     def check_budget(self, model_context: int | None, model: str) -> None:
-        """The context less each new-token limit leaves at least one token for the prompt (else
-        every prompt would be cut to its last token): an error naming both settings. Needs only
-        the model's context, so ``cepo`` runs it before the model loads where it can."""
-        limit = self.context_limit(model_context, model)
-        if limit is None:
-            return
-        context, text = limit
-        for setting, sampling, _ in self._length_checks():
-            if context - sampling.max_new_tokens < 1:
-                raise ValueError(
-                    f"no room for the prompt: {text} less {setting} ({sampling.max_new_tokens}) leaves "
-                    f"{context - sampling.max_new_tokens} tokens; lower {setting} below {context}"
-                )
+        """The context less each new-token limit leaves room for a prompt (:func:`cepo.rollout.checks.check_budget`).
+        Needs only the model's context, so ``cepo`` runs it before the model loads where it can."""
+        checks.check_budget(self._budgets(), checks.context_limit(self.engine, model_context, model))
 
     def check_room(self, policy: PolicyRef) -> None:
         """The policy's context less the new tokens leaves room for the prompts: no room at all,
         or none for any of the first prompts checked, is an error naming both; some prompts too
-        long, a warning (evaluation keeps their last tokens; training keeps them whole)."""
+        long, a warning (:func:`cepo.rollout.checks.check_room`)."""
         model_context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None)
         model_context = model_context if isinstance(model_context, int) and model_context > 0 else None
         self.check_budget(model_context, policy.path)
-        limit = self.context_limit(model_context, policy.path)
-        if limit is None:
-            return
-        context, text = limit
-        for setting, sampling, what in self._length_checks():
-            room = context - sampling.max_new_tokens
-            if what == "training":
-                rows = list(self.task.split("train")[:CHECKED_ROWS])
-            else:
-                rows = [e for task in self.eval_tasks().values() for e in self.eval_rows(task)[:CHECKED_ROWS]]
-            render = self.prompt_format.render
-            texts = [render(self.prompt_format.messages(e.prompt, e.messages), policy.tokenizer) for e in rows]
-            lengths = [len(policy.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-            long = sum(n > room for n in lengths)
-            if lengths and long == len(lengths):
-                raise ValueError(
-                    f"no room for the prompt: every {what} prompt checked (the first {len(lengths)}, "
-                    f"{min(lengths)} tokens or more) is longer than the {room} tokens {text} leaves after "
-                    f"{setting} ({sampling.max_new_tokens}); lower {setting}"
-                )
-            if long:
-                if what == "training":  # said here, not again at the first rollout
-                    self.sampler.warned_long = True
-                log.warning(
-                    "%d of the first %d %s prompts are longer than the %d tokens %s leaves after %s (%d); %s",
-                    long,
-                    len(lengths),
-                    what,
-                    room,
-                    text,
-                    setting,
-                    sampling.max_new_tokens,
-                    "they keep their last tokens" if what == "evaluation" else "they are not cut",
-                )
+        limit = checks.context_limit(self.engine, model_context, policy.path)
+        if checks.check_room(self._budgets(), limit, self.prompt_format, policy.tokenizer):
+            self.sampler.warned_long = True  # said there, not again at the first rollout
+
+    # -- evaluation (the evaluator's, named as the DataModule's settings) ------------------
+    @property
+    def eval_k(self) -> int:
+        """Sampled generations per held-out prompt."""
+        return self.evaluator.k
 
     @property
     def benchmark_names(self) -> list[str]:
         """The benchmark names in DataLoader order (empty without ``benchmarks``)."""
-        return list(self.benchmarks)
+        return self.evaluator.names
 
     def eval_tasks(self) -> dict[str, Task]:
         """The tasks scored by ``validate``, in DataLoader order (the task alone, named "")."""
-        return dict(self.benchmarks) if self.benchmarks else {"": self.task}
+        return dict(self.evaluator.tasks)
 
     def eval_task(self, dataloader_idx: int = 0) -> Task:
         """The task whose held-out split validation DataLoader ``dataloader_idx`` serves."""
-        return list(self.eval_tasks().values())[dataloader_idx]
+        return self.evaluator.task(dataloader_idx)
 
     def eval_rows(self, task: Task | None = None) -> list[Example]:
         """The held-out problems of ``task`` (default: the training task) that are scored."""
-        rows = (task if task is not None else self.task).split(self.eval_split)
-        return rows[: self.eval_size] if self.eval_size else rows
+        return self.evaluator.rows(task if task is not None else self.task)
+
+    def evaluate(self, examples: list[Example], task: Task | None = None) -> EvalBatch:
+        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``."""
+        return self.evaluator.evaluate(self.sampler, examples, task if task is not None else self.task)
 
     @property
     def streamed(self) -> bool:
         """Whether the DataModule draws training prompts itself (the DataLoader yields tickets)."""
-        return self.dynamic_sampling.enabled or self.background is not None
+        return self.streaming is not None
+
+    @property
+    def stream(self) -> PromptStream | None:
+        """The training prompts' stream, when the DataModule draws them (once training started)."""
+        return self.streaming.stream if self.streaming is not None else None
 
     @property
     def max_staleness(self) -> int:
@@ -376,10 +302,7 @@ class RolloutDataModule(L.LightningDataModule):
         if self.streamed:
             if shard.get("num_replicas", 1) > 1:  # the prompt stream is not split across ranks (yet)
                 raise ValueError("data.dynamic_sampling / data.one_step_off: one training process only")
-            self._train_rows = rows.rows
-            if self.stream is None:
-                self.stream = PromptStream(len(rows), self.sampling.seed + 20_000_003)
-                self.stream.load_state_dict(self._stream_state or {})
+            self.streaming.start(rows.rows)
             tickets = _Rows(list(range(max(len(rows) // self.prompts_per_step, 1))))
             return DataLoader(tickets, batch_size=1, collate_fn=_collate)
         return DataLoader(
@@ -396,7 +319,7 @@ class RolloutDataModule(L.LightningDataModule):
         draw counter, and the global random streams (saved with every checkpoint)."""
         state = {
             "served": self.served,
-            "eval_calls": self.eval_calls,
+            **self.evaluator.state_dict(),
             "epochs": list(self.epoch_log.epochs),
             "engine": self.engine.state_dict(),
             "rng": {  # plain types: LightningCLI reads checkpoints with weights_only
@@ -406,32 +329,17 @@ class RolloutDataModule(L.LightningDataModule):
                 "numpy_pos": int(np.random.get_state()[2]),
             },
         }
-        if self.streamed:  # with a batch pending, the draw state from before its draws
-            pending = self.background is not None and self.background.pending
-            state.update(self.background.state_at_launch if pending else self._draw_state())
+        if self.streaming is not None:  # the prompt stream's position, the background engine's counter
+            state.update(self.streaming.state_dict())
         return state
-
-    def _draw_state(self) -> dict:
-        """The prompt stream's position and the training engine's draw counter."""
-        stream = self.stream.state_dict() if self.stream is not None else (self._stream_state or {})
-        state = {"stream": dict(stream)}
-        if self.background is not None:
-            state["rollout_engine"] = self.background.sampler.engine.state_dict()
-        return state
-
-    def _load_draw_state(self, state: dict) -> None:
-        self._stream_state = state.get("stream")
-        if self.stream is not None:
-            self.stream.load_state_dict(self._stream_state or {})
-        if self.background is not None:
-            self.background.sampler.engine.load_state_dict(state.get("rollout_engine", {}))
 
     def load_state_dict(self, state: dict) -> None:
         self.served = state.get("served", 0)
-        self.eval_calls = state.get("eval_calls", EVAL_CALLS_START)
+        self.evaluator.load_state_dict(state)
         self.epoch_log.restore(state.get("epochs", []), self.served, self.prompts_per_step)
         self.engine.load_state_dict(state.get("engine", {}))
-        self._load_draw_state(state)
+        if self.streaming is not None:
+            self.streaming.load_state_dict(state)
         rng = state.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -440,18 +348,13 @@ class RolloutDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One DataLoader per benchmark (Lightning passes ``dataloader_idx``), else one."""
-        loaders = [
-            DataLoader(_Rows(self.eval_rows(task)), batch_size=self.eval_batch_size, collate_fn=_collate)
-            for task in self.eval_tasks().values()
-        ]
+        loaders = self.evaluator.dataloaders()
         return loaders if self.benchmarks else loaders[0]
 
     # -- generation -------------------------------------------------------------------
     def link(self) -> DataLink:
         """What the module reads of the DataModule, handed over once (``RLModule.setup``)."""
-        return DataLink(
-            self.prompts_per_step, self.max_staleness, self.benchmark_names, self.eval_k, self.sampler, self.connect
-        )
+        return DataLink(self.prompts_per_step, self.max_staleness, self.evaluator, self.sampler, self.connect)
 
     def connect(self, policy: PolicyRef) -> None:
         """Connect the rollout sampler to the policy (the module calls this once it exists).
@@ -467,56 +370,22 @@ class RolloutDataModule(L.LightningDataModule):
         if self.background is not None:
             self.background.connect(policy)
 
-    def on_after_batch_transfer(self, batch: list[Example], dataloader_idx: int = 0) -> object:
+    def on_after_batch_transfer(self, batch: list[Example] | EvalRows, dataloader_idx: int = 0) -> object:
         if self.trainer.training:
             distributed.set_stage(f"rollout step {self.served + 1}")
         with distributed.stage("weight sync and generation"):
             return self._generate(batch, dataloader_idx)
 
-    def _generate(self, batch: list[Example], dataloader_idx: int) -> object:
+    def _generate(self, batch: list[Example] | EvalRows, dataloader_idx: int) -> object:
         self.sampler.sync()
         if self.trainer.training:
             self.served += 1
-            if not self.streamed:
+            if self.streaming is None:
                 return self.sampler.rollout(batch)
-            if self.background is None:
-                return self.rollouts(self.sampler)
-            return self.background.next(self.rollouts, self._draw_state)
-        return self._isolated_evaluation(batch, self.eval_task(dataloader_idx))
-
-    def _isolated_evaluation(self, batch: list[Example], task: Task) -> EvalBatch:
-        """Evaluate with the engine's own evaluation counter and a forked global RNG, then put the
-        training draw state back: an evaluation, scheduled or not, never changes what training
-        draws, and it draws the same whether or not the run was resumed before it (the counter is
-        checkpointed)."""
-        training = self.engine.state_dict()
-        self.engine.load_state_dict({"calls": self.eval_calls})
-        try:
-            with torch.random.fork_rng(devices=[]):
-                return self.evaluate(batch, task)
-        finally:
-            self.eval_calls = self.engine.state_dict().get("calls", self.eval_calls)
-            self.engine.load_state_dict(training)
-
-    def rollouts(self, sampler: RolloutGenerator) -> RolloutBatch:
-        """One step's rollouts from the prompt stream, with ``sampler`` (dynamic sampling's
-        rounds when it is on)."""
-
-        def draw(n: int) -> list[Example]:
-            return [self._train_rows[i] for i in self.stream.take(n)]
-
-        if not self.dynamic_sampling.enabled:
-            return sampler.rollout(draw(self.prompts_per_step))
-        pad_id = sampler.tokenizer.pad_token_id
-        return dynamic_batch(draw, sampler.rollout, self.prompts_per_step, self.dynamic_sampling.max_rounds, pad_id)
+            return self.streaming.next(self.sampler)
+        return self.evaluator.isolated(self.sampler, batch, dataloader_idx)
 
     def teardown(self, stage: str) -> None:
         """Stop a pending one-step-off batch; the draw state goes back to before its draws."""
-        if self.background is not None and self.background.pending:
-            state = self.background.state_at_launch
-            self.background.wait()
-            self._load_draw_state(state)
-
-    def evaluate(self, examples: list[Example], task: Task | None = None) -> EvalBatch:
-        """Greedy answer plus ``eval_k`` samples per held-out prompt, verified by ``task``."""
-        return self.sampler.evaluate(examples, task, self.eval_k)
+        if self.streaming is not None:
+            self.streaming.stop()

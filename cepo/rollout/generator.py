@@ -4,15 +4,16 @@ One object owns everything that turns prompts into a :class:`~cepo.rollout.batch
 the engine, the verifier (the task), the sampling settings and the packing. It is connected to
 the policy once (:meth:`RolloutGenerator.connect`, with the :class:`~cepo.policy.PolicyRef` the
 module shares) and re-syncs the engine whenever the policy's weight version moved. The
-DataModule uses it for every training and evaluation batch; objectives that build extra
-samples (CIPO's corrections, HDPO's privileged rollouts) receive it in their ``setup``.
+DataModule uses it for every training batch, and its evaluator
+(:class:`~cepo.rollout.evaluator.Evaluator`) draws the held-out answers with its engine and
+prompt format; objectives that build extra samples (CIPO's corrections, HDPO's privileged
+rollouts) receive it in their ``setup``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -20,61 +21,10 @@ from cepo.policy import PolicyRef
 from cepo.prompts.formats import Plain, PromptFormat
 from cepo.rewards import Reward, RewardInputs, combine
 from cepo.rollout.batch import RolloutBatch, pack, pad_right
-from cepo.rollout.engine import PromptImages, RolloutEngine, SamplingConfig
+from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 from cepo.tasks import Example, Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalBatch:
-    """Greedy and sampled verification of a batch of held-out prompts.
-
-    Attributes:
-        greedy_correct: ``[P]`` bool.
-        sample_correct: ``[P, k]`` bool (``k`` may be 0).
-        response_lengths: ``[P]`` greedy response lengths in tokens.
-        prompts: the prompts, for logging.
-        greedy_responses: the greedy responses, for logging.
-        truncated: ``[P]`` bool, greedy responses cut by the length limit (no EOS).
-        records: one dict per response (the greedy one, then the ``k`` samples of each prompt):
-            ``index`` (the prompt's position in this batch), ``prompt``, ``sample`` (``"greedy"``
-            or its index), ``response``, ``extracted``,
-            ``reference``, ``correct``, ``tokens``, ``truncated``; the per-sample outputs.
-    """
-
-    greedy_correct: torch.Tensor
-    sample_correct: torch.Tensor
-    response_lengths: torch.Tensor
-    prompts: list[str]
-    greedy_responses: list[str]
-    truncated: torch.Tensor | None = None
-    records: list[dict] | None = None
-
-
-def truncate_left(prompt_ids: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
-    """Keep at most the last ``limit`` tokens of every prompt.
-
-    Args:
-        prompt_ids: token ids per prompt.
-        limit: the longest prompt kept (at least 1).
-
-    Returns:
-        The prompts (the tail of each, where the answer cue is) and how many were cut.
-    """
-    limit = max(int(limit), 1)
-    cut = sum(len(p) > limit for p in prompt_ids)
-    return [p[-limit:] if len(p) > limit else p for p in prompt_ids], cut
-
-
-def context_length(policy: torch.nn.Module | None, engine: RolloutEngine) -> int | None:
-    """Tokens (prompt + response) the model and the engine accept, or None when unknown."""
-    limits = [
-        getattr(getattr(policy, "config", None), "max_position_embeddings", None),
-        getattr(engine, "max_model_len", None),
-    ]
-    limits = [int(n) for n in limits if isinstance(n, int) and n > 0]
-    return min(limits) if limits else None
 
 
 class RolloutGenerator:
@@ -84,7 +34,6 @@ class RolloutGenerator:
         engine: the rollout engine.
         task: the verifier (and reward) of training rollouts.
         sampling: rollout sampling settings.
-        eval_sampling: settings of the held-out avg@k samples.
         group_size: rollouts per prompt ``G``.
         success_threshold: a rollout with reward at or above this counts as correct.
         prompt_format: how a problem's user turn becomes the text the policy continues
@@ -98,7 +47,6 @@ class RolloutGenerator:
         engine: RolloutEngine,
         task: Task,
         sampling: SamplingConfig,
-        eval_sampling: SamplingConfig,
         group_size: int,
         success_threshold: float,
         prompt_format: PromptFormat | None = None,
@@ -109,7 +57,6 @@ class RolloutGenerator:
         self.prompt_format = prompt_format if prompt_format is not None else Plain()
         self.task = task
         self.sampling = sampling
-        self.eval_sampling = eval_sampling
         self.group_size = group_size
         self.success_threshold = success_threshold
         self.policy: PolicyRef | None = None
@@ -158,24 +105,6 @@ class RolloutGenerator:
         """Token ids of each prompt text (no special tokens added; images expanded)."""
         return [self.policy.encode(t, None if images is None else im) for t, im in zip(texts, images or texts)]
 
-    def encode_eval(self, texts: list[str], images: list | None = None) -> list[list[int]]:
-        """Evaluation prompts, each cut to its last tokens if it and ``max_new_tokens`` would
-        not fit the model's (and engine's) context; a warning counts the cut prompts."""
-        prompt_ids = self.encode(texts, images)
-        context = context_length(self.policy.model, self.engine)
-        if context is None:
-            return prompt_ids
-        prompt_ids, cut = truncate_left(prompt_ids, context - self.eval_sampling.max_new_tokens)
-        if cut:
-            log.warning(
-                "%d of %d evaluation prompts exceed the context (%d tokens less %d new); kept their last tokens",
-                cut,
-                len(prompt_ids),
-                context,
-                self.eval_sampling.max_new_tokens,
-            )
-        return prompt_ids
-
     # -- training rollouts -------------------------------------------------------------
     def rollout(self, examples: list[Example]) -> RolloutBatch:
         """``G`` verified rollouts per example, with the current weights."""
@@ -190,7 +119,7 @@ class RolloutGenerator:
     def warn_long(self, prompt_ids: list[list[int]]) -> None:
         """Warn once when training prompts and ``max_new_tokens`` exceed the context (training
         prompts are never cut; the data module refuses a run where none of them fit)."""
-        context = context_length(self.policy.model, self.engine)
+        context = self.context_length()
         if self.warned_long or context is None:
             return
         room = context - self.sampling.max_new_tokens
@@ -226,7 +155,7 @@ class RolloutGenerator:
         g = n or self.group_size
         tokenizer = self.tokenizer
         t0 = time.perf_counter()
-        gen = self.engine.generate(prompt_ids, g, self.sampling, **self._images(images, len(prompt_ids)))
+        gen = self.generate(prompt_ids, g, self.sampling, images)
         t1 = time.perf_counter()
         responses = tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
         row_answers = [a for a in answers for _ in range(g)]
@@ -282,62 +211,27 @@ class RolloutGenerator:
             vision=self.policy.vision,
         )
 
-    def _images(self, images: list | None, n: int) -> dict:
-        """``generate``'s ``images`` argument: for a vision-language policy always (its engine also
-        bans the vision tokens from text prompts), else none (text-only engines need not know)."""
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: list | None = None
+    ) -> Generation:
+        """The engine's ``n`` samples per prompt with ``sampling``. A vision-language policy's engine
+        always gets the prompts' images (it also bans the vision tokens from text prompts); a
+        text-only engine never does."""
         if self.policy.vision is None:
-            return {}
-        return {"images": PromptImages(images if images is not None else [None] * n, self.policy.vision)}
+            return self.engine.generate(prompt_ids, n, sampling)
+        per_prompt = images if images is not None else [None] * len(prompt_ids)
+        return self.engine.generate(prompt_ids, n, sampling, images=PromptImages(per_prompt, self.policy.vision))
+
+    def context_length(self) -> int | None:
+        """Tokens (prompt + response) the policy and the engine accept, or None when unknown."""
+        limits = [
+            getattr(getattr(self.policy.model, "config", None), "max_position_embeddings", None),
+            getattr(self.engine, "max_model_len", None),
+        ]
+        limits = [int(n) for n in limits if isinstance(n, int) and n > 0]
+        return min(limits) if limits else None
 
     def truncated(self, response_ids: list[list[int]], limit: int) -> list[bool]:
         """Whether each response hit ``limit`` tokens without its EOS."""
         eos = self.tokenizer.eos_token_id
         return [len(r) >= limit and (not r or r[-1] != eos) for r in response_ids]
-
-    # -- evaluation --------------------------------------------------------------------
-    def evaluate(self, examples: list[Example], task: Task | None = None, k: int = 0) -> EvalBatch:
-        """Greedy answer plus ``k`` samples per held-out prompt, verified by ``task`` (default:
-        the training task). Prompts too long for the context keep their tail."""
-        task = task if task is not None else self.task
-        tokenizer = self.tokenizer
-        texts = self.render(self.conversations(examples))
-        images = self.images(examples)
-        prompt_ids = self.encode_eval(texts, images)
-        limit, stop = self.eval_sampling.max_new_tokens, list(self.eval_sampling.stop)
-        plain = SamplingConfig(temperature=0.0, max_new_tokens=limit, stop=stop)
-        greedy = self.engine.generate(prompt_ids, 1, plain, **self._images(images, len(prompt_ids)))
-        responses = tokenizer.batch_decode(greedy.response_ids, skip_special_tokens=True)
-        greedy_ok = torch.tensor([task.is_correct(t, e.answer) for t, e in zip(responses, examples)])
-        greedy_cut = self.truncated(greedy.response_ids, limit)
-        rows = zip(texts, responses, greedy.response_ids, examples, greedy_ok, greedy_cut)
-        records = [
-            self._record(i, t, "greedy", r, ids, e.answer, bool(ok), cut, task)
-            for i, (t, r, ids, e, ok, cut) in enumerate(rows)
-        ]
-        sample_ok = torch.zeros((len(examples), k), dtype=torch.bool)
-        if k:
-            sampled = self.engine.generate(prompt_ids, k, self.eval_sampling, **self._images(images, len(prompt_ids)))
-            stexts = tokenizer.batch_decode(sampled.response_ids, skip_special_tokens=True)
-            answers = [e.answer for e in examples for _ in range(k)]
-            sample_ok = torch.tensor([task.is_correct(t, a) for t, a in zip(stexts, answers)]).view(len(examples), k)
-            cuts = self.truncated(sampled.response_ids, self.eval_sampling.max_new_tokens)
-            for i, (r, ids, cut) in enumerate(zip(stexts, sampled.response_ids, cuts)):
-                p, j = divmod(i, k)
-                records.append(self._record(p, texts[p], j, r, ids, answers[i], bool(sample_ok[p, j]), cut, task))
-        lengths = torch.tensor([len(r) for r in greedy.response_ids], dtype=torch.float)
-        return EvalBatch(greedy_ok, sample_ok, lengths, texts, responses, torch.tensor(greedy_cut), records)
-
-    @staticmethod
-    def _record(position, prompt, sample, response, ids, reference, correct, truncated, task) -> dict:
-        extracted = task.extract_answer(response)
-        return {
-            "index": position,
-            "prompt": prompt,
-            "sample": sample,
-            "response": response,
-            "extracted": extracted,
-            "reference": reference,
-            "correct": correct,
-            "tokens": len(ids),
-            "truncated": truncated,
-        }
