@@ -65,6 +65,9 @@ def test_a_jump_past_the_target_between_two_checks_is_undone():
     assert measured == [100, 200, 300, 400, 500, 600, 700, 610, 620, 630, 640, 650, 660]
     assert chosen == (650, 0.25) and ends_with == 650
     assert abs(chosen[1] - 0.3) <= 0.05
+    # the near-target checks alone (no rewind) stop at the jump's end, as the VL base did
+    chosen, ends_with, _ = run(TargetStop(0.3, 0.15, 100, 10, 3000), jump)
+    assert chosen == (700, 0.63) and ends_with == 700
 
 
 def test_the_copy_at_or_above_the_target_wins_when_it_is_closer():
