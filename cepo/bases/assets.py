@@ -46,14 +46,20 @@ WARMUP_SUMMARY = "cepo_warmup.json"
 """The file a built-in base's folder holds once its warm-up is complete (the cache's marker)."""
 
 
-def publish_warmup(work: Path, out: Path, cfg: dict, steps: int, curve: list) -> dict:
+def publish_warmup(
+    work: Path, out: Path, cfg: dict, steps: int, curve: list, final: float | None = None, **extra
+) -> dict:
     """Finish a warm-up: write its summary into ``work/model`` and move that folder to ``out``
-    (removing ``work``); the summary file marks ``out`` complete."""
+    (removing ``work``); the summary file marks ``out`` complete.
+
+    ``steps`` and ``final`` (default: the last check of ``curve``) describe the saved weights;
+    ``extra`` entries are added to the summary as they are."""
     summary = {
         "config": cfg,
         "steps": steps,
         "val_accuracy_curve": curve,
-        "final_val_accuracy": curve[-1][1] if curve else None,
+        "final_val_accuracy": final if final is not None else curve[-1][1] if curve else None,
+        **extra,
     }
     (work / "model" / WARMUP_SUMMARY).write_text(json.dumps(summary, indent=2))
     shutil.rmtree(out, ignore_errors=True)

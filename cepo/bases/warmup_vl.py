@@ -4,10 +4,11 @@ As for the text base (:mod:`cepo.bases.warmup`), a supervised warm-up stands in 
 tiny model (``cepo.bases.tiny.build_tiny_vl``, ~0.2M parameters) imitates reference solutions of
 :class:`~cepo.tasks.visual.VisualArithmetic` (two digits in a 56x56 image, the operation in the
 text, answered ``" 3+8 = 11"``) until its greedy validation accuracy first reaches
-``target_accuracy``, so GRPO groups hold both correct and wrong rollouts. Half of the examples show
-the answer right after the prompt first (``"<image>+= 11"``, the ``raw`` teacher context), so the
-base can read an answer given to it, as the credit rules' teachers need. The vision tower trains
-here; reinforcement learning then keeps it frozen by default. Cached in
+``target_accuracy`` (ending on the copy of its weights closest to the target when a check jumps
+past it: :mod:`cepo.bases.warmup_target`), so GRPO groups hold both correct and wrong rollouts.
+Half of the examples show the answer right after the prompt first (``"<image>+= 11"``, the ``raw``
+teacher context), so the base can read an answer given to it, as the credit rules' teachers need.
+The vision tower trains here; reinforcement learning then keeps it frozen by default. Cached in
 ``$CEPO_CACHE/vl-base-<key>`` (``model.model_path: builtin-vl``).
 """
 
@@ -55,6 +56,10 @@ class VLWarmupConfig:
             ``near_margin`` of the target, so the stop overshoots by at most what these steps
             gain (:mod:`cepo.bases.warmup_target`).
         near_margin: how far below the target a check counts as near it.
+        tolerance: a stopping check more than this above the target re-checks the copies of the
+            weights made every ``near_check_every`` steps since the previous check, and the base
+            is the one closest to the target (:class:`~cepo.bases.warmup_target.TargetStop`).
+            0.05 is a third of ``near_margin``, about 1.5 times a check's sampling error at 30%.
         check_size: validation problems per check.
         batch_size: examples per optimizer step.
         lr: AdamW learning rate (after a 50-step linear ramp).
@@ -68,6 +73,7 @@ class VLWarmupConfig:
     check_every: int = 100
     near_check_every: int = 10
     near_margin: float = 0.15
+    tolerance: float = 0.05
     check_size: int = 200
     batch_size: int = 32
     lr: float = 3e-3
@@ -92,9 +98,8 @@ class VLSFTModule(L.LightningModule):
         self.engine = HFEngine()
         self.engine.setup(self.policy, self.tokenizer, model_path)
         self.stop = TargetStop(
-            cfg.target_accuracy, cfg.near_margin, cfg.check_every, cfg.near_check_every, cfg.max_steps
+            cfg.target_accuracy, cfg.near_margin, cfg.check_every, cfg.near_check_every, cfg.max_steps, cfg.tolerance
         )
-        self.val_accuracy = self.stop.checks  # (step, accuracy) of every check
 
     def training_step(self, batch: list[Example], batch_idx: int) -> torch.Tensor:
         rng = random.Random(self.cfg.seed * 7919 + self.global_step)
@@ -121,12 +126,16 @@ class VLSFTModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         checked = len(self.stop.checks)
-        if self.stop.update(
-            self.global_step, lambda: self.greedy_accuracy(self.task.split("val")[: self.cfg.check_size])
-        ):
-            self.trainer.should_stop = True
+        stopped = self.stop.update(
+            self.global_step, lambda: self.greedy_accuracy(self.task.split("val")[: self.cfg.check_size]), self.policy
+        )
         if len(self.stop.checks) > checked:
             log.info("VL warm-up step %d: greedy val accuracy %.3f", *self.stop.checks[-1])
+        if stopped:
+            for step, acc in self.stop.rechecks:
+                log.info("VL warm-up: the weights of step %d re-checked: greedy val accuracy %.3f", step, acc)
+            log.info("VL warm-up ends with the weights of step %d (greedy val accuracy %.3f)", *self.stop.chosen)
+            self.trainer.should_stop = True
 
     def greedy_accuracy(self, examples: list[Example]) -> float:
         vision = self.ref.vision
@@ -170,7 +179,11 @@ def run_vl_warmup(out: Path, cfg: VLWarmupConfig) -> dict:
     module.policy.save_pretrained(work / "model")
     save_tokenizer(module.tokenizer, work / "model")
     module.ref.vision.processor.save_pretrained(work / "model")
-    return publish_warmup(work, out, asdict(cfg), trainer.global_step, module.val_accuracy)
+    stop = module.stop
+    step, acc = stop.chosen or stop.checks[-1]  # at max_steps below the target: the last check
+    return publish_warmup(
+        work, out, asdict(cfg), step, stop.checks, final=acc, stopped_at=trainer.global_step, rechecks=stop.rechecks
+    )
 
 
 def builtin_vl_base(cfg: VLWarmupConfig | None = None) -> Path:
