@@ -57,6 +57,18 @@ def free_port() -> int:
 def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[dict]:
     """``python -m module *args`` as 2 processes of one gloo group; returns what each rank saved
     to ``out/rank<r>.pt``."""
+    launch_ranks(module, args, out, timeout)
+    return saved(out)
+
+
+def saved(out, case: str = "") -> list[dict]:
+    """What each rank saved to ``out/<case>.rank<r>.pt`` (``out/rank<r>.pt`` without a case)."""
+    return [torch.load(out / f"{case}{'.' if case else ''}rank{r}.pt") for r in range(2)]
+
+
+def launch_ranks(module: str, args: list[str], out, timeout: float = 240) -> None:
+    """``python -m module *args`` as 2 processes of one gloo group, logging to ``out/rank<r>.log``;
+    fails with both logs' tails unless both exit 0."""
     require_e2e_marker()
     port = str(free_port())
     procs = []
@@ -83,14 +95,20 @@ def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[d
             log.close()
     logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(2))
     assert codes == [0, 0], logs
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
-def run_two_ranks(
-    credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp", layout: str = "uneven"
-) -> list[dict]:
-    """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
-    return run_ranks("tests.ddp_step", [credit, str(model_dir), str(out), strategy, layout], out, timeout)
+UPDATE_TEST = "test_ddp_update_with_uneven_micro_batches_equals_one_process"
+
+
+@pytest.fixture(scope="module")
+def update_ranks(request, tmp_path_factory, tiny_dir):
+    """``ranks(case)``: each rank's result of one case of the update test. Every case the session
+    selected runs in one launch of ``tests.ddp_step`` on 2 ranks (one start-up for all of them,
+    each case from a new module and trainer in the same process group)."""
+    cases = [item.callspec.id for item in request.session.items if getattr(item, "originalname", "") == UPDATE_TEST]
+    out = tmp_path_factory.mktemp("updates")
+    launch_ranks("tests.ddp_step", [str(tiny_dir), str(out), *cases], out, timeout=120 * len(cases))
+    return lambda case: saved(out, case)
 
 
 _slow = pytest.mark.slow
@@ -111,7 +129,9 @@ UPDATE_CASES = [
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(("credit", "strategy", "layout"), UPDATE_CASES)
-def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit, strategy, layout):
+def test_ddp_update_with_uneven_micro_batches_equals_one_process(
+    tmp_path, tiny_dir, credit, strategy, layout, update_ranks
+):
     """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches (``uneven``),
     or 6 and none (``tied``: rank 1 holds only a tied group, so it computes no evidence), take the
     same update as one process on both ranks' rows (token-mean over the global batch), with DDP
@@ -119,7 +139,7 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_
     no-grad passes run on gathered weights, rank 1 matches rank 0's passes with zero-loss ones)."""
     from transformers import AutoTokenizer
 
-    ranks = run_two_ranks(credit, tiny_dir, tmp_path, strategy=strategy, layout=layout)
+    ranks = update_ranks(f"{credit}-{strategy}-{layout}")
     # the ranks trained different numbers of micro-batches (HighEntropy leaves rows without a kept token out)
     forwards = [r["forwards"] for r in ranks]
     assert forwards == [6, 2] if layout == "uneven" else forwards[0] > 0 and forwards[1] == 0
@@ -278,7 +298,9 @@ def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir):
     from transformers import AutoTokenizer
 
     budget = "60"
-    ranks = run_ranks("tests.ddp_step", ["uniform", str(tiny_dir), str(tmp_path), "ddp", "uneven", budget], tmp_path)
+    case = f"uniform-ddp-uneven-{budget}"
+    launch_ranks("tests.ddp_step", [str(tiny_dir), str(tmp_path), case], tmp_path)
+    ranks = saved(tmp_path, case)
     forwards = [r["forwards"] for r in ranks]
     assert forwards[0] > forwards[1] > 0
     tok = AutoTokenizer.from_pretrained(tiny_dir)
