@@ -95,7 +95,10 @@ def test_every_method_runs_on_two_processes(tmp_path, tiny_dir, config, strategy
             assert math.isfinite(float(r[k])), (r["step"], k, r[k])
 
 
+# Slow (about 20 s): the default tier checks the line in-process (the last test here) and runs two
+# ranks in tests/test_distributed.py.
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_rank_that_never_arrives_ends_in_one_line_within_the_timeout(tmp_path, tiny_dir):
     """Rank 0 enters a collective that rank 1 skips (rank 1 then stays busy): with
     ``--dist_timeout 10`` the run stops with one line naming the stage and exit code 2, and the
