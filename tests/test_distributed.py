@@ -55,18 +55,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[dict]:
-    """``python -m module *args`` as 2 processes of one gloo group; returns what each rank saved
-    to ``out/rank<r>.pt``."""
-    launch_ranks(module, args, out, timeout)
-    return saved(out)
-
-
-def saved(out, case: str = "") -> list[dict]:
-    """What each rank saved to ``out/<case>.rank<r>.pt`` (``out/rank<r>.pt`` without a case)."""
-    return [torch.load(out / f"{case}{'.' if case else ''}rank{r}.pt") for r in range(2)]
-
-
 def launch_ranks(module: str, args: list[str], out, timeout: float = 240) -> None:
     """``python -m module *args`` as 2 processes of one gloo group, logging to ``out/rank<r>.log``;
     fails with both logs' tails unless both exit 0."""
@@ -98,18 +86,30 @@ def launch_ranks(module: str, args: list[str], out, timeout: float = 240) -> Non
     assert codes == [0, 0], logs
 
 
-UPDATE_TEST = "test_ddp_update_with_uneven_micro_batches_equals_one_process"
+# The tests of this module that read a job of tests.ranks, and that job (from their parameters).
+JOBS = {
+    "test_ddp_update_with_uneven_micro_batches_equals_one_process": lambda p: (
+        f"update:{p['credit']}-{p['strategy']}-{p['layout']}"
+    ),
+    "test_fsdp_weight_sync_pushes_whole_merged_weights": lambda p: f"weights:{p['lora']}",
+    "test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups": lambda p: "data",
+    "test_ddp_update_by_token_budget_equals_one_process": lambda p: "update:uniform-ddp-uneven-60",
+}
 
 
 @pytest.fixture(scope="module")
-def update_ranks(request, tmp_path_factory, tiny_dir):
-    """``ranks(case)``: each rank's result of one case of the update test. Every case the session
-    selected runs in one launch of ``tests.ddp_step`` on 2 ranks (one start-up for all of them,
-    each case from a new module and trainer in the same process group)."""
-    cases = [item.callspec.id for item in request.session.items if getattr(item, "originalname", "") == UPDATE_TEST]
-    out = tmp_path_factory.mktemp("updates")
-    launch_ranks("tests.ddp_step", [str(tiny_dir), str(out), *cases], out, timeout=120 * len(cases))
-    return lambda case: saved(out, case)
+def two_ranks(request, tmp_path_factory, tiny_dir):
+    """``ranks(job)``: what each of the 2 ranks returned for one job of ``tests.ranks``. The jobs of
+    every test of this module the session selected run in one launch (one start-up for all of
+    them, each job from its own model and trainer in the same process group)."""
+    jobs = [
+        JOBS[item.originalname](item.callspec.params if hasattr(item, "callspec") else {})
+        for item in request.session.items
+        if item.module is request.module and item.originalname in JOBS
+    ]
+    out = tmp_path_factory.mktemp("ranks")
+    launch_ranks("tests.ranks", [str(tiny_dir), str(out), *jobs], out, timeout=120 + 60 * len(jobs))
+    return lambda job: [torch.load(out / f"{job}.rank{r}.pt") for r in range(2)]
 
 
 _slow = pytest.mark.slow
@@ -131,7 +131,7 @@ UPDATE_CASES = [
 @pytest.mark.e2e
 @pytest.mark.parametrize(("credit", "strategy", "layout"), UPDATE_CASES)
 def test_ddp_update_with_uneven_micro_batches_equals_one_process(
-    tmp_path, tiny_dir, credit, strategy, layout, update_ranks
+    tmp_path, tiny_dir, credit, strategy, layout, two_ranks
 ):
     """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches (``uneven``),
     or 6 and none (``tied``: rank 1 holds only a tied group, so it computes no evidence), take the
@@ -140,7 +140,7 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(
     no-grad passes run on gathered weights, rank 1 matches rank 0's passes with zero-loss ones)."""
     from transformers import AutoTokenizer
 
-    ranks = update_ranks(f"{credit}-{strategy}-{layout}")
+    ranks = two_ranks(f"update:{credit}-{strategy}-{layout}")
     # the ranks trained different numbers of micro-batches (HighEntropy leaves rows without a kept token out)
     forwards = [r["forwards"] for r in ranks]
     assert forwards == [6, 2] if layout == "uneven" else forwards[0] > 0 and forwards[1] == 0
@@ -160,11 +160,11 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("lora", [pytest.param("full", marks=pytest.mark.slow), "lora"])
-def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
+def test_fsdp_weight_sync_pushes_whole_merged_weights(lora, two_ranks):
     """Under FSDP each rank holds half of every weight; the vLLM push gathers them one at a time:
     the same names, shapes and values as the unsharded model's push (LoRA merged, the tied
     ``lm_head.weight`` included), on both ranks."""
-    ranks = run_ranks("tests.fsdp_weights", [lora, str(tmp_path)], tmp_path)
+    ranks = two_ranks(f"weights:{lora}")
     for r in ranks:
         reference = dict(r["reference"])
         assert r["local"][0] * 2 == reference["model.embed_tokens.weight"].shape[0]  # really sharded
@@ -175,11 +175,11 @@ def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
 
 
 @pytest.mark.e2e
-def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(tmp_path, tiny_dir):
+def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(two_ranks):
     """Under DDP each rank rolls out its own prompts: in every epoch the two ranks' prompts are
     disjoint and together the whole training split, even when the ranks' global random streams
     differ; every rollout row belongs to a group of G rows of one prompt, on one rank."""
-    ranks = run_ranks("tests.ddp_data", [str(tiny_dir), str(tmp_path)], tmp_path, timeout=300)
+    ranks = two_ranks("data")
     train = ranks[0]["train"]
     assert len(train) == 8 and all(len(r["steps"]) == 4 for r in ranks)  # 2 steps per epoch and rank
     # each rank samples with its own seed (rank 0 with the one-process seed): no shared random draws
@@ -292,16 +292,14 @@ def test_sharded_sampler_resumes_each_rank_where_it_stopped():
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir):
+def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir, two_ranks):
     """Micro-batches by a token budget (``max_tokens_per_micro_batch``) plug into the same matching
     of backward passes: the ranks plan different numbers of micro-batches, rank 1 pads with
     zero-loss passes, and both take the one-process update."""
     from transformers import AutoTokenizer
 
     budget = "60"
-    case = f"uniform-ddp-uneven-{budget}"
-    launch_ranks("tests.ddp_step", [str(tiny_dir), str(tmp_path), case], tmp_path)
-    ranks = saved(tmp_path, case)
+    ranks = two_ranks(f"update:uniform-ddp-uneven-{budget}")
     forwards = [r["forwards"] for r in ranks]
     assert forwards[0] > forwards[1] > 0
     tok = AutoTokenizer.from_pretrained(tiny_dir)
