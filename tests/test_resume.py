@@ -195,7 +195,11 @@ def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir, uninterru
     assert sorted(before, key=int) == [str(s) for s in range(STEPS)] and metrics(done) == before
 
 
+# Slow (one more process, about 10 s): tests/test_datamodule.py checks the isolation in-process
+# (test_an_evaluation_leaves_training_draws_alone), and the default tier's kill in a validation
+# resumes to the same metrics.
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir, uninterrupted):
     """A validation after step 4 of 6 (the module's uninterrupted run), or none before the final
     score: the training metrics of every step are the same (evaluations draw from their own engine
