@@ -1,21 +1,17 @@
 """Which prompts each DDP rank rolls out: one rank of a 2-process gloo ``fit`` with the real
 :class:`RolloutDataModule` (transformers engine, tiny model), used by ``tests/test_distributed.py``.
 
-``python -m tests.ddp_data MODEL_DIR OUT_DIR`` (with ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT`` set) trains 4 rollout steps over 2 epochs of an 8-problem task, 2 prompts per step
-and rank, and saves every step's prompts and the prompt of every rollout row. Rank 1 draws from the
+As the ``data`` job of ``python -m tests.ranks`` (:func:`run`), each rank trains 4 rollout steps over
+2 epochs of an 8-problem task, 2 prompts per step and rank, and returns every step's prompts and
+the prompt of every rollout row. Rank 1 draws from the
 global random stream after each step, as a rank does whose extra micro-batches run dropout: the
 ranks' global streams then differ, and the data order must not depend on them.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import lightning as L
 import torch
-import torch.distributed as dist
 
 from cepo.module import RLModule
 from cepo.rollout.datamodule import RolloutDataModule
@@ -39,9 +35,8 @@ class Record(L.Callback):
             torch.rand(7)  # rank-dependent use of the global random stream
 
 
-def main(argv: list[str]) -> None:
-    model_dir, out = argv
-    torch.set_num_threads(1)
+def run(model_dir: str, out) -> dict:
+    """This rank's steps (prompts and rows), the training split and the sampling seeds."""
     L.seed_everything(0)
     module = RLModule(model_path=model_dir, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
     data = RolloutDataModule(
@@ -55,14 +50,9 @@ def main(argv: list[str]) -> None:
     tr = trainer(out, steps=4, devices=2, strategy="ddp", callbacks=[record])
     tr.fit(module, datamodule=data)
     train = [e.prompt for e in data.task.split("train")]
-    result = {
+    return {
         "steps": record.steps,
         "train": train,
         "seed": data.sampler.sampling.seed,
         "base_seed": data.sampling.seed,
     }
-    torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,15 +1,12 @@
 """One optimizer update of :class:`RLModule` on hand-made rollout batches, on one process or
 as one rank of a 2-process DDP or FSDP2 (gloo) run; used by ``tests/test_distributed.py``.
 
-A rank runs ``python -m tests.ddp_step CREDIT MODEL_DIR OUT_DIR [ddp|fsdp] [uneven|tied] [MAX_TOKENS]``
-from the repository root with ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set
-(Lightning then joins the process group instead of launching processes) and saves its policy after the update and the
-number of gradient-carrying forward passes it ran to ``OUT_DIR/rank<r>.pt``.
+On two ranks it runs as ``update:CASE`` jobs of ``python -m tests.ranks`` (:func:`run`), which save
+each rank's policy after the update and the number of gradient-carrying forward passes it ran.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -127,23 +124,13 @@ def one_update(
     return {"state": state, "forwards": counter.count, "sharded": parallel.is_sharded(module.policy)}
 
 
-def main(argv: list[str]) -> None:
+def run(model_dir: str, case: str, out: Path) -> dict:
+    """This rank's :func:`one_update` on 2 ranks for ``case``, ``CREDIT-STRATEGY-LAYOUT[-MAX_TOKENS]``
+    (``uniform-fsdp-uneven``; ``uniform-ddp-uneven-60``: micro-batches of at most 60 tokens)."""
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(1)
-    credit, model_dir, out, name, layout, max_tokens = (argv + ["ddp", "uneven", ""][len(argv) - 3 :])[:6]
+    credit, name, layout, *max_tokens = case.split("-")
     tok = AutoTokenizer.from_pretrained(model_dir)
     batches = lambda step, rank: rank_batch(tok, rank, layout)
-    budget = int(max_tokens) if max_tokens else None
-    result = one_update(model_dir, credit, batches, out, devices=2, strategy_name=name, max_tokens=budget)
-    import torch.distributed as dist
-
-    torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")
-    # as cepo's main does: a gloo group left to interpreter exit sometimes aborts the process
-    # ("terminate called without an active exception", exit -6) after the work is done
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    budget = int(max_tokens[0]) if max_tokens else None
+    return one_update(model_dir, credit, batches, out, devices=2, strategy_name=name, max_tokens=budget)

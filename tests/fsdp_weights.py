@@ -1,18 +1,16 @@
 """The weights a vLLM engine receives from an FSDP-sharded policy, as one rank of a 2-process
-gloo run (``python -m tests.fsdp_weights LORA OUT_DIR`` with ``RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR``, ``MASTER_PORT`` set); used by ``tests/test_distributed.py``.
+gloo run (a ``weights:lora`` or ``weights:full`` job of ``python -m tests.ranks``); used by
+``tests/test_distributed.py``.
 
-Each rank builds the same small Llama (LoRA-wrapped with random adapters when ``LORA`` is
-``lora``), reads :func:`cepo.rollout.vllm_engine.hf_weights` of an unsharded copy, shards the
-model with :func:`cepo.parallel.shard` and reads the engine's push again: names, shapes (known
-before any gather) and values, saved to ``OUT_DIR/rank<r>.pt``.
+Each rank builds the same small Llama (LoRA-wrapped with random adapters for ``lora``), reads
+:func:`cepo.rollout.vllm_engine.hf_weights` of an unsharded copy, shards the model with
+:func:`cepo.parallel.shard` and reads the engine's push again: names, shapes (known before any
+gather) and values.
 """
 
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,10 +21,11 @@ from cepo.rollout.vllm_engine import VLLMEngine, hf_weights
 from tests.helpers import tiny_llama
 
 
-def main(argv: list[str]) -> None:
-    lora, out = argv[0] == "lora", Path(argv[1])
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+def run(variant: str) -> dict:
+    """This rank's reference weights, pushed weights, pushed shapes and local shard shape."""
+    lora = variant == "lora"
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
     model = tiny_llama(tie_word_embeddings=True)
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -41,12 +40,4 @@ def main(argv: list[str]) -> None:
     local = next(p for p in model.parameters()).to_local().shape  # this rank's shard
     shapes, weights = VLLMEngine()._weights(model)  # what a sync pushes: shapes first, then gathers
     pushed = list(weights)
-    torch.save(
-        {"reference": reference, "pushed": pushed, "shapes": shapes, "local": tuple(local)},
-        out / f"rank{dist.get_rank()}.pt",
-    )
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    return {"reference": reference, "pushed": pushed, "shapes": shapes, "local": tuple(local)}

@@ -15,7 +15,10 @@ def logged(run_dir):
     return [(r["step"], k, v) for r in rows for k, v in r.items() if v != "" and not k.startswith("time/")]
 
 
+# Slow (3 processes, about 25 s): the default tier's kill-and-resume runs of tests/test_resume.py
+# compare two processes of one seed the same way, metric by metric, row by row, sample by sample.
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path, tiny_dir):
     extra = ["--data.task", "tests.helpers.TextParity", "--export_hf", "false", "--trainer.val_check_interval", "2"]
     runs = {}

@@ -14,8 +14,9 @@ from tests import ddp_step
 from tests.helpers import ROOT, fit_args, require_e2e_marker, run_cli
 
 
+# the plain DDP fit is slow: the default tier runs the same fit with uneven rows on top
 @pytest.mark.e2e
-@pytest.mark.parametrize("skewed", [False, True], ids=["grpo", "uneven-rows"])
+@pytest.mark.parametrize("skewed", [pytest.param(False, marks=pytest.mark.slow), True], ids=["grpo", "uneven-rows"])
 def test_fit_ddp_gloo_two_processes(tmp_path, tiny_dir, skewed):
     """With rows appended on one rank only, the ranks run different numbers of micro-batches:
     zero-loss padding keeps the gradient all-reduces matched instead of deadlocking. (That the
@@ -54,9 +55,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[dict]:
-    """``python -m module *args`` as 2 processes of one gloo group; returns what each rank saved
-    to ``out/rank<r>.pt``."""
+def launch_ranks(module: str, args: list[str], out, timeout: float = 240) -> None:
+    """``python -m module *args`` as 2 processes of one gloo group, logging to ``out/rank<r>.log``;
+    fails with both logs' tails unless both exit 0."""
     require_e2e_marker()
     port = str(free_port())
     procs = []
@@ -83,14 +84,32 @@ def run_ranks(module: str, args: list[str], out, timeout: float = 240) -> list[d
             log.close()
     logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(2))
     assert codes == [0, 0], logs
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
-def run_two_ranks(
-    credit: str, model_dir, out, timeout: float = 240, strategy: str = "ddp", layout: str = "uneven"
-) -> list[dict]:
-    """``tests.ddp_step`` as 2 DDP or FSDP ranks (gloo on CPU); returns each rank's result."""
-    return run_ranks("tests.ddp_step", [credit, str(model_dir), str(out), strategy, layout], out, timeout)
+# The tests of this module that read a job of tests.ranks, and that job (from their parameters).
+JOBS = {
+    "test_ddp_update_with_uneven_micro_batches_equals_one_process": lambda p: (
+        f"update:{p['credit']}-{p['strategy']}-{p['layout']}"
+    ),
+    "test_fsdp_weight_sync_pushes_whole_merged_weights": lambda p: f"weights:{p['lora']}",
+    "test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups": lambda p: "data",
+    "test_ddp_update_by_token_budget_equals_one_process": lambda p: "update:uniform-ddp-uneven-60",
+}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(request, tmp_path_factory, tiny_dir):
+    """``ranks(job)``: what each of the 2 ranks returned for one job of ``tests.ranks``. The jobs of
+    every test of this module the session selected run in one launch (one start-up for all of
+    them, each job from its own model and trainer in the same process group)."""
+    jobs = [
+        JOBS[item.originalname](item.callspec.params if hasattr(item, "callspec") else {})
+        for item in request.session.items
+        if item.module is request.module and item.originalname in JOBS
+    ]
+    out = tmp_path_factory.mktemp("ranks")
+    launch_ranks("tests.ranks", [str(tiny_dir), str(out), *jobs], out, timeout=120 + 60 * len(jobs))
+    return lambda job: [torch.load(out / f"{job}.rank{r}.pt") for r in range(2)]
 
 
 _slow = pytest.mark.slow
@@ -111,7 +130,9 @@ UPDATE_CASES = [
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(("credit", "strategy", "layout"), UPDATE_CASES)
-def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_dir, credit, strategy, layout):
+def test_ddp_update_with_uneven_micro_batches_equals_one_process(
+    tmp_path, tiny_dir, credit, strategy, layout, two_ranks
+):
     """Two gloo ranks whose rows with non-zero advantages fill 6 and 2 micro-batches (``uneven``),
     or 6 and none (``tied``: rank 1 holds only a tied group, so it computes no evidence), take the
     same update as one process on both ranks' rows (token-mean over the global batch), with DDP
@@ -119,7 +140,7 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_
     no-grad passes run on gathered weights, rank 1 matches rank 0's passes with zero-loss ones)."""
     from transformers import AutoTokenizer
 
-    ranks = run_two_ranks(credit, tiny_dir, tmp_path, strategy=strategy, layout=layout)
+    ranks = two_ranks(f"update:{credit}-{strategy}-{layout}")
     # the ranks trained different numbers of micro-batches (HighEntropy leaves rows without a kept token out)
     forwards = [r["forwards"] for r in ranks]
     assert forwards == [6, 2] if layout == "uneven" else forwards[0] > 0 and forwards[1] == 0
@@ -139,11 +160,11 @@ def test_ddp_update_with_uneven_micro_batches_equals_one_process(tmp_path, tiny_
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("lora", [pytest.param("full", marks=pytest.mark.slow), "lora"])
-def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
+def test_fsdp_weight_sync_pushes_whole_merged_weights(lora, two_ranks):
     """Under FSDP each rank holds half of every weight; the vLLM push gathers them one at a time:
     the same names, shapes and values as the unsharded model's push (LoRA merged, the tied
     ``lm_head.weight`` included), on both ranks."""
-    ranks = run_ranks("tests.fsdp_weights", [lora, str(tmp_path)], tmp_path)
+    ranks = two_ranks(f"weights:{lora}")
     for r in ranks:
         reference = dict(r["reference"])
         assert r["local"][0] * 2 == reference["model.embed_tokens.weight"].shape[0]  # really sharded
@@ -154,11 +175,11 @@ def test_fsdp_weight_sync_pushes_whole_merged_weights(tmp_path, lora):
 
 
 @pytest.mark.e2e
-def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(tmp_path, tiny_dir):
+def test_ddp_ranks_roll_out_disjoint_prompts_in_whole_groups(two_ranks):
     """Under DDP each rank rolls out its own prompts: in every epoch the two ranks' prompts are
     disjoint and together the whole training split, even when the ranks' global random streams
     differ; every rollout row belongs to a group of G rows of one prompt, on one rank."""
-    ranks = run_ranks("tests.ddp_data", [str(tiny_dir), str(tmp_path)], tmp_path, timeout=300)
+    ranks = two_ranks("data")
     train = ranks[0]["train"]
     assert len(train) == 8 and all(len(r["steps"]) == 4 for r in ranks)  # 2 steps per epoch and rank
     # each rank samples with its own seed (rank 0 with the one-process seed): no shared random draws
@@ -271,14 +292,14 @@ def test_sharded_sampler_resumes_each_rank_where_it_stopped():
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir):
+def test_ddp_update_by_token_budget_equals_one_process(tmp_path, tiny_dir, two_ranks):
     """Micro-batches by a token budget (``max_tokens_per_micro_batch``) plug into the same matching
     of backward passes: the ranks plan different numbers of micro-batches, rank 1 pads with
     zero-loss passes, and both take the one-process update."""
     from transformers import AutoTokenizer
 
     budget = "60"
-    ranks = run_ranks("tests.ddp_step", ["uniform", str(tiny_dir), str(tmp_path), "ddp", "uneven", budget], tmp_path)
+    ranks = two_ranks(f"update:uniform-ddp-uneven-{budget}")
     forwards = [r["forwards"] for r in ranks]
     assert forwards[0] > forwards[1] > 0
     tok = AutoTokenizer.from_pretrained(tiny_dir)

@@ -27,6 +27,7 @@ def _wheel_names() -> set[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a benchmark smoke (about 30 s: 3 processes); the imports and the estimate stay in the default tier
 def test_cpu_smoke_runs_every_section(tmp_path):
     """The whole script at tiny sizes on CPU: every section ran, every result is there, nothing failed."""
     env = dict(os.environ, CEPO_NUM_THREADS="1")

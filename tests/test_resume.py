@@ -7,6 +7,7 @@ position is checkpointed), and through a sweep's re-run."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -19,6 +20,16 @@ CEPO = ("credit/contrastive.yaml",)
 # The default's cadence (checkpoints every 50 steps, validations every 100) scaled down: every
 # validation falls on a checkpoint step, and the checkpoint is written before the validation.
 STEPS, CKPT_EVERY, VAL_EVERY = 6, 2, 4
+COMMON = [
+    "--checkpoint.every_n_train_steps",
+    str(CKPT_EVERY),
+    "--trainer.val_check_interval",
+    str(VAL_EVERY),
+    "--data.task",
+    "tests.helpers.TextParity",
+    "--export_hf",
+    "false",
+]
 
 
 def metrics(run_dir, prefixes=("train/", "credit/")):
@@ -84,17 +95,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_dir, overlays, extra, kill, w
     run's, and with every validation that was due run exactly once. SIGKILL resumes from the
     file; SIGTERM saves after the step in progress, exits 0 without validating, and resumes by
     ``--ckpt_path last``, which then runs the validation that was due."""
-    common = [
-        "--checkpoint.every_n_train_steps",
-        str(CKPT_EVERY),
-        "--trainer.val_check_interval",
-        str(VAL_EVERY),
-        "--data.task",
-        "tests.helpers.TextParity",
-        "--export_hf",
-        "false",
-        *extra,
-    ]
+    common = [*COMMON, *extra]
 
     def args(name, *more):
         return ["fit", *fit_args(tiny_dir, tmp_path, name, *overlays, steps=STEPS, extra=[*common, *more])]
@@ -179,30 +180,39 @@ def test_ckpt_path_last_finds_the_newest_checkpoint(tmp_path):
 
 
 @pytest.mark.e2e
-def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir):
+def test_resuming_a_finished_run_keeps_its_metrics(tmp_path, tiny_dir, uninterrupted, capsys):
     """A requeued job may resume a run whose last checkpoint is at max_steps: nothing trains, and
-    metrics.csv must still hold every step (the rows come back before training would start)."""
-    extra = ["--checkpoint.every_n_train_steps", "1", "--data.task", "tests.helpers.TextParity", "--export_hf", "false"]
-    args = ["fit", *fit_args(tiny_dir, tmp_path, "done", steps=2, extra=[*extra, "--report_base", "false"])]
-    assert run_cli(args).returncode == 0
-    before = metrics(tmp_path / "done" / "v")
-    again = run_cli([*args, "--ckpt_path", "last"])
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert sorted(before) == ["0", "1"] and metrics(tmp_path / "done" / "v") == before
+    metrics.csv must still hold every step (the rows come back before training would start).
+    The finished run is a copy of the module's uninterrupted one, resumed in this process."""
+    from cepo.cli import cli_main
+
+    done = tmp_path / "done" / "v"
+    shutil.copytree(uninterrupted((), COMMON), done)
+    before = metrics(done)
+    capsys.readouterr()
+    cli_main(["fit", *fit_args(tiny_dir, tmp_path, "done", steps=STEPS, extra=[*COMMON, "--ckpt_path", "last"])])
+    assert f"--ckpt_path last: {done / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out  # at max_steps
+    assert sorted(before, key=int) == [str(s) for s in range(STEPS)] and metrics(done) == before
 
 
+# Slow (one more process, about 10 s): tests/test_datamodule.py checks the isolation in-process
+# (test_an_evaluation_leaves_training_draws_alone), and the default tier's kill in a validation
+# resumes to the same metrics.
 @pytest.mark.e2e
-def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir):
-    """A validation every 2 steps, or none at all: the training metrics of every step are the same
-    (evaluations draw from their own engine counter and a forked random stream)."""
-    runs = {}
-    for name, every in (("often", "2"), ("never", "100")):
-        extra = ["--data.task", "tests.helpers.TextParity", "--trainer.val_check_interval", every]
-        out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, name, steps=4, extra=[*extra, "--export_hf", "false"])])
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs[name] = metrics(tmp_path / name / "v")
-    assert len(runs["often"]) == 4
-    assert_same(runs["often"], runs["never"])
+@pytest.mark.slow
+def test_evaluations_never_change_what_training_draws(tmp_path, tiny_dir, uninterrupted):
+    """A validation after step 4 of 6 (the module's uninterrupted run), or none before the final
+    score: the training metrics of every step are the same (evaluations draw from their own engine
+    counter and a forked random stream)."""
+    never = [*COMMON]
+    never[never.index("--trainer.val_check_interval") + 1] = "100"
+    out = run_cli(["fit", *fit_args(tiny_dir, tmp_path, "never", steps=STEPS, extra=never)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    often = uninterrupted((), COMMON)
+    assert sorted(map(int, metrics(often, ("val/",)))) == [0, VAL_EVERY, STEPS]
+    assert sorted(map(int, metrics(tmp_path / "never" / "v", ("val/",)))) == [0, STEPS]
+    assert len(metrics(often)) == STEPS
+    assert_same(metrics(often), metrics(tmp_path / "never" / "v"))
 
 
 @pytest.mark.e2e

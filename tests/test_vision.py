@@ -238,15 +238,16 @@ CHAT = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}
     "family",
     ["qwen2_vl", pytest.param("qwen2_5_vl", marks=pytest.mark.slow), pytest.param("qwen3_vl", marks=pytest.mark.slow)],
 )
-def test_a_vl_runs_export_loads_again(tmp_path, family):
-    """fit on configs/vl/default.yaml exports hf_model/ with everything loading it needs: ``cepo
-    validate --model.model_path <run>/hf_model`` runs on it, and plain transformers loads the
-    processor (image processor at the run's pixel bounds, tokenizer, chat template), the
-    generation config and the model."""
+def test_a_vl_runs_export_loads_again(tmp_path, family, capsys):
+    """fit on configs/vl/default.yaml (a ``cepo`` process) exports hf_model/ with everything loading
+    it needs: ``cepo validate --model.model_path <run>/hf_model`` runs on it (in this process), and
+    plain transformers loads the processor (image processor at the run's pixel bounds, tokenizer,
+    chat template), the generation config and the model."""
     import importlib.util
 
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
 
+    from cepo.cli import cli_main
     from tests.helpers import ROOT, run_cli
 
     source = build_tiny_vl(tmp_path / "base", family=family)
@@ -264,9 +265,9 @@ def test_a_vl_runs_export_loads_again(tmp_path, family):
     export = tmp_path / "vl" / "v" / "hf_model"
 
     validate = [*vl_config, "--model.model_path", str(export), *sizes, "--run_root", str(tmp_path)]
-    done = run_cli(["validate", *validate, "--run_name", "again", "--run_version", "v"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "val/acc" in done.stdout
+    capsys.readouterr()
+    cli_main(["validate", *validate, "--run_name", "again", "--run_version", "v"])
+    assert "val/acc" in capsys.readouterr().out
 
     if importlib.util.find_spec("torchvision") is not None:
         from transformers import AutoProcessor

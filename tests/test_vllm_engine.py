@@ -149,6 +149,7 @@ def test_fit_with_vllm_engine_end_to_end(tmp_path, tiny_dir):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a second vLLM fit (about 25 s); test_failed_sync_is_detected catches the same push in-process
 def test_fit_stops_when_the_engine_keeps_stale_weights(tmp_path, tiny_dir):
     """`cepo fit` with a vLLM engine whose weight pushes do nothing: the probe after the first
     optimizer step raises, and training stops with the stale-weights error."""
