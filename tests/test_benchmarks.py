@@ -621,3 +621,19 @@ def test_memory_benchmark_measures_the_training_pass_variants(tmp_path):
     assert results["shared"]["tokens_run"] == 20 + sum(results["plain"]["response_lengths"])
     assert all(r["seconds"] > 0 and r["added_peak_mb"] >= 0 for r in results.values())
     assert "| tiny-text | 16 | shared |" in (tmp_path / "memory_pass.md").read_text()
+
+
+def test_vs_trl_states_the_issues_targets():
+    """SmolLM2: step time at most 0.5x TRL's and peak memory at most 0.6x; tiny: time 0.4x."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import vs_trl
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    line = vs_trl.targets({"ratio": 0.59, "memory_ratio": 2720 / 4551}, "smollm2")
+    assert line == "target step time cepo <= 0.5x TRL: not met; peak memory <= 0.6x TRL: met"
+    line = vs_trl.targets({"ratio": 0.45, "memory_ratio": 0.7}, "smollm2")
+    assert line == "target step time cepo <= 0.5x TRL: met; peak memory <= 0.6x TRL: not met"
+    assert vs_trl.targets({"ratio": 0.39, "memory_ratio": 2.0}, "tiny") == "target step time cepo <= 0.4x TRL: met"
