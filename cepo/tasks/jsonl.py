@@ -353,9 +353,11 @@ class DatasetTask(Task):
         return None if committed is None else normalise(committed)
 
     def is_correct(self, response: str, answer: str) -> bool:
-        """Exact match first (cheap); then, with ``verifier="math_verify"``, math-verify within
-        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands).
-        A response whose last ``\\boxed{}`` is empty is incorrect with either verifier."""
+        """The committed answer (:func:`committed_answer`) against the reference: exact match first
+        (cheap); then, with ``verifier="math_verify"``, math-verify on that answer alone within
+        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands),
+        unless it leaves arithmetic undone (:func:`unevaluated`). A response whose last
+        ``\\boxed{}`` is empty is incorrect with either verifier."""
         committed = committed_answer(response)
         if committed is None or not normalise(committed):
             return False  # nothing, or an empty box (math-verify would read an earlier number)
