@@ -134,14 +134,14 @@ def test_table_agrees_with_math_verify(reference, response, exact, mv, decides):
 def test_math_verify_gets_the_committed_answer_as_written(monkeypatch):
     """No comma is stripped on the way to math-verify, and it is asked whenever the exact match
     refuses (the old whole-answer comma removal accepted this pair before asking it). It sees the
-    answer the response commits to (boxed), not the text around it."""
+    last box alone when there is one, else the text."""
     seen = []
     monkeypatch.setattr(
         jsonl_module, "math_verify_equal", lambda response, answer: seen.append((response, answer)) or False
     )
     assert JsonlTask().is_correct("so \\boxed{(15)}", "(1,5)") is False
     assert JsonlTask().is_correct("Half of it: 0.50 of the cake", "\\frac{1}{2}") is False
-    assert seen == [("\\boxed{(15)}", "(1,5)"), ("\\boxed{0.50}", "\\frac{1}{2}")]
+    assert seen == [("\\boxed{(15)}", "(1,5)"), ("Half of it: 0.50 of the cake", "\\frac{1}{2}")]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +151,8 @@ def test_math_verify_gets_the_committed_answer_as_written(monkeypatch):
         ("\\boxed{9+20}", "29", False),
         ("\\boxed{17 \\times 17}", "289", False),
         ("The sum is 9 + 20 = 29.", "29", True),  # working before the value is fine
+        ("so the answer is 9 + 20", "29", False),  # math-verify's pick from the text, unevaluated
+        ("so the answer is $\\frac{1}{2}$", "0.5", True),  # a value in the text, no box
         ("\\boxed{29}", "29", True),
         ("\\boxed{1/2}", "0.5", True),  # a fraction is a value
         ("\\boxed{0.5}", "\\frac{1}{2}", True),

@@ -25,10 +25,10 @@ accepts equivalent forms (``0.5`` for ``\\frac{1}{2}``, ``(3, \\pi/2)`` for a bo
 or by exact match of the normalised extracted answer (``verifier="exact"``). math-verify's own
 timeouts use ``SIGALRM``, which only works on the main thread, so cepo always runs it in a
 daemon worker thread with its timeouts off and bounds it with its own (``verify_timeout``);
-on a timeout or an error the verdict falls back to the exact match. Only the answer a response
-commits to (:func:`committed_answer`: its last box, else its last number) is verified, and where
-the reference is a plain number, arithmetic left undone in it (``9 + 20``) is wrong
-(:func:`unevaluated`): given the whole text, math-verify evaluated a restated question. math-verify's warning that
+on a timeout or an error the verdict falls back to the exact match. A boxed response is verified
+on its last box alone; where the reference is a plain number, an answer that leaves arithmetic
+undone (``9 + 20``) is wrong (:func:`unevaluated`): math-verify evaluates it, and RL found that
+restating the question (``9 + 20 =``) scored as correct. math-verify's warning that
 its timeouts are off ("Timeout is disabled ... to prevent code getting stuck") is silenced for
 that reason (:class:`_CepoTimesMathVerify`): cepo supplies the timeout.
 
@@ -208,13 +208,17 @@ def _parse_gold(answer: str) -> list:
 def math_verify_equal(response: str, answer: str) -> bool:
     """math-verify's verdict on ``response`` against the reference ``answer``, without its
     signal-based timeouts (so callable off the main thread; bound it with
-    :func:`run_with_timeout`). Raises on a parse or verification error."""
+    :func:`run_with_timeout`). What math-verify extracts as the answer must not leave arithmetic
+    undone (:func:`unevaluated`): it would evaluate ``9 + 20 =`` to 29. Raises on a parse or
+    verification error."""
     from math_verify import parse, verify
 
     _quiet_math_verify_timeout_warning()
     gold = _parse_gold(answer)
     pred = parse(response, parsing_timeout=None, raise_on_error=True)
     if not gold or not pred:
+        return False
+    if isinstance(pred[-1], str) and unevaluated(pred[-1], answer):
         return False
     return bool(verify(gold, pred, timeout_seconds=None, raise_on_error=True))
 
@@ -354,10 +358,10 @@ class DatasetTask(Task):
 
     def is_correct(self, response: str, answer: str) -> bool:
         """The committed answer (:func:`committed_answer`) against the reference: exact match first
-        (cheap); then, with ``verifier="math_verify"``, math-verify on that answer alone within
-        ``verify_timeout`` seconds (on a timeout or an error the exact verdict, False, stands),
-        unless it leaves arithmetic undone (:func:`unevaluated`). A response whose last
-        ``\\boxed{}`` is empty is incorrect with either verifier."""
+        (cheap); then, with ``verifier="math_verify"``, math-verify within ``verify_timeout``
+        seconds (on a timeout or an error the exact verdict, False, stands) on the last box, or on
+        the text when there is none; an answer that leaves arithmetic undone (:func:`unevaluated`)
+        is wrong. A response whose last ``\\boxed{}`` is empty is incorrect with either verifier."""
         committed = committed_answer(response)
         if committed is None or not normalise(committed):
             return False  # nothing, or an empty box (math-verify would read an earlier number)
@@ -367,9 +371,11 @@ class DatasetTask(Task):
             return False
         import math_verify  # noqa: F401 - the first import (~1 s, sympy) must not eat the timeout
 
+        # a box is what the response commits to; without one math-verify finds the final answer in
+        # the text (``so it is $\\frac{1}{2}$``), and math_verify_equal refuses an unevaluated one
+        text = f"\\boxed{{{committed}}}" if last_boxed(response) is not None else response
         try:
-            boxed = f"\\boxed{{{committed}}}"  # math-verify reads the answer committed to, not the text
-            return run_with_timeout(lambda: math_verify_equal(boxed, answer), self.verify_timeout)
+            return run_with_timeout(lambda: math_verify_equal(text, answer), self.verify_timeout)
         except TimeoutError:
             log.warning("math-verify gave no verdict within %gs; counted as incorrect", self.verify_timeout)
         except Exception as err:  # a parse/verify error: the exact match (False) decides
