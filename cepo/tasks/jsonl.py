@@ -139,6 +139,12 @@ def committed_answer(response: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+def extracted_answer(response: str) -> str | None:
+    """:func:`committed_answer` in the :func:`normalise` form the exact match compares."""
+    committed = committed_answer(response)
+    return None if committed is None else normalise(committed)
+
+
 def unevaluated(committed: str, answer: str) -> bool:
     """Whether ``committed`` leaves arithmetic undone where the reference is a plain number:
     ``9 + 20`` (or ``17 \\times 17``) answers nothing when the answer is ``29``, although math-verify
@@ -353,8 +359,7 @@ class DatasetTask(Task):
         return self._splits[name]
 
     def extract_answer(self, response: str) -> str | None:
-        committed = committed_answer(response)
-        return None if committed is None else normalise(committed)
+        return extracted_answer(response)
 
     def is_correct(self, response: str, answer: str) -> bool:
         """The committed answer (:func:`committed_answer`) against the reference: exact match first
