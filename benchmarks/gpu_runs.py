@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 from cepo.module import RLModule
-from cepo.rollout.batch import RolloutBatch, pack
+from cepo.rollout.batch import Provenance, RolloutBatch, gather_groups, pack
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.engine import SamplingConfig
 
@@ -116,8 +116,8 @@ class Replay(RolloutDataModule):
         }
         version = self.trainer.lightning_module.weight_version
         # no engine log-probs (another policy's) and no generation time: a replay measures training
-        fields = {**moved, "engine_logprobs": None, "timings": {}, "weight_version": version}
-        return dataclasses.replace(out, **fields)
+        fields = {**moved, "engine_logprobs": None, "timings": {}}
+        return dataclasses.replace(out, **fields).with_provenance(weight_version=version)
 
 
 def module(model_dir: Path, credit=None, *, lr: float = 1e-6, **kw) -> RLModule:
@@ -186,44 +186,22 @@ def handmade_batch(tok, prompts: list[str], group: int, response_len: int, seed:
         correct=r >= 1,
         engine_logprobs=None,
         group_size=group,
-        prompts=list(prompts),
-        answers=["7"] * len(prompts),
-        solutions=[""] * len(prompts),
-        responses=tok.batch_decode(rids, skip_special_tokens=True),
-        extracted=extracted,
-        prompt_ids=pids,
-        response_ids=rids,
-        weight_version=0,
+        provenance=Provenance(
+            prompts=list(prompts),
+            answers=["7"] * len(prompts),
+            solutions=[""] * len(prompts),
+            responses=tok.batch_decode(rids, skip_special_tokens=True),
+            extracted=extracted,
+            prompt_ids=pids,
+            response_ids=rids,
+            weight_version=0,
+        ),
     )
 
 
 def rows_of(batch: RolloutBatch, groups: slice, pad_id: int) -> RolloutBatch:
     """The batch restricted to prompts ``groups`` (whole groups), re-packed (a DDP rank's share)."""
-    g = batch.group_size
-    rows = range(groups.start * g, groups.stop * g)
-    pids = batch.prompt_ids[groups]
-    rids = [batch.response_ids[i] for i in rows]
-    ids, attn, start, mask = pack([p for p in pids for _ in range(g)], rids, pad_id)
-    index = torch.tensor(list(rows))
-    return dataclasses.replace(
-        batch,
-        input_ids=ids,
-        attention_mask=attn,
-        response_start=start,
-        response_mask=mask,
-        rewards=batch.rewards[index],
-        correct=batch.correct[index],
-        engine_logprobs=None,
-        prompts=batch.prompts[groups],
-        answers=batch.answers[groups],
-        solutions=batch.solutions[groups],
-        responses=[batch.responses[i] for i in rows],
-        extracted=[batch.extracted[i] for i in rows],
-        prompt_ids=pids,
-        response_ids=rids,
-        truncated=None,
-        timings={},
-    )
+    return gather_groups([(batch, p) for p in range(groups.start, groups.stop)], pad_id)
 
 
 def relative(a: float, b: float, scale: float | None = None) -> float:

@@ -67,7 +67,7 @@ def ddp_two_processes(model_dir: Path, batch, pad_id: int, micro: int, accelerat
     work.mkdir(parents=True, exist_ok=True)
     groups = batch.num_rollouts // batch.group_size
     halves = [slice(0, groups // 2), slice(groups // 2, groups)]
-    cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items() if k != "vision"}
+    cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(batch).items()}
     torch.save({"batch": cpu, "halves": halves, "pad_id": pad_id}, work / "batch.pt")
     (work / "settings.json").write_text(json.dumps({"model_dir": str(model_dir), "micro": micro, "acc": accelerator}))
     port = str(_free_port())

@@ -47,7 +47,7 @@ def replay(
     """
     from cepo.advantages import group_advantages
     from cepo.module import RLModule
-    from cepo.rollout.batch import RolloutBatch, pack
+    from cepo.rollout.batch import Provenance, RolloutBatch, pack
 
     module = RLModule(
         model_path=model_path, lora="off", c_dual=None, micro_batch_size=micro_batch, eps_low=eps_low, eps_high=eps_high
@@ -80,14 +80,16 @@ def replay(
             correct=rewards > 0.5,
             engine_logprobs=None,
             group_size=group_size,
-            prompts=[str(p) for p in b["prompts"][::group_size]],
-            answers=[str(a) for a in b["answers"][::group_size]],
-            solutions=[""] * (n // group_size),
-            responses=[""] * n,
-            extracted=[None] * n,
-            prompt_ids=prompt_ids[::group_size],
-            response_ids=response_ids,
-            weight_version=module.ref.version,
+            provenance=Provenance(
+                prompts=[str(p) for p in b["prompts"][::group_size]],
+                answers=[str(a) for a in b["answers"][::group_size]],
+                solutions=[""] * (n // group_size),
+                responses=[""] * n,
+                extracted=[None] * n,
+                prompt_ids=prompt_ids[::group_size],
+                response_ids=response_ids,
+                weight_version=module.ref.version,
+            ),
         )
         advantages = group_advantages(rewards, group_size, "std")
         step.update(batch, advantages[:, None] * response_mask, None, None, None, opt, None, None)

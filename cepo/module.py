@@ -301,7 +301,7 @@ class RLModule(L.LightningModule):
 
     @parallel.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see RolloutStep.update)
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
-        lag = check_lag(batch.weight_version, self.weight_version, self.max_lag)
+        lag = check_lag(batch.provenance.weight_version, self.weight_version, self.max_lag)
         result = self.rollout_step(batch, self.optimizers(), self.lr_schedulers(), self.manual_backward, self.rl_step)
         self.ref.version += result.updates
         if result.stop:  # the engine gap was too large: no process applied the update

@@ -28,7 +28,9 @@ class Record(L.Callback):
     def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
         start = batch.response_start
         rows = [tuple(r[:start][m[:start].bool()].tolist()) for r, m in zip(batch.input_ids, batch.attention_mask)]
-        self.steps.append({"prompts": list(batch.prompts), "row_prompts": rows, "group_size": batch.group_size})
+        self.steps.append(
+            {"prompts": list(batch.provenance.prompts), "row_prompts": rows, "group_size": batch.group_size}
+        )
 
     def on_train_batch_end(self, tr, pl_module, outputs, batch, batch_idx):
         if tr.global_rank == 1:

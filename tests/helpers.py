@@ -8,7 +8,6 @@ repository root, there). No ``PYTHONPATH`` edit is needed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import torch.distributed as dist
 
 from cepo.module import RLModule
 from cepo.objectives import CIPO
-from cepo.rollout.batch import RolloutBatch, pack
+from cepo.rollout.batch import Provenance, RolloutBatch, pack
 from cepo.rollout.datamodule import RolloutDataModule
 from cepo.rollout.vllm_engine import VLLMEngine
 from cepo.tasks import Arithmetic
@@ -253,14 +252,16 @@ def make_batch(tok, prompts, answers, responses, rewards, extracted, group_size)
         correct=r >= 1,
         engine_logprobs=None,
         group_size=group_size,
-        prompts=list(prompts),
-        answers=list(answers),
-        solutions=[""] * len(prompts),
-        responses=list(responses),
-        extracted=list(extracted),
-        prompt_ids=pids,
-        response_ids=rids,
-        weight_version=0,
+        provenance=Provenance(
+            prompts=list(prompts),
+            answers=list(answers),
+            solutions=[""] * len(prompts),
+            responses=list(responses),
+            extracted=list(extracted),
+            prompt_ids=pids,
+            response_ids=rids,
+            weight_version=0,
+        ),
     )
 
 
@@ -288,7 +289,7 @@ class FixedBatches(RolloutDataModule):
         module = self.trainer.lightning_module
         out = self.batches(self.served, self.trainer.global_rank)
         self.served += 1
-        return dataclasses.replace(out, weight_version=module.weight_version)
+        return out.with_provenance(weight_version=module.weight_version)
 
 
 @torch.no_grad()
@@ -296,7 +297,9 @@ def plain_logprobs(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
     """``[N, T]`` log-probs of ``batch``'s response tokens, each row run alone without padding
     (an independent computation of what the trainer scores; 0 off the response mask)."""
     out = torch.zeros(batch.response_mask.shape)
-    for i, (p, r) in enumerate(zip([p for p in batch.prompt_ids for _ in range(batch.group_size)], batch.response_ids)):
+    for i, (p, r) in enumerate(
+        zip([p for p in batch.provenance.prompt_ids for _ in range(batch.group_size)], batch.provenance.response_ids)
+    ):
         out[i, : len(r)] = row_logprobs(model, p, r)
     return out
 

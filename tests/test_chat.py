@@ -67,7 +67,7 @@ def test_chat_prompt_is_the_models_own_template(chat_tok, chat_model):
     expected = chat_tok.apply_chat_template(
         [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
     )
-    assert batch.prompts == [expected] and expected.endswith("<|im_start|>assistant\n")
+    assert batch.provenance.prompts == [expected] and expected.endswith("<|im_start|>assistant\n")
     assert "\\boxed{}" in expected  # literal braces survive the task template
     with_system = Chat(system="Be brief.").render(Chat(system="Be brief.").messages(user), chat_tok)
     assert with_system.startswith("<|im_start|>system\nBe brief.<|im_end|>")
@@ -84,10 +84,10 @@ def test_teacher_logprobs_equal_a_forward_of_the_rendered_text(chat_tok, chat_mo
     live = Live()
     live.setup(chat_model)
     scores = teacher.score(batch, torch.arange(2), True, True, live, Scorer(0))
-    user = batch.conversation(0)[-1]["content"]
+    user = batch.provenance.conversation(0)[-1]["content"]
     for row, feedback, got in ((0, "7", scores.pos), (1, "8", scores.neg)):
         if template == "raw":  # the feedback starts the assistant turn
-            text = batch.prompts[0] + " " + feedback
+            text = batch.provenance.prompts[0] + " " + feedback
         else:  # RLSD's instruction inside the user turn, the chat rendered again
             hint = f"{user}\n\nHere is a reference solution:\n{feedback}\n\nAfter understanding the reference "
             hint += "solution, please try to solve this problem using your own approach below.\n"
@@ -97,8 +97,8 @@ def test_teacher_logprobs_equal_a_forward_of_the_rendered_text(chat_tok, chat_mo
             assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
             assert (system or "You are a helpful AI assistant named SmolLM") in text
         context = chat_tok(text, add_special_tokens=False).input_ids
-        direct = row_logprobs(chat_model, context, batch.response_ids[row])
-        assert torch.allclose(got[row, : len(batch.response_ids[row])], direct, atol=1e-5)
+        direct = row_logprobs(chat_model, context, batch.provenance.response_ids[row])
+        assert torch.allclose(got[row, : len(batch.provenance.response_ids[row])], direct, atol=1e-5)
 
 
 def test_distillation_and_correction_prompts_under_chat(chat_tok, chat_model):
@@ -112,7 +112,7 @@ def test_distillation_and_correction_prompts_under_chat(chat_tok, chat_model):
     rows, conversations = cipo.correction_prompts(batch, chat_tok)
     turns = [m["role"] for m in conversations[0]]
     assert rows == [0] and turns == ["user", "assistant", "user"]
-    assert conversations[0][1]["content"] == chat_tok.decode(batch.response_ids[0], skip_special_tokens=True)
-    rendered = batch.format.render(conversations[0], chat_tok)
+    assert conversations[0][1]["content"] == chat_tok.decode(batch.provenance.response_ids[0], skip_special_tokens=True)
+    rendered = batch.provenance.format.render(conversations[0], chat_tok)
     assert rendered.endswith("solve the problem again.<|im_end|>\n<|im_start|>assistant\n")
     assert "7" not in conversations[0][-1]["content"]  # the reference answer never enters the prompt

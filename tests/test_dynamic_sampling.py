@@ -42,7 +42,7 @@ def test_groups_with_differing_rewards_are_kept_and_refilled(tiny_model):
     fake = Rounds(tok, rewards)
     batch = dynamic_batch(fake.draw, fake.rollout, prompts_per_step=3, max_rounds=4, pad_id=tok.pad_token_id)
     assert fake.calls == [[0, 1, 2], [3, 4, 5]]
-    assert batch.prompts == ["1+0=", "3+0=", "5+0="]
+    assert batch.provenance.prompts == ["1+0=", "3+0=", "5+0="]
     assert batch.rewards.tolist() == [0, 1, 1, 0, 0, 1]
     assert batch.info == {"gen_rounds": 2.0, "groups_kept": 3.0, "groups_discarded": 3.0, "prompts_drawn": 6.0}
 
@@ -55,7 +55,7 @@ def test_when_rounds_run_out_the_ties_fill_the_batch(tiny_model):
     fake = Rounds(tok, rewards)
     batch = dynamic_batch(fake.draw, fake.rollout, prompts_per_step=3, max_rounds=2, pad_id=tok.pad_token_id)
     assert fake.calls == [[0, 1, 2], [3, 4, 5]]  # no group kept after round 1: a full round
-    assert batch.prompts == ["4+0=", "0+0=", "1+0="]
+    assert batch.provenance.prompts == ["4+0=", "0+0=", "1+0="]
     assert batch.rewards.tolist() == [1, 0, 1, 1, 0, 0]
     assert batch.info == {"gen_rounds": 2.0, "groups_kept": 1.0, "groups_discarded": 3.0, "prompts_drawn": 6.0}
 
@@ -67,7 +67,7 @@ def test_surplus_groups_of_the_last_round_are_dropped(tiny_model):
     batch = dynamic_batch(fake.draw, fake.rollout, prompts_per_step=3, max_rounds=3, pad_id=tok.pad_token_id)
     # round 2: min(3, ceil(1 * 3 / 2)) = 2 prompts, both kept, one too many
     assert fake.calls == [[0, 1, 2], [3, 4]]
-    assert batch.prompts == ["1+0=", "2+0=", "3+0="]
+    assert batch.provenance.prompts == ["1+0=", "2+0=", "3+0="]
     assert batch.info["groups_kept"] == 3.0 and batch.info["groups_discarded"] == 1.0
 
 
@@ -82,15 +82,18 @@ def test_gathered_groups_keep_their_rows(tiny_model):
     fake = Rounds(tok, [[0, 1]] * 4)
     a, b = fake.rollout([0, 1]), fake.rollout([2, 3])
     out = gather_groups([(b, 1), (a, 0)], tok.pad_token_id)
-    assert out.prompts == ["3+0=", "0+0="] and out.responses == b.responses[2:] + a.responses[:2]
-    assert out.timings == {} and out.weight_version == 0
+    assert (
+        out.provenance.prompts == ["3+0=", "0+0="]
+        and out.provenance.responses == b.provenance.responses[2:] + a.provenance.responses[:2]
+    )
+    assert out.timings == {} and out.provenance.weight_version == 0
     for i, (src, row) in enumerate([(b, 2), (b, 3), (a, 0), (a, 1)]):
-        n = len(src.response_ids[row])
-        assert out.response_ids[i] == src.response_ids[row]
+        n = len(src.provenance.response_ids[row])
+        assert out.provenance.response_ids[i] == src.provenance.response_ids[row]
         assert out.response_mask[i].sum() == n
         assert torch.equal(out.engine_logprobs[i, :n], src.engine_logprobs[row, :n])
         start = out.response_start
-        assert torch.equal(out.input_ids[i, start : start + n], torch.tensor(src.response_ids[row]))
+        assert torch.equal(out.input_ids[i, start : start + n], torch.tensor(src.provenance.response_ids[row]))
     assert out.engine_logprobs.shape == out.response_mask.shape
 
 

@@ -95,9 +95,9 @@ def test_student_logprobs_are_a_plain_forward_on_credited_rows_only(tiny_model):
 def test_entropy_is_the_next_token_entropy_by_hand(tiny_model):
     model, batch, teacher, weights = _setup(tiny_model)
     inputs = gather(frozenset({ENTROPY}), batch, ADV, model, Scorer(0), teacher, weights)
-    prompt = batch.prompt_ids[0]
+    prompt = batch.provenance.prompt_ids[0]
     for row in (0, 1):
-        response = batch.response_ids[row]
+        response = batch.provenance.response_ids[row]
         ids = torch.tensor([list(prompt) + list(response)])
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), -1)

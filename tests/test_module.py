@@ -28,7 +28,9 @@ def k3(logp, ref):
 
 def rows_of(batch):
     """``(prompt ids, response ids)`` of every row."""
-    return [(batch.prompt_ids[i // batch.group_size], r) for i, r in enumerate(batch.response_ids)]
+    return [
+        (batch.provenance.prompt_ids[i // batch.group_size], r) for i, r in enumerate(batch.provenance.response_ids)
+    ]
 
 
 class Record(L.Callback):

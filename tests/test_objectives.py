@@ -144,7 +144,7 @@ def test_sdpo_demonstrations_are_other_successes(tok):
 
 def test_sdpo_answer_feedback_uses_the_demonstrations_answer(tok):
     batch = group_batch(tok, [False, True, False, True, False, False, True, False])
-    batch.extracted = [None, "7", None, "9", None, None, "5", None]
+    batch = batch.with_provenance(extracted=[None, "7", None, "9", None, None, "5", None])
     obj = SDPO(feedback_source="answer")
     obj.policy = PolicyRef(None, tok, "")
     fb = obj.feedback(batch)
@@ -159,7 +159,7 @@ def test_sdpo_skips_groups_without_success(tok):
 
 def test_opsd_covers_every_rollout_with_the_solution(tok):
     batch = group_batch(tok, [False, True, False, True, False, False, True, False])
-    batch.solutions = [" 3", ""]
+    batch = batch.with_provenance(solutions=[" 3", ""])
     fb = OPSD().feedback(batch)
     assert sorted(fb) == list(range(8))
     assert fb[0] == (0, "3") and fb[5] == (1, "4242")  # no solution: the answer
@@ -172,19 +172,22 @@ def test_hdpo_distils_only_correct_appended_rows(tok):
     merged = concat(batch, extra, tok.pad_token_id, b_weight=0.0)
     assert merged.num_original == 8 and merged.row_weight.tolist() == [1.0] * 8 + [0.0] * 4
     assert HDPO().feedback(merged) == {8: (2, "4242"), 10: (2, "4242")}  # the appended group, prompt 2
-    assert merged.conversation(2) == [{"role": "user", "content": "1+2="}]
+    assert merged.provenance.conversation(2) == [{"role": "user", "content": "1+2="}]
 
 
 def test_concat_repacks_rows(tok):
     a = group_batch(tok, [True, False, False, True, False, False, True, True])
     b = group_batch(tok, [False, False, True, True], prompts=("10+20+30=",), answers=("60",))
     merged = concat(a, b, tok.pad_token_id, b_weight=0.5)
-    assert merged.num_rollouts == 12 and merged.prompts == ["1+2=", "4+4=", "10+20+30="]
+    assert merged.num_rollouts == 12 and merged.provenance.prompts == ["1+2=", "4+4=", "10+20+30="]
     for row in (0, 5, 11):
         src, i = (a, row) if row < 8 else (b, row - 8)
-        n = len(src.response_ids[i])
-        assert merged.input_ids[row, merged.response_start : merged.response_start + n].tolist() == src.response_ids[i]
-        p = src.prompt_ids[i // 4]
+        n = len(src.provenance.response_ids[i])
+        assert (
+            merged.input_ids[row, merged.response_start : merged.response_start + n].tolist()
+            == src.provenance.response_ids[i]
+        )
+        p = src.provenance.prompt_ids[i // 4]
         assert merged.input_ids[row, merged.response_start - len(p) : merged.response_start].tolist() == p
     assert merged.row_weight.tolist() == [1.0] * 8 + [0.5] * 4
     with pytest.raises(ValueError, match="group sizes"):
@@ -203,14 +206,14 @@ def test_choose_failures_one_per_prompt_hardest_first():
 
 def test_cipo_prompts_come_from_failed_rollouts_without_the_answer(tok):
     batch = group_batch(tok, [False, True, False, True, False, False, False, False])
-    batch.solutions = [" 4242 = 4242", " 4242"]
+    batch = batch.with_provenance(solutions=[" 4242 = 4242", " 4242"])
     obj = CIPO(max_share=0.5)  # up to as many correction groups as prompts
     rows, conversations = obj.correction_prompts(batch, tok)
     assert rows == [4, 0]  # the all-failed prompt first
-    texts = [batch.format.render(c, tok) for c in conversations]
+    texts = [batch.provenance.format.render(c, tok) for c in conversations]
     for row, text in zip(rows, texts):
         assert not bool(batch.correct[row])
-        assert batch.responses[row].strip() in text and batch.prompts[row // 4] in text
+        assert batch.provenance.responses[row].strip() in text and batch.provenance.prompts[row // 4] in text
         assert "4242" not in text
     # the share cap: 4 prompts, max_share 0.25 -> at most one correction group (8 of 40 rows... <= 25%)
     wide = group_batch(tok, [False] * 16, prompts=("1=", "2=", "3=", "4="), answers=("5",) * 4)

@@ -53,7 +53,9 @@ def test_staleness_is_one_step_and_the_weights_are_recorded(tmp_path, tiny_dir, 
 
     class Spy(L.Callback):
         def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
-            seen.append((batch.weight_version, pl_module.weight_version, checksum(pl_module.policy), len(weights)))
+            seen.append(
+                (batch.provenance.weight_version, pl_module.weight_version, checksum(pl_module.policy), len(weights))
+            )
 
     tr = trainer(tmp_path, steps=4 * num_minibatches)
     tr.callbacks.append(Spy())
@@ -120,7 +122,7 @@ def test_one_step_off_with_dynamic_sampling(tmp_path, tiny_dir):
 
     class Spy(L.Callback):
         def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
-            seen.append((pl_module.weight_version - batch.weight_version, batch.info["prompts_drawn"]))
+            seen.append((pl_module.weight_version - batch.provenance.weight_version, batch.info["prompts_drawn"]))
 
     tr = trainer(tmp_path, steps=3)
     tr.callbacks.append(Spy())
@@ -140,7 +142,7 @@ def test_a_checkpoint_while_a_batch_is_pending_resumes_by_drawing_it_again(tmp_p
 
     class Spy(L.Callback):
         def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
-            seen.append(list(batch.prompts))
+            seen.append(list(batch.provenance.prompts))
 
         def on_train_batch_end(self, tr, pl_module, outputs, batch, batch_idx):
             if batch_idx == 1:

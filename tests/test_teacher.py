@@ -50,8 +50,8 @@ def test_teacher_logprobs_equal_direct_forward(tiny_model):
     scores = teacher.score(batch, torch.arange(2), True, True, live(model), Scorer(0))
     for row, feedback, got in ((0, "11", scores.pos), (1, "10", scores.neg)):
         ctx = tok("12+3-4= " + feedback, add_special_tokens=False).input_ids  # raw: prompt, space, answer
-        direct = direct_logprobs(model, ctx, batch.response_ids[row])
-        assert torch.allclose(got[row, : len(batch.response_ids[row])], direct, atol=1e-5)
+        direct = direct_logprobs(model, ctx, batch.provenance.response_ids[row])
+        assert torch.allclose(got[row, : len(batch.provenance.response_ids[row])], direct, atol=1e-5)
     assert scores.has_negative.tolist() == [True, True]
     assert teacher.last_contexts == [("11", "10")]
 

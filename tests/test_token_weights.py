@@ -13,6 +13,7 @@ from PIL import Image
 from cepo.bases.tiny import char_tokenizer
 from cepo.callbacks import TokenWeightLogger
 from cepo.callbacks.token_weights import thumbnail
+from cepo.rollout.batch import Provenance
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="image (\d) of the prompt">')
 
@@ -25,11 +26,18 @@ def record(images):
         num_rollouts=4,
         group_size=2,
         correct=torch.tensor([True, False, True, False]),
-        response_ids=ids,
-        prompts=["<image>a", "<image>b"],
-        answers=["12", "3"],
         rewards=torch.tensor([1.0, 0.0, 1.0, 0.0]),
-        images=images,
+        provenance=Provenance(
+            prompts=["<image>a", "<image>b"],
+            answers=["12", "3"],
+            solutions=["", ""],
+            responses=["12", "7", "3", "45"],
+            extracted=["12", "7", "3", "45"],
+            prompt_ids=[tok("<image>a").input_ids, tok("<image>b").input_ids],
+            response_ids=ids,
+            weight_version=0,
+            images=images,
+        ),
     )
     weight = torch.ones(4, 2)
     output = SimpleNamespace(

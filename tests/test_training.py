@@ -40,7 +40,7 @@ def test_rollouts_are_on_policy(tmp_path, tiny_dir, num_minibatches):
     class Spy(L.Callback):
         def on_train_batch_start(self, tr, pl_module, batch, batch_idx):
             checksum = float(sum(p.double().sum() for p in pl_module.policy.parameters()))
-            seen.append((batch.weight_version, pl_module.weight_version, tr.global_step, checksum))
+            seen.append((batch.provenance.weight_version, pl_module.weight_version, tr.global_step, checksum))
 
     tr = trainer(tmp_path, steps=3 * num_minibatches)
     tr.callbacks.append(Spy())
@@ -60,7 +60,7 @@ def test_stale_batch_is_refused(tmp_path, tiny_dir):
     tr.fit(module, datamodule=dm)
     dm.sampler.sync()
     batch = dm.sampler.rollout(dm.task.split("train")[:2])
-    assert batch.weight_version == module.weight_version
+    assert batch.provenance.weight_version == module.weight_version
     module.ref.version += 1  # as if one optimizer step happened after generation: one is too many
     with pytest.raises(RuntimeError, match="off-policy"):
         module.training_step(batch, 0)

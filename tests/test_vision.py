@@ -79,29 +79,40 @@ def test_rollouts_see_the_image_and_are_scored_on_policy(vl):
     ]
     batch, _ = rollouts(vl, examples)
     # 56x56 -> 4 image tokens, 84x84 -> 9, each between <|vision_start|> and <|vision_end|>
-    assert batch.images is not None and [len(p) for p in batch.prompt_ids] == [8, 15]
-    assert not any(t in vl.vision.banned for r in batch.response_ids for t in r)
+    assert batch.provenance.images is not None and [len(p) for p in batch.provenance.prompt_ids] == [8, 15]
+    assert not any(t in vl.vision.banned for r in batch.provenance.response_ids for t in r)
     seen = []  # positions the LM head computes logits for: the response columns only
     hook = vl.model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.shape[:-1]))
     width = int(batch.response_mask.sum(1).max())
     for size, share in ((0, False), (1, False), (0, True)):
         seen.clear()
         scored, _ = Scorer(size, share_prompts=share).logprobs(vl.model, batch.packed())
-        rows = [(len(batch.response_ids), width)] if size == 0 else [(1, max(len(r), 1)) for r in batch.response_ids]
+        rows = (
+            [(len(batch.provenance.response_ids), width)]
+            if size == 0
+            else [(1, max(len(r), 1)) for r in batch.provenance.response_ids]
+        )
         if share:  # after its check: each prompt's last position once, then the responses' others
-            rows = [(len(batch.prompt_ids), 1), (len(batch.response_ids), width - 1)]
+            rows = [(len(batch.provenance.prompt_ids), 1), (len(batch.provenance.response_ids), width - 1)]
         assert sorted(seen[-2:] if share else seen) == sorted(rows)
-        for i, response in enumerate(batch.response_ids):
+        for i, response in enumerate(batch.provenance.response_ids):
             p = i // batch.group_size
-            direct = unpadded_logprobs(vl, batch.prompt_ids[p], batch.images[p], response)
+            direct = unpadded_logprobs(vl, batch.provenance.prompt_ids[p], batch.provenance.images[p], response)
             assert torch.allclose(scored[i, : len(response)], direct, atol=1e-5), (size, i)
             assert torch.allclose(batch.engine_logprobs[i, : len(response)], direct, atol=1e-5)
     hook.remove()
     blank = unpadded_logprobs(
-        vl, batch.prompt_ids[0], vl.vision.encode([Image.new("RGB", (56, 56), "white")]), batch.response_ids[0]
+        vl,
+        batch.provenance.prompt_ids[0],
+        vl.vision.encode([Image.new("RGB", (56, 56), "white")]),
+        batch.provenance.response_ids[0],
     )
     assert not torch.allclose(
-        blank, unpadded_logprobs(vl, batch.prompt_ids[0], batch.images[0], batch.response_ids[0]), atol=1e-4
+        blank,
+        unpadded_logprobs(
+            vl, batch.provenance.prompt_ids[0], batch.provenance.images[0], batch.provenance.response_ids[0]
+        ),
+        atol=1e-4,
     )
 
 
@@ -111,7 +122,7 @@ def test_teacher_contexts_keep_or_drop_the_image(vl, see):
     batch, _ = rollouts(vl, examples, n=4)
     batch.rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     batch.correct = batch.rewards >= 1
-    batch.extracted = ["11", "7", "7", "7"]
+    batch = batch.with_provenance(extracted=["11", "7", "7", "7"])
     teacher = TeacherContexts(images=see)
     teacher.setup(vl)
     live = Live()
@@ -119,11 +130,11 @@ def test_teacher_contexts_keep_or_drop_the_image(vl, see):
     scores = teacher.score(batch, torch.arange(4), True, True, live, Scorer(2))
     for row, feedback, got in ((0, "11", scores.pos), (1, "7", scores.neg)):
         text = ("<image>+=" if see else "+=") + " " + feedback  # raw: the feedback after the prompt
-        images = batch.images[0] if see else None
+        images = batch.provenance.images[0] if see else None
         context = vl.encode(text, images)
         assert (vl.vision.image_token_id in context) == see
-        direct = unpadded_logprobs(vl, context, images, batch.response_ids[row])
-        assert torch.allclose(got[row, : len(batch.response_ids[row])], direct, atol=1e-5)
+        direct = unpadded_logprobs(vl, context, images, batch.provenance.response_ids[row])
+        assert torch.allclose(got[row, : len(batch.provenance.response_ids[row])], direct, atol=1e-5)
     inputs = gather(
         frozenset({POS, NEG}), batch, torch.tensor([1.5, -0.5, -0.5, -0.5]), vl.model, Scorer(0), teacher, live
     )

@@ -44,7 +44,7 @@ def thumbnail(image, side: int) -> str:
 
 def prompt_thumbnails(batch, prompt: int, side: int) -> list[str]:
     """Thumbnails of prompt ``prompt``'s images (the processed ones, ``Images.raw``), if any."""
-    images = batch.images[prompt] if batch.images is not None else None
+    images = batch.provenance.image(prompt)
     raw = getattr(images, "raw", None) or []
     return [thumbnail(im, side) for im in raw[:MAX_THUMBNAILS]]
 
@@ -159,7 +159,7 @@ class TokenWeightLogger(L.Callback):
             metrics["credit/has_negative_frac"] = float(record.inputs.has_negative.float().mean())
         role_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         abs_delta = out.delta.abs().tolist() if out.delta is not None else []  # one host read
-        for i, ids in enumerate(batch.response_ids if out.delta is not None else []):
+        for i, ids in enumerate(batch.provenance.response_ids if out.delta is not None else []):
             if not credited[i]:
                 continue
             roles = token_roles_of(task, tokenizer, ids, self.pieces)
@@ -195,7 +195,7 @@ class TokenWeightLogger(L.Callback):
         for label, correct in (("correct", True), ("wrong", False)):
             items = []
             for i in self.pick(batch, correct):
-                ids = batch.response_ids[i]
+                ids = batch.provenance.response_ids[i]
                 cells = []
                 for t, piece in enumerate(token_texts(tok, ids)):
                     w, a = float(out.weight[i, t]), float(out.token_advantages[i, t])
@@ -204,8 +204,8 @@ class TokenWeightLogger(L.Callback):
                 items.append(
                     {
                         "row": i,
-                        "prompt": batch.prompts[i // batch.group_size],
-                        "answer": batch.answers[i // batch.group_size],
+                        "prompt": batch.provenance.prompts[i // batch.group_size],
+                        "answer": batch.provenance.answers[i // batch.group_size],
                         "reward": float(batch.rewards[i]),
                         "tokens": cells,
                         "contexts": (record.inputs.contexts or {}).get(i // batch.group_size),

@@ -89,29 +89,30 @@ class CIPO(Objective):
         prompts_now = batch.num_rollouts // batch.group_size
         limit = math.floor(self.max_share / (1.0 - self.max_share) * prompts_now + 1e-9)
         rows = choose_failures(batch.correct, batch.rewards, batch.group_size, limit)
-        conversations = []
+        src, conversations = batch.provenance, []
         for row in rows:
-            attempt = tokenizer.decode(batch.response_ids[row], skip_special_tokens=True)
-            group = batch.conversation(row // batch.group_size)
-            conversations.append(batch.format.correction(group, attempt, self.template, self.instruction))
+            attempt = tokenizer.decode(src.response_ids[row], skip_special_tokens=True)
+            group = src.conversation(row // batch.group_size)
+            conversations.append(src.format.correction(group, attempt, self.template, self.instruction))
         return rows, conversations
 
     def build_samples(self, batch: RolloutBatch) -> RolloutBatch:
         tokenizer = self.policy.tokenizer
         rows, conversations = self.correction_prompts(batch, tokenizer)
-        texts = [batch.format.render(c, tokenizer) for c in conversations]
+        src = batch.provenance
+        texts = [src.format.render(c, tokenizer) for c in conversations]
         self.last_prompts = texts
         self._metrics = {"attempts": float(len(rows))}
         if not rows:
             return batch
         g = batch.group_size
         groups = [row // g for row in rows]
-        images = None if batch.images is None else [batch.images[p] for p in groups]
+        images = None if src.images is None else [src.images[p] for p in groups]
         extra = self.sampler.sample(
             self.sampler.encode(texts, images),
             texts,
-            [batch.answers[p] for p in groups],
-            [batch.solutions[p] for p in groups],
+            [src.answers[p] for p in groups],
+            [src.solutions[p] for p in groups],
             g,
             messages=conversations,
             images=images,

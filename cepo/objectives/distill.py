@@ -21,7 +21,6 @@ blames for OPSD/SDPO falling below the base (tests/test_objectives.py shows it).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import torch
@@ -85,10 +84,11 @@ class SelfDistillation(Objective):
 
     def context_ids(self, batch: RolloutBatch, group: int, feedback: str) -> list[int]:
         """Token ids of the teacher context for prompt ``group`` of ``batch`` with ``feedback``."""
-        text = batch.format.with_feedback(
-            batch.conversation(group), self.template, self.placement, self.policy.tokenizer, feedback=feedback
+        src = batch.provenance
+        text = src.format.with_feedback(
+            src.conversation(group), self.template, self.placement, self.policy.tokenizer, feedback=feedback
         )
-        return self.policy.encode(text, None if batch.images is None else batch.images[group])
+        return self.policy.encode(text, src.image(group))
 
     def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
         """``row -> (prompt index, feedback)`` for the rows that get the term."""
@@ -125,16 +125,17 @@ class SelfDistillation(Objective):
 
     def _teacher_logits(self, batch: RolloutBatch, rows: list[int], temperature: float, device) -> torch.Tensor:
         """``[len(rows), T_max, V]`` teacher logits (the model's dtype) at the response positions of ``rows``."""
+        src = batch.provenance
         packed = pack_contexts(
             [self._contexts[r] for r in rows],
-            [batch.response_ids[r] for r in rows],
+            [src.response_ids[r] for r in rows],
             self.policy.tokenizer.pad_token_id,
             temperature,
             device,
         )
-        if batch.images is not None:  # the teacher sees the row's images too
-            packed.images = [batch.images[r // batch.group_size] for r in rows]
-            packed.vision = batch.vision
+        if src.images is not None:  # the teacher sees the row's images too
+            packed.images = [src.images[r // batch.group_size] for r in rows]
+            packed.vision = src.vision
         with self.teacher_weights.model() as model:
             return self.scorer.logits(model, packed)
 
@@ -180,7 +181,7 @@ class SelfDistillation(Objective):
 
 def response_text(batch: RolloutBatch, row: int, tokenizer) -> str:
     """Row ``row``'s response decoded without EOS/padding."""
-    return tokenizer.decode(batch.response_ids[row], skip_special_tokens=True).strip()
+    return tokenizer.decode(batch.provenance.response_ids[row], skip_special_tokens=True).strip()
 
 
 class OPSD(SelfDistillation):
@@ -217,12 +218,12 @@ class OPSD(SelfDistillation):
         self.feedback_source = feedback_source
 
     def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
-        g = batch.group_size
+        g, src = batch.group_size, batch.provenance
         out = {}
         for row in range(batch.num_original or batch.num_rollouts):
             p = row // g
-            solution = batch.solutions[p].strip() if self.feedback_source == "solution" else ""
-            out[row] = (p, solution or batch.answers[p])
+            solution = src.solutions[p].strip() if self.feedback_source == "solution" else ""
+            out[row] = (p, solution or src.answers[p])
         return out
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -289,8 +290,9 @@ class SDPO(SelfDistillation):
                 if not others:
                     continue
                 demo = min(others, key=lambda w: (w - i) % g)  # the next success after i
-                if self.feedback_source == "answer" and batch.extracted[demo]:
-                    out[i] = (p, batch.extracted[demo].strip())
+                extracted = batch.provenance.extracted[demo]
+                if self.feedback_source == "answer" and extracted:
+                    out[i] = (p, extracted.strip())
                 else:
                     out[i] = (p, response_text(batch, demo, tokenizer))
         return out
@@ -341,29 +343,27 @@ class HDPO(SelfDistillation):
         self._metrics = {"groups": float(len(failed))}
         if not failed:
             return batch
-        tokenizer = self.policy.tokenizer
-        privileged = [self.context_ids(batch, p, batch.answers[p]) for p in failed]
+        tokenizer, src = self.policy.tokenizer, batch.provenance
+        privileged = [self.context_ids(batch, p, src.answers[p]) for p in failed]
         extra = self.sampler.sample(
             privileged,
-            [batch.prompts[p] for p in failed],
-            [batch.answers[p] for p in failed],
-            [batch.solutions[p] for p in failed],
+            [src.prompts[p] for p in failed],
+            [src.answers[p] for p in failed],
+            [src.solutions[p] for p in failed],
             g,
-            messages=[batch.conversation(p) for p in failed],
-            images=None if batch.images is None else [batch.images[p] for p in failed],
+            messages=[src.conversation(p) for p in failed],
+            images=None if src.images is None else [src.images[p] for p in failed],
         )
         self._metrics["privileged_success"] = float(extra.correct.float().mean())
         # the student side: the same responses under the plain prompt
-        extra = dataclasses.replace(extra, prompt_ids=[batch.prompt_ids[p] for p in failed])
+        extra = extra.with_provenance(prompt_ids=[src.prompt_ids[p] for p in failed])
         return concat(batch, extra, tokenizer.pad_token_id, b_weight=0.0)
 
     def feedback(self, batch: RolloutBatch) -> dict[int, tuple[int, str]]:
-        g = batch.group_size
+        g, answers = batch.group_size, batch.provenance.answers
         start = batch.num_original if batch.num_original is not None else batch.num_rollouts
         return {
-            row: (row // g, batch.answers[row // g])
-            for row in range(start, batch.num_rollouts)
-            if bool(batch.correct[row])
+            row: (row // g, answers[row // g]) for row in range(start, batch.num_rollouts) if bool(batch.correct[row])
         }
 
     def divergence(self, mb: MicroBatch, local: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

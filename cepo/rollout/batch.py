@@ -7,6 +7,7 @@ response starts at column ``response_start``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -15,9 +16,62 @@ from cepo.prompts.formats import Plain, PromptFormat
 from cepo.scoring import Packed
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a batch's rows came from: the texts, token ids and images behind its tensors.
+
+    The training math never reads these; the teachers, CIPO's corrections, the reward
+    functions and the token-weight logger do. Per prompt (``P`` entries): ``prompts``,
+    ``answers``, ``solutions``, ``prompt_ids``, ``messages``, ``images``; per row (``N``):
+    ``responses``, ``extracted``, ``response_ids``.
+
+    Attributes:
+        prompts: prompt texts, as the policy continued them (rendered by the prompt format).
+        answers: reference answers.
+        solutions: reference solutions (may be empty strings).
+        responses: decoded responses.
+        extracted: answers extracted from the responses (None when absent).
+        prompt_ids: prompt token-id lists.
+        response_ids: response token-id lists.
+        weight_version: the policy version the engine generated with.
+        messages: conversations before the assistant turn (None: each prompt text is the user
+            turn), from which teachers and corrections re-render their contexts.
+        prompt_format: how ``messages`` were rendered into ``prompts`` (None: ``Plain``).
+        images: processed images of each prompt (``cepo.vision.Images`` or None), for a
+            vision-language policy; None: a text batch.
+        vision: the policy's image handling (``cepo.vision.Vision``), with ``images``.
+    """
+
+    prompts: list[str]
+    answers: list[str]
+    solutions: list[str]
+    responses: list[str]
+    extracted: list[str | None]
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    weight_version: int
+    messages: list[list[dict[str, str]]] | None = None
+    prompt_format: PromptFormat | None = None
+    images: list | None = None
+    vision: object | None = None
+
+    @property
+    def format(self) -> PromptFormat:
+        """The prompt format the prompts were rendered with."""
+        return self.prompt_format if self.prompt_format is not None else Plain()
+
+    def conversation(self, group: int) -> list[dict[str, str]]:
+        """The conversation of prompt ``group`` before the assistant turn."""
+        return self.messages[group] if self.messages is not None else [{"role": "user", "content": self.prompts[group]}]
+
+    def image(self, group: int):
+        """Prompt ``group``'s processed images, or None (a text batch or a prompt without)."""
+        return None if self.images is None else self.images[group]
+
+
 @dataclass
 class RolloutBatch:
-    """One step's rollouts, verified and packed.
+    """One step's rollouts, verified and packed: the tensors the step reads, and their provenance.
 
     Attributes:
         input_ids: ``[N, L]`` prompt + response token ids.
@@ -29,14 +83,7 @@ class RolloutBatch:
         engine_logprobs: ``[N, T]`` the engine's log-probs of the sampled tokens (0 off the
             mask), or None (greedy evaluation).
         group_size: ``G``.
-        prompts: ``P`` prompt texts, as the policy continued them (rendered by the prompt format).
-        answers: ``P`` reference answers.
-        solutions: ``P`` reference solutions (may be empty strings).
-        responses: ``N`` decoded responses.
-        extracted: ``N`` answers extracted from the responses (None when absent).
-        prompt_ids: ``P`` prompt token-id lists.
-        response_ids: ``N`` response token-id lists.
-        weight_version: the policy version the engine generated with.
+        provenance: the texts, token ids and images behind the rows (:class:`Provenance`).
         timings: seconds per stage so far (``generate``, ``score``).
         row_weight: ``[N]`` float multiplying each row's advantage in the surrogate (None: all
             1). Objectives that append rows set it (CIPO's correction weight; 0 keeps a row
@@ -45,15 +92,9 @@ class RolloutBatch:
             (appended rows follow them); None: all of them.
         temperature: the sampling temperature (log-prob passes divide logits by it, so they
             score the distribution that was sampled).
-        messages: ``P`` conversations before the assistant turn (None: each prompt text is the
-            user turn), from which teachers and corrections re-render their contexts.
-        prompt_format: how ``messages`` were rendered into ``prompts`` (None: ``Plain``).
         reward_components: ``{name: [N]}`` unweighted scores of each reward component (None:
             the task's own reward).
         truncated: ``[N]`` bool, responses cut by the length limit (no EOS), or None.
-        images: ``P`` processed images of each prompt (``cepo.vision.Images`` or None), for a
-            vision-language policy; None: a text batch.
-        vision: the policy's image handling (``cepo.vision.Vision``), with ``images``.
         info: how the batch was drawn (dynamic sampling's rounds and group counts, one-step-off
             staleness), logged as ``train/<key>``.
     """
@@ -66,42 +107,27 @@ class RolloutBatch:
     correct: torch.Tensor
     engine_logprobs: torch.Tensor | None
     group_size: int
-    prompts: list[str]
-    answers: list[str]
-    solutions: list[str]
-    responses: list[str]
-    extracted: list[str | None]
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    weight_version: int
+    provenance: Provenance
     timings: dict[str, float] = field(default_factory=dict)
     row_weight: torch.Tensor | None = None
     num_original: int | None = None
     temperature: float = 1.0
-    messages: list[list[dict[str, str]]] | None = None
-    prompt_format: PromptFormat | None = None
     reward_components: dict[str, torch.Tensor] | None = None
     truncated: torch.Tensor | None = None
-    images: list | None = None
-    vision: object | None = None
     info: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_rollouts(self) -> int:
         return self.input_ids.shape[0]
 
-    @property
-    def format(self) -> PromptFormat:
-        """The prompt format the prompts were rendered with."""
-        return self.prompt_format if self.prompt_format is not None else Plain()
-
-    def conversation(self, group: int) -> list[dict[str, str]]:
-        """The conversation of prompt ``group`` before the assistant turn."""
-        return self.messages[group] if self.messages is not None else [{"role": "user", "content": self.prompts[group]}]
+    def with_provenance(self, **changes) -> RolloutBatch:
+        """A copy whose provenance has ``changes`` (the tensors are shared, not copied)."""
+        return dataclasses.replace(self, provenance=dataclasses.replace(self.provenance, **changes))
 
     def packed(self) -> Packed:
         """The rows as :class:`~cepo.scoring.Packed`, for the scoring loop."""
-        images = None if self.images is None else [self.images[i // self.group_size] for i in range(self.num_rollouts)]
+        src = self.provenance
+        images = None if src.images is None else [src.images[i // self.group_size] for i in range(self.num_rollouts)]
         return Packed(
             self.input_ids,
             self.attention_mask,
@@ -109,7 +135,7 @@ class RolloutBatch:
             self.response_mask,
             self.temperature,
             images,
-            self.vision,
+            src.vision,
         )
 
 
@@ -126,11 +152,12 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
         raise ValueError(f"cannot concatenate batches of group sizes {a.group_size} and {b.group_size}")
     if a.temperature != b.temperature:
         raise ValueError(f"cannot concatenate rollouts sampled at temperatures {a.temperature} and {b.temperature}")
-    if a.weight_version != b.weight_version:
-        raise ValueError(f"cannot concatenate rollouts of weight versions {a.weight_version} and {b.weight_version}")
+    pa, pb = a.provenance, b.provenance
+    if pa.weight_version != pb.weight_version:
+        raise ValueError(f"cannot concatenate rollouts of weight versions {pa.weight_version} and {pb.weight_version}")
     g = a.group_size
-    rows_prompt = [p for p in a.prompt_ids + b.prompt_ids for _ in range(g)]
-    response_ids = a.response_ids + b.response_ids
+    rows_prompt = [p for p in pa.prompt_ids + pb.prompt_ids for _ in range(g)]
+    response_ids = pa.response_ids + pb.response_ids
     input_ids, attention, start, mask = pack(rows_prompt, response_ids, pad_id)
     device = a.input_ids.device
     engine_lp = None
@@ -142,6 +169,20 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
     weight_a = a.row_weight if a.row_weight is not None else torch.ones(a.num_rollouts, device=device)
     weight_b = torch.full((b.num_rollouts,), float(b_weight), device=device)
     timings = dict(a.timings)  # the caller times building b
+    provenance = Provenance(
+        prompts=pa.prompts + pb.prompts,
+        answers=pa.answers + pb.answers,
+        solutions=pa.solutions + pb.solutions,
+        responses=pa.responses + pb.responses,
+        extracted=pa.extracted + pb.extracted,
+        prompt_ids=pa.prompt_ids + pb.prompt_ids,
+        response_ids=response_ids,
+        weight_version=pa.weight_version,
+        messages=None if pa.messages is None and pb.messages is None else _conversations(pa) + _conversations(pb),
+        prompt_format=pa.prompt_format,
+        images=None if pa.images is None and pb.images is None else _images(pa) + _images(pb),
+        vision=pa.vision if pa.vision is not None else pb.vision,
+    )
     return RolloutBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
@@ -151,31 +192,20 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
         correct=torch.cat([a.correct, b.correct]),
         engine_logprobs=engine_lp,
         group_size=g,
-        prompts=a.prompts + b.prompts,
-        answers=a.answers + b.answers,
-        solutions=a.solutions + b.solutions,
-        responses=a.responses + b.responses,
-        extracted=a.extracted + b.extracted,
-        prompt_ids=a.prompt_ids + b.prompt_ids,
-        response_ids=response_ids,
-        weight_version=a.weight_version,
+        provenance=provenance,
         timings=timings,
         row_weight=torch.cat([weight_a, weight_b]),
         num_original=a.num_original if a.num_original is not None else a.num_rollouts,
         temperature=a.temperature,
-        messages=None if a.messages is None and b.messages is None else _conversations(a) + _conversations(b),
-        prompt_format=a.prompt_format,
-        images=None if a.images is None and b.images is None else _images(a) + _images(b),
-        vision=a.vision if a.vision is not None else b.vision,
     )
 
 
-def _images(batch: RolloutBatch) -> list:
-    return list(batch.images) if batch.images is not None else [None] * len(batch.prompts)
+def _images(src: Provenance) -> list:
+    return list(src.images) if src.images is not None else [None] * len(src.prompts)
 
 
-def _conversations(batch: RolloutBatch) -> list[list[dict[str, str]]]:
-    return [batch.conversation(p) for p in range(len(batch.prompts))]
+def _conversations(src: Provenance) -> list[list[dict[str, str]]]:
+    return [src.conversation(p) for p in range(len(src.prompts))]
 
 
 def pack(
@@ -218,15 +248,16 @@ def gather_groups(parts: list[tuple[RolloutBatch, int]], pad_id: int) -> Rollout
     sampling); their timings are summed. Appended-row fields (``row_weight``) must be unset.
     """
     first = parts[0][0]
-    g = first.group_size
+    g, src = first.group_size, first.provenance
     for b, _ in parts:
-        if (b.group_size, b.temperature, b.weight_version) != (g, first.temperature, first.weight_version):
+        if (b.group_size, b.temperature, b.provenance.weight_version) != (g, first.temperature, src.weight_version):
             raise ValueError("cannot gather groups of batches of different group sizes, temperatures or weights")
         if b.row_weight is not None:
             raise ValueError("cannot gather groups of batches with appended rows")
     rows = [(b, p * g + i) for b, p in parts for i in range(g)]
-    response_ids = [b.response_ids[r] for b, r in rows]
-    input_ids, attention, start, mask = pack([b.prompt_ids[r // g] for b, r in rows], response_ids, pad_id)
+    groups = [(b.provenance, p) for b, p in parts]
+    response_ids = [b.provenance.response_ids[r] for b, r in rows]
+    input_ids, attention, start, mask = pack([b.provenance.prompt_ids[r // g] for b, r in rows], response_ids, pad_id)
     device = first.input_ids.device
     width = mask.shape[1]
 
@@ -245,6 +276,20 @@ def gather_groups(parts: list[tuple[RolloutBatch, int]], pad_id: int) -> Rollout
     components = None
     if first.reward_components is not None:
         components = {k: torch.stack([b.reward_components[k][r] for b, r in rows]) for k in first.reward_components}
+    provenance = Provenance(
+        prompts=[s.prompts[p] for s, p in groups],
+        answers=[s.answers[p] for s, p in groups],
+        solutions=[s.solutions[p] for s, p in groups],
+        responses=[b.provenance.responses[r] for b, r in rows],
+        extracted=[b.provenance.extracted[r] for b, r in rows],
+        prompt_ids=[s.prompt_ids[p] for s, p in groups],
+        response_ids=response_ids,
+        weight_version=src.weight_version,
+        messages=None if src.messages is None else [s.messages[p] for s, p in groups],
+        prompt_format=src.prompt_format,
+        images=None if src.images is None else [s.images[p] for s, p in groups],
+        vision=src.vision,
+    )
     return RolloutBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
@@ -254,20 +299,9 @@ def gather_groups(parts: list[tuple[RolloutBatch, int]], pad_id: int) -> Rollout
         correct=cat("correct"),
         engine_logprobs=cat("engine_logprobs"),
         group_size=g,
-        prompts=[b.prompts[p] for b, p in parts],
-        answers=[b.answers[p] for b, p in parts],
-        solutions=[b.solutions[p] for b, p in parts],
-        responses=[b.responses[r] for b, r in rows],
-        extracted=[b.extracted[r] for b, r in rows],
-        prompt_ids=[b.prompt_ids[p] for b, p in parts],
-        response_ids=response_ids,
-        weight_version=first.weight_version,
+        provenance=provenance,
         timings=timings,
         temperature=first.temperature,
-        messages=None if first.messages is None else [b.messages[p] for b, p in parts],
-        prompt_format=first.prompt_format,
         reward_components=components,
         truncated=cat("truncated"),
-        images=None if first.images is None else [b.images[p] for b, p in parts],
-        vision=first.vision,
     )

@@ -20,7 +20,7 @@ import torch
 from cepo.policy import PolicyRef
 from cepo.prompts.formats import Plain, PromptFormat
 from cepo.rewards import Reward, RewardInputs, combine
-from cepo.rollout.batch import RolloutBatch, pack, pad_right
+from cepo.rollout.batch import Provenance, RolloutBatch, pack, pad_right
 from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 from cepo.tasks import Example, Task
 
@@ -193,22 +193,24 @@ class RolloutGenerator:
             correct=(rewards >= self.success_threshold).to(device),
             engine_logprobs=None if engine_lp is None else engine_lp.to(device),
             group_size=g,
-            prompts=list(prompts),
-            answers=list(answers),
-            solutions=list(solutions),
-            responses=responses,
-            extracted=extracted,
-            prompt_ids=[list(p) for p in prompt_ids],
-            response_ids=gen.response_ids,
-            weight_version=gen.weight_version,
+            provenance=Provenance(
+                prompts=list(prompts),
+                answers=list(answers),
+                solutions=list(solutions),
+                responses=responses,
+                extracted=extracted,
+                prompt_ids=[list(p) for p in prompt_ids],
+                response_ids=gen.response_ids,
+                weight_version=gen.weight_version,
+                messages=messages,
+                prompt_format=self.prompt_format,
+                images=images,
+                vision=self.policy.vision,
+            ),
             timings={"generate": t1 - t0, "score": t2 - t1},
             temperature=self.temperature,
-            messages=messages,
-            prompt_format=self.prompt_format,
             reward_components=components,
             truncated=torch.tensor(truncated, device=device),
-            images=images,
-            vision=self.policy.vision,
         )
 
     def generate(

@@ -129,8 +129,8 @@ class TeacherContexts:
         rows = range(group * g, (group + 1) * g)
         rewards = [float(batch.rewards[i]) for i in rows]
         correct = [bool(batch.correct[i]) for i in rows]
-        extracted = [batch.extracted[i] for i in rows]
-        answer = batch.answers[group]
+        extracted = [batch.provenance.extracted[i] for i in rows]
+        answer = batch.provenance.answers[group]
         neg_i = choose_negative(rewards, correct, extracted, answer)
         if self.feedback == "answer":
             return GroupFeedback(answer, None if neg_i is None else extracted[neg_i].strip())
@@ -141,12 +141,12 @@ class TeacherContexts:
         if best:
             pos_text = self._rollout_text(batch, group * g + max(best, key=lambda i: (rewards[i], -i)))
         else:
-            pos_text = batch.solutions[group] or answer
+            pos_text = batch.provenance.solutions[group] or answer
         return GroupFeedback(pos_text, neg_text)
 
     def _rollout_text(self, batch: RolloutBatch, row: int) -> str:
         eos = self.tokenizer.eos_token_id  # a lookup on every read
-        ids = [t for t in batch.response_ids[row] if t != eos]
+        ids = [t for t in batch.provenance.response_ids[row] if t != eos]
         if self.feedback in ("first_k", "last_k"):
             ids = ids[: self.k] if self.feedback == "first_k" else ids[-self.k :]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -155,14 +155,15 @@ class TeacherContexts:
         """The teacher's prompt for ``group`` with ``feedback``: ``raw`` splices it at the start of
         the assistant turn, ``hint`` puts the instruction in the user turn and re-renders."""
         placement = "assistant" if self.template == "raw" else "user"
-        text = batch.format.with_feedback(
-            batch.conversation(group), self.format, placement, self.tokenizer, feedback=feedback
+        src = batch.provenance
+        text = src.format.with_feedback(
+            src.conversation(group), self.format, placement, self.tokenizer, feedback=feedback
         )
         return text if self.images else text.replace(PLACEHOLDER, "")
 
     def context_images(self, batch: RolloutBatch, group: int) -> Images | None:
         """The images the teacher of prompt ``group`` sees (None: none)."""
-        return batch.images[group] if self.images and batch.images is not None else None
+        return batch.provenance.image(group) if self.images else None
 
     def context_ids(self, batch: RolloutBatch, group: int, feedback: str) -> list[int]:
         """Token ids of :meth:`context_text` (images expanded as in the policy's prompt)."""
@@ -218,13 +219,13 @@ class TeacherContexts:
                 pos_of.append(i)
                 pos_at.append(len(contexts))
                 contexts.append(ids(i // g, fb.pos))
-                responses.append(batch.response_ids[i])
+                responses.append(batch.provenance.response_ids[i])
                 images.append(self.context_images(batch, i // g))
             if neg and fb.neg is not None:
                 neg_of.append(i)
                 neg_at.append(len(contexts))
                 contexts.append(ids(i // g, fb.neg))
-                responses.append(batch.response_ids[i])
+                responses.append(batch.provenance.response_ids[i])
                 images.append(self.context_images(batch, i // g))
         device = batch.response_mask.device
         width = batch.response_mask.shape[1]
