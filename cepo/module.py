@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-from cepo import distributed, evidence, parallel
+from cepo import distributed, evidence
 from cepo.bases.warmup import resolve_model_path
 from cepo.credit import CreditAssigner, MixedCredit
 from cepo.credit.uniform import Uniform
@@ -205,7 +205,7 @@ class RLModule(L.LightningModule):
             return
         hp = self.hparams
         strategy = getattr(self._trainer, "strategy", None)
-        if isinstance(strategy, FSDPStrategy):  # cepo's sharded paths (cepo.parallel) are FSDP2's
+        if isinstance(strategy, FSDPStrategy):  # cepo's sharded paths (cepo.distributed) are FSDP2's
             raise ValueError("trainer.strategy: FSDPStrategy (FSDP1) is unsupported; use ModelParallelStrategy (FSDP2)")
         self.model_path = resolve_model_path(self.model_path)
         vision_args = dataclasses.asdict(self.vision_settings)
@@ -213,7 +213,7 @@ class RLModule(L.LightningModule):
             self.model_path, hp.lora, self.lora_settings, hp.dtype, hp.gradient_checkpointing, **vision_args
         )
         if isinstance(strategy, ModelParallelStrategy):  # FSDP2
-            parallel.shard(self.policy, self.device_mesh)
+            distributed.shard(self.policy, self.device_mesh)
         self.ref = PolicyRef(self.policy, self.tokenizer, self.model_path, vision=vision)
         if hp.kl_coef > 0 or "reference" in evidence.resources(self.credit.reads):
             self.reference = Reference()
@@ -299,7 +299,7 @@ class RLModule(L.LightningModule):
         """Optimizer updates in a row skipped for a non-finite gradient."""
         return self.rollout_step.nonfinite_in_a_row if self.rollout_step is not None else 0
 
-    @parallel.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see RolloutStep.update)
+    @distributed.policy_gathered  # FSDP: every no-grad pass of the step on whole weights (see RolloutStep.update)
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> None:
         lag = check_lag(batch.provenance.weight_version, self.weight_version, self.max_lag)
         result = self.rollout_step(batch, self.optimizers(), self.lr_schedulers(), self.manual_backward, self.rl_step)

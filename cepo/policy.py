@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cepo import lora, parallel
+from cepo import distributed, lora
 from cepo.lora import LoraSettings
 from cepo.vision import VL_MODEL_TYPES, Images, Vision
 
@@ -121,7 +121,7 @@ def export_hf(policy: torch.nn.Module, tokenizer, path, write: bool = True, visi
 
     from cepo.bases.tiny import save_tokenizer
 
-    if parallel.is_sharded(policy):
+    if distributed.is_sharded(policy):
         policy = unsharded_copy(policy)
     if not write:
         return
@@ -146,7 +146,7 @@ def unsharded_copy(policy: torch.nn.Module) -> torch.nn.Module:
     """A plain (unsharded) copy of an FSDP-sharded policy, LoRA adapter included (a collective)."""
     from torch.distributed.fsdp import FSDPModule
 
-    state = parallel.full_state_dict(policy)
+    state = distributed.full_state_dict(policy)
     base = policy.get_base_model() if lora.is_peft(policy) else policy
     cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))  # fully_shard subclasses it
     twin = cls(base.config).to(next(iter(state.values())).dtype)

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from cepo import distributed, evidence, parallel
+from cepo import distributed, evidence
 from cepo.advantages import group_advantages
 from cepo.credit import CreditAssigner
 from cepo.evidence import CreditRecord
@@ -162,7 +162,7 @@ class RolloutStep:
     def update(self, batch, token_adv, old_logprobs, ref_logprobs, is_weight, optimizer, scheduler, backward):
         """``num_minibatches`` optimizer updates over group-aligned mini-batches; returns
         ``(stats, updates applied, stop)``."""
-        parallel.release(self.policy)  # FSDP: the training passes run sharded
+        distributed.release(self.policy)  # FSDP: the training passes run sharded
         backward = backward or (lambda loss: loss.backward())
         s = self.settings
         device = batch.input_ids.device
@@ -198,7 +198,7 @@ class RolloutStep:
             # appended or fewer loss-carrying rows) run zero-loss backward passes to match, and
             # an update with no loss-carrying row anywhere still runs one
             for _ in range(max(distributed.global_max(len(chunks), device), 1) - len(chunks)):
-                backward(parallel.zero_loss(self.policy))
+                backward(distributed.zero_loss(self.policy))
             for rows, w, logits in self.scorer.passes(self.policy, packed, chunks):
                 m = batch.response_mask[rows, :w]
                 logp = token_logprobs(logits, batch.input_ids[rows, batch.response_start :][:, :w])
@@ -240,7 +240,7 @@ class RolloutStep:
             return "stop"
         params = [p for p in self.policy.parameters() if p.requires_grad]
         clip = s.grad_clip if s.grad_clip is not None else float("inf")
-        norm = parallel.clip_grad_norm_(params, clip)
+        norm = distributed.clip_grad_norm_(params, clip)
         if not bool(torch.isfinite(norm)):
             opt.zero_grad(set_to_none=True)
             stats.nonfinite()

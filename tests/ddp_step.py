@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cepo import parallel
+from cepo import distributed
 from cepo.credit import Contrastive, EvidenceRatio, HighEntropy, Redistributed, Uniform
 from cepo.module import RLModule
 from tests.helpers import FixedBatches, make_batch, trainer
@@ -120,8 +120,8 @@ def one_update(
     tr = trainer(root, steps=1, callbacks=[counter], **extra)
     tr.fit(module, datamodule=FixedBatches(batches))
     assert module.rl_step == 1 and module.weight_version == 1
-    state = parallel.full_state_dict(module.policy)
-    return {"state": state, "forwards": counter.count, "sharded": parallel.is_sharded(module.policy)}
+    state = distributed.full_state_dict(module.policy)
+    return {"state": state, "forwards": counter.count, "sharded": distributed.is_sharded(module.policy)}
 
 
 def run(model_dir: str, case: str, out: Path) -> dict:

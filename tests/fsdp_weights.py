@@ -4,7 +4,7 @@ gloo run (a ``weights:lora`` or ``weights:full`` job of ``python -m tests.ranks`
 
 Each rank builds the same small Llama (LoRA-wrapped with random adapters for ``lora``), reads
 :func:`cepo.rollout.vllm_engine.hf_weights` of an unsharded copy, shards the model with
-:func:`cepo.parallel.shard` and reads the engine's push again: names, shapes (known before any
+:func:`cepo.distributed.shard` and reads the engine's push again: names, shapes (known before any
 gather) and values.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from cepo import parallel
+from cepo import distributed
 from cepo.rollout.vllm_engine import VLLMEngine, hf_weights
 from tests.helpers import tiny_llama
 
@@ -36,7 +36,7 @@ def run(variant: str) -> dict:
                 if "lora_B" in name:
                     p.normal_(0, 0.5)  # the adapter moved, as after training
     reference = hf_weights(copy.deepcopy(model))
-    parallel.shard(model, init_device_mesh("cpu", (2,)))
+    distributed.shard(model, init_device_mesh("cpu", (2,)))
     local = next(p for p in model.parameters()).to_local().shape  # this rank's shard
     shapes, weights = VLLMEngine()._weights(model)  # what a sync pushes: shapes first, then gathers
     pushed = list(weights)

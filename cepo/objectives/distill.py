@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from cepo import parallel
+from cepo import distributed
 from cepo.objectives.base import MicroBatch, Objective, check_weight
 from cepo.objectives.divergence import full_vocab_jsd, topk_tail_jsd
 from cepo.policy import PolicyRef
@@ -113,7 +113,7 @@ class SelfDistillation(Objective):
             # The teacher runs the FSDP-sharded policy: a forward pass in the update loop would be
             # a collective that only the ranks holding active rows enter (a hang). Its logits are
             # computed here instead, on the step's gathered weights (the module calls prepare
-            # inside cepo.parallel.gathered), at the cost of holding them for the step. With
+            # inside cepo.distributed.gathered), at the cost of holding them for the step. With
             # model.num_minibatches > 1 the teacher is then the weights the step started from.
             rows = sorted(chosen)
             logits = self._teacher_logits(batch, rows, batch.temperature, batch.rewards.device)
@@ -121,7 +121,7 @@ class SelfDistillation(Objective):
 
     def _teacher_is_sharded(self) -> bool:
         with self.teacher_weights.model() as model:
-            return parallel.is_sharded(model)
+            return distributed.is_sharded(model)
 
     def _teacher_logits(self, batch: RolloutBatch, rows: list[int], temperature: float, device) -> torch.Tensor:
         """``[len(rows), T_max, V]`` teacher logits (the model's dtype) at the response positions of ``rows``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cepo import parallel
+from cepo import distributed
 from cepo.rollout.decode import Penalties, sample
 from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 
@@ -52,7 +52,7 @@ class HFEngine(RolloutEngine):
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, images: PromptImages | None = None
     ) -> Generation:
         assert self.policy is not None, "HFEngine.setup was not called"
-        with parallel.gathered(self.policy):  # FSDP: sample on whole weights, without collectives
+        with distributed.gathered(self.policy):  # FSDP: sample on whole weights, without collectives
             return self._generate(prompt_ids, n, sampling, images)
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from cepo import parallel
+from cepo import distributed
 from cepo.lora import is_peft
 from cepo.rollout.engine import Generation, PromptImages, RolloutEngine, SamplingConfig
 
@@ -65,7 +65,7 @@ def hf_weights(policy: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     the ``Base`` teacher. ``lm_head.weight`` is kept even when tied: vLLM would otherwise keep
     stale logits without an error. A policy sharded with FSDP: :func:`sharded_hf_weights`.
     """
-    if parallel.is_sharded(policy):
+    if distributed.is_sharded(policy):
         return [(k, get()) for k, _, get in sharded_hf_weights(policy)]
     with torch.no_grad():
         if not is_peft(policy):
@@ -251,7 +251,7 @@ class VLLMEngine(RolloutEngine):
     def _weights(self, policy: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], Iterator]:
         """The names and shapes of the weights to push, and the weights (under FSDP gathered one at
         a time while vLLM loads them, so no rank holds the whole unsharded model at once)."""
-        if parallel.is_sharded(policy):
+        if distributed.is_sharded(policy):
             entries = sharded_hf_weights(policy)
             return {k: shape for k, shape, _ in entries}, ((k, get()) for k, _, get in entries)
         weights = hf_weights(policy)

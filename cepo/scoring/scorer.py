@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cepo import parallel
+from cepo import distributed
 from cepo.scoring import microbatch, prefix, shared_prompt
 from cepo.scoring.logprobs import head_at, response_logits, token_entropy, token_logprobs
 
@@ -156,7 +156,7 @@ class Scorer:
         eval mode) and decide it."""
         if not self.share_prompts or model is None or getattr(model, "is_gradient_checkpointing", False):
             return False
-        if parallel.is_sharded(model):
+        if distributed.is_sharded(model):
             # FSDP gathers and reduces at each forward's modules: the ranks' passes must match
             # forward for forward, which a rank's own choice of sharing (and its check) cannot promise
             return False

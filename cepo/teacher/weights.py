@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from cepo import parallel
+from cepo import distributed
 from cepo.lora import is_peft
 
 
@@ -31,12 +31,12 @@ def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
     An FSDP2-sharded policy cannot be deep-copied: the copy is then an unsharded model of the
     same class holding the gathered weights on every process (a collective: every process calls
     this), so that its no-grad passes run no collective, as the policy's do inside
-    :func:`~cepo.parallel.gathered`.
+    :func:`~cepo.distributed.gathered`.
     """
-    if parallel.is_sharded(policy):
-        cls = next(c for c in type(policy).__mro__ if not parallel.is_fsdp_class(c))
+    if distributed.is_sharded(policy):
+        cls = next(c for c in type(policy).__mro__ if not distributed.is_fsdp_class(c))
         twin = cls(policy.config).to(device=next(policy.parameters()).device, dtype=policy.dtype)
-        twin.load_state_dict(parallel.full_state_dict(policy))
+        twin.load_state_dict(distributed.full_state_dict(policy))
     else:
         twin = copy.deepcopy(policy)
     twin.eval()
@@ -47,7 +47,7 @@ def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
 
 def policy_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The policy's weights as whole tensors (gathered under FSDP: every process calls this)."""
-    return parallel.full_state_dict(policy) if parallel.is_sharded(policy) else policy.state_dict()
+    return distributed.full_state_dict(policy) if distributed.is_sharded(policy) else policy.state_dict()
 
 
 class TeacherWeights:
@@ -153,7 +153,7 @@ class EMA(TeacherWeights):
 
     @torch.no_grad()
     def on_step_end(self, rl_step: int) -> None:
-        if parallel.is_sharded(self.policy):
+        if distributed.is_sharded(self.policy):
             state = policy_state(self.policy)
             for name, t in self.copy.named_parameters():
                 t.lerp_(state[name].to(t.dtype), self.tau)
