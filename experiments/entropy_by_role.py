@@ -50,7 +50,7 @@ def main() -> None:
         entropy = token_entropy(logits[:, start - 1 : -1])  # [N, T]: before each response token
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for i, row in enumerate(responses):
-        for t, role in enumerate(token_roles_of(task, tok, row)):
+        for t, role in enumerate(token_roles_of(task.token_roles, tok, row)):
             sums[role][0] += float(entropy[i, t])
             sums[role][1] += 1
     texts = tok.batch_decode(responses, skip_special_tokens=True)

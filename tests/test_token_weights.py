@@ -2,6 +2,7 @@
 embedded thumbnails next to its tokens; a text run's page has none."""
 
 import base64
+import dataclasses
 import io
 import re
 from types import SimpleNamespace
@@ -78,3 +79,39 @@ def test_a_thumbnail_is_small_whatever_the_image():
     assert image.size == (128, 96) and len(url) < 4 * 128 * 96 * 3 // 3 + 2000  # at most raw RGB, in base64
     with pytest.raises(ValueError, match="token_weights.thumbnail_px must be >= 8"):
         TokenWeightLogger(thumbnail_px=4)
+
+
+def test_delta_per_token_role_comes_from_the_tasks_roles_over_credited_rows():
+    """|Delta| per role: each token takes its characters' role from the task the rows came from
+    (carried by the batch's provenance); rows with advantage 0 are left out."""
+    tok = char_tokenizer()
+    responses = ["a7", "bc8", "9d"]
+    ids = [tok(r).input_ids for r in responses]
+    mask = torch.tensor([[True, True, False], [True, True, True], [True, True, False]])
+    batch = SimpleNamespace(
+        correct=torch.tensor([True, False, False]),
+        response_mask=mask,
+        provenance=Provenance(
+            prompts=["p"],
+            answers=["7"],
+            solutions=[""],
+            responses=responses,
+            extracted=["7", "8", "9"],
+            prompt_ids=[tok("p").input_ids],
+            response_ids=ids,
+            weight_version=0,
+            token_roles=lambda text: ["decisive" if ch.isdigit() else "filler" for ch in text],
+        ),
+    )
+    delta = torch.tensor([[0.5, -2.0, 0.0], [1.0, -3.0, 4.0], [100.0, 100.0, 0.0]])
+    output = SimpleNamespace(weight=torch.ones(3, 3), delta=delta, clipped=None)
+    inputs = SimpleNamespace(advantages=torch.tensor([1.0, -0.5, 0.0]), has_negative=None)  # row 2: no credit
+    logger = TokenWeightLogger()
+    metrics = logger.step_metrics(SimpleNamespace(batch=batch, output=output, inputs=inputs), tok)
+    assert metrics["credit/role/filler/abs_delta_mean"] == pytest.approx((0.5 + 1.0 + 3.0) / 3)
+    assert metrics["credit/role/decisive/abs_delta_mean"] == pytest.approx((2.0 + 4.0) / 2)
+    assert logger.role_summary() == pytest.approx({"filler": 1.5, "decisive": 3.0})
+    without = dataclasses.replace(batch.provenance, token_roles=None)
+    batch.provenance = without
+    metrics = logger.step_metrics(SimpleNamespace(batch=batch, output=output, inputs=inputs), tok)
+    assert not [k for k in metrics if k.startswith("credit/role/")]

@@ -60,9 +60,9 @@ def token_texts(tokenizer, ids: list[int], cache: dict[int, str] | None = None) 
     return [cache[i] for i in ids]
 
 
-def token_roles_of(task, tokenizer, ids: list[int], cache: dict[int, str] | None = None) -> list[str] | None:
-    """Role of each token from the task's per-character roles (first character wins)."""
-    roles_fn = getattr(task, "token_roles", None)
+def token_roles_of(roles_fn, tokenizer, ids: list[int], cache: dict[int, str] | None = None) -> list[str] | None:
+    """Role of each token from ``roles_fn``, a task's per-character roles of a response text (first
+    character wins); None without one."""
     if roles_fn is None:
         return None
     pieces = token_texts(tokenizer, ids, cache)
@@ -130,14 +130,14 @@ class TokenWeightLogger(L.Callback):
         record = pl_module.last_credit
         if record is None or record.output.weight is None:
             return  # no per-token weight this step (uniform credit, or beta == 0)
-        metrics = self.step_metrics(record, trainer.datamodule.task, pl_module.tokenizer)
+        metrics = self.step_metrics(record, pl_module.tokenizer)
         step = pl_module.rl_step
         log_step(trainer.loggers, metrics, step, latest=trainer.callback_metrics)  # only what the step measured
         if self.every_n_steps and trainer.is_global_zero and (step == 1 or step % self.every_n_steps == 0):
             out_dir = self.out_dir or Path(trainer.default_root_dir) / "token_weights"
             self.render(record, step, pl_module.tokenizer, out_dir, trainer.loggers, trainer.global_step)
 
-    def step_metrics(self, record, task, tokenizer) -> dict[str, float]:
+    def step_metrics(self, record, tokenizer) -> dict[str, float]:
         batch, out = record.batch, record.output
         mask = batch.response_mask
         metrics: dict[str, float] = {}
@@ -162,7 +162,7 @@ class TokenWeightLogger(L.Callback):
         for i, ids in enumerate(batch.provenance.response_ids if out.delta is not None else []):
             if not credited[i]:
                 continue
-            roles = token_roles_of(task, tokenizer, ids, self.pieces)
+            roles = token_roles_of(batch.provenance.token_roles, tokenizer, ids, self.pieces)
             if roles is None:
                 break
             for t, role in enumerate(roles[: mask.shape[1]]):

@@ -8,6 +8,7 @@ response starts at column ``response_start``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,9 @@ class Provenance:
         images: processed images of each prompt (``cepo.vision.Images`` or None), for a
             vision-language policy; None: a text batch.
         vision: the policy's image handling (``cepo.vision.Vision``), with ``images``.
+        token_roles: the task's role of each character of a response text (``token_roles`` of
+            tasks that mark which tokens decide the answer, e.g. ``FillerArithmetic``), None when
+            the task has none; the token-weight logger's ``|Delta|`` per role reads it.
     """
 
     prompts: list[str]
@@ -54,6 +58,7 @@ class Provenance:
     prompt_format: PromptFormat | None = None
     images: list | None = None
     vision: object | None = None
+    token_roles: Callable[[str], list[str]] | None = None
 
     @property
     def format(self) -> PromptFormat:
@@ -182,6 +187,7 @@ def concat(a: RolloutBatch, b: RolloutBatch, pad_id: int, b_weight: float = 1.0)
         prompt_format=pa.prompt_format,
         images=None if pa.images is None and pb.images is None else _images(pa) + _images(pb),
         vision=pa.vision if pa.vision is not None else pb.vision,
+        token_roles=pa.token_roles,
     )
     return RolloutBatch(
         input_ids=input_ids.to(device),
@@ -289,6 +295,7 @@ def gather_groups(parts: list[tuple[RolloutBatch, int]], pad_id: int) -> Rollout
         prompt_format=src.prompt_format,
         images=None if src.images is None else [s.images[p] for s, p in groups],
         vision=src.vision,
+        token_roles=src.token_roles,
     )
     return RolloutBatch(
         input_ids=input_ids.to(device),

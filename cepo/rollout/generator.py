@@ -206,6 +206,7 @@ class RolloutGenerator:
                 prompt_format=self.prompt_format,
                 images=images,
                 vision=self.policy.vision,
+                token_roles=getattr(self.task, "token_roles", None),
             ),
             timings={"generate": t1 - t0, "score": t2 - t1},
             temperature=self.temperature,
