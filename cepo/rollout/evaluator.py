@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric
 
-from cepo.metrics import AvgAtK, PassAtK
 from cepo.rollout.engine import SamplingConfig
+from cepo.rollout.pass_at_k import AvgAtK, PassAtK
 from cepo.tasks import Example, Task
 
 log = logging.getLogger(__name__)

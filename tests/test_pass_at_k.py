@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cepo.metrics import AvgAtK, PassAtK, pass_at_k, pass_at_k_batch
+from cepo.rollout.pass_at_k import AvgAtK, PassAtK, pass_at_k, pass_at_k_batch
 
 
 def closed_form(n: int, c: int, k: int) -> float:
