@@ -117,13 +117,23 @@ class Vision:
         h, w = smart_resize(height, width, int(patch) * int(merge), int(lo), int(hi))
         return w, h
 
+    def size_override(self) -> dict:
+        """The processor-call argument that applies ``min_pixels``/``max_pixels`` (``size``, its
+        ``shortest_edge``/``longest_edge`` areas; the processor's own where one is unset), or none.
+        Passing ``min_pixels``/``max_pixels`` to the call itself is deprecated (gone in transformers 5.23)."""
+        if not (self.min_pixels or self.max_pixels):
+            return {}
+        size = getattr(self.processor, "size", None) or {}
+        lo = self.min_pixels or getattr(self.processor, "min_pixels", None) or size.get("shortest_edge")
+        hi = self.max_pixels or getattr(self.processor, "max_pixels", None) or size.get("longest_edge")
+        return {"size": {k: int(v) for k, v in (("shortest_edge", lo), ("longest_edge", hi)) if v}}
+
     def encode(self, images: list) -> Images:
         """Process a prompt's images (resized within the pixel bounds): PIL images, or encoded
         ones (anything with ``decode(fit)``, :class:`cepo.tasks.images.EncodedImage`), decoded
         now at :meth:`fit`'s size."""
         images = [im.decode(self.fit) if hasattr(im, "decode") else im for im in images]
-        kwargs = {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)) if v}
-        out = self.processor(images=list(images), return_tensors="pt", **kwargs)
+        out = self.processor(images=list(images), return_tensors="pt", **self.size_override())
         grid = out["image_grid_thw"].long()
         tokens = (grid.prod(-1) // self.merge**2).tolist()
         return Images(out["pixel_values"].float(), grid, tokens, list(images))

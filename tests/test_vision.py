@@ -318,3 +318,26 @@ def test_an_encoded_image_is_decoded_at_the_processors_size_with_the_same_pixels
         (raw,) = got.raw
         w, h = raw.size
         assert (h // 14, w // 14) == tuple(got.grid_thw[0, 1:].tolist()) and w * h <= 112 * 112  # 14-pixel patches
+
+
+def test_pixel_bounds_resize_through_the_processors_size_without_deprecated_arguments(vl):
+    """``model.vision.max_pixels`` reaches the processor as its ``size`` area bound (the
+    ``max_pixels=`` call argument is deprecated, gone in transformers 5.23): the image is resized
+    to :meth:`Vision.fit`'s size, within the bound."""
+    import copy
+    import warnings
+
+    big = Image.new("RGB", (224, 168), (20, 40, 60))
+    patch = vl.vision.processor.patch_size
+    plain = vl.vision.encode([big])
+    bounded = copy.copy(vl.vision)
+    bounded.max_pixels = 4000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        small = bounded.encode([big])
+    w, h = bounded.fit(224, 168)
+    pw, ph = vl.vision.fit(224, 168)  # within the processor's own bounds
+    assert w * h <= 4000 < pw * ph
+    assert small.grid_thw.tolist() == [[1, h // patch, w // patch]]
+    assert plain.grid_thw.tolist() == [[1, ph // patch, pw // patch]]
+    assert small.tokens[0] < plain.tokens[0]
