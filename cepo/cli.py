@@ -84,7 +84,8 @@ class CepoCLI(LightningCLI):
             default=None,
             help=(
                 "Seconds a process waits for the others at a collective before the run stops with one line "
-                "naming the stage (default: 300 on CPU, 1800 on GPUs). Multi-process runs only."
+                "naming the stage (default: 300 on CPU, 1800 on GPUs), from the start of training on; starting "
+                "the processes and loading the policy may take up to the default. Multi-process runs only."
             ),
         )
         parser.add_argument(
@@ -161,8 +162,11 @@ class CepoCLI(LightningCLI):
             raise ValueError(f"dist_timeout must be > 0 seconds, got {timeout}")
         if hasattr(trainer.strategy, "_timeout"):  # DDPStrategy, ModelParallelStrategy: the process group's
             on_cpu = trainer.strategy.root_device.type == "cpu"
-            seconds = timeout if timeout is not None else (DIST_TIMEOUT_CPU if on_cpu else DIST_TIMEOUT_GPU)
-            trainer.strategy._timeout = datetime.timedelta(seconds=seconds)
+            default = DIST_TIMEOUT_CPU if on_cpu else DIST_TIMEOUT_GPU
+            seconds = timeout if timeout is not None else default
+            # joining and loading the policy wait at least the default; the callbacks' first hook
+            # then gives the collectives --dist_timeout (distributed.apply_timeout)
+            trainer.strategy._timeout = datetime.timedelta(seconds=max(seconds, default))
             distributed.timeout_s = seconds
         trainer.callbacks.append(ProcessStages())
         trainer.callbacks.append(TrackerUploads())  # token-weight pages to W&B / MLflow, when configured

@@ -29,6 +29,7 @@ Without sharded modules every sharding function here is the plain single-process
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 from collections.abc import Iterator
 
@@ -97,6 +98,17 @@ def failure(err: BaseException) -> str | None:
         f"{who} lost the other processes at stage '{where}': another process stopped, or ran a different "
         "collective (docs/scaling.md)"
     )
+
+
+def apply_timeout() -> None:
+    """Give the process group's collectives the ``--dist_timeout`` (:data:`timeout_s`) once every process
+    has joined and loaded the policy. Start-up ran under a timeout no shorter than the default
+    (``cepo.cli``), so that a short ``--dist_timeout`` bounds the run's collectives, not how long the
+    last process takes to start on a loaded machine."""
+    if initialized() and timeout_s is not None:
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        _set_pg_timeout(datetime.timedelta(seconds=timeout_s))
 
 
 def initialized() -> bool:

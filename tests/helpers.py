@@ -74,6 +74,20 @@ class RankOneNeverArrives(L.Callback):
             time.sleep(600)
 
 
+class RankOneStartsLate(L.Callback):
+    """Rank 1 sleeps ``seconds`` before the policy loads (Lightning's setup hook, after the process
+    group formed), so rank 0 waits for it at the first collective of start-up."""
+
+    def __init__(self, seconds: float = 15.0) -> None:
+        self.seconds = seconds
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        import time
+
+        if trainer.global_rank == 1 and stage == "fit":  # not again at the validations after fit
+            time.sleep(self.seconds)
+
+
 class GapOnRankOne(L.Callback):
     """From rollout step 2 on, rank 1's batch reports engine log-probs 0.05 away from the trainer's
     (every other batch: exactly the trainer's), so only rank 1 sees the engine/trainer gap."""

@@ -21,6 +21,7 @@ class ProcessStages(L.Callback):
     """Names the outer stage of every process (``cepo.distributed.stage``) at Lightning's hooks."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        distributed.apply_timeout()  # every process has started and loaded the policy
         distributed.set_stage("start of training (restore, first rollouts)")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
@@ -30,6 +31,7 @@ class ProcessStages(L.Callback):
         distributed.set_stage(f"after rollout step {pl_module.rl_step} (callbacks, checkpoint, next rollouts)")
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        distributed.apply_timeout()  # cepo validate: the first hook after start-up
         distributed.set_stage(f"validation at rollout step {pl_module.rl_step}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
