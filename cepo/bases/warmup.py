@@ -1,22 +1,16 @@
-"""The supervised warm-up that makes a built-in base policy (a Lightning run, cached).
+"""The supervised warm-up that makes every built-in base policy (a Lightning run, cached).
 
 A randomly initialised tiny model (``cepo.bases.tiny``) is trained on reference solutions of a
 built-in task until its greedy validation accuracy first reaches ``target_accuracy`` (or
 ``max_steps`` pass), so that GRPO groups hold both correct and wrong rollouts. A share
 ``hint_fraction`` of the examples shows the answer in context first, laid out exactly as the
 ``raw`` teacher context (``"{prompt} {answer}"`` then the solution), so the base can read an
-answer given to it, as the credit assigners' teachers need.
-
-One recipe makes every kind of base: its settings, its model, its task, its loss and its stop
-come from the kind (:mod:`cepo.bases.warmup_kinds`: the text bases ``builtin`` and
-``builtin-filler``, the vision-language base ``builtin-vl``); the loop, the checks, the saving
-and the cache are here. The stop is :class:`~cepo.bases.warmup_target.TargetStop`: the text kind
-checks every ``check_every`` steps and stops at the first check at the target; the VL kind also
-checks often near the target and rewinds a jump past it.
+answer given to it, as the credit assigners' teachers need. The loop, the checks, the saving
+and the cache are the same for every kind of base; its model, task, loss and stop come from the
+kind (:mod:`cepo.bases.warmup_kinds`: text, vision-language).
 
 The result is an ordinary Hugging Face folder under the cache directory (``$CEPO_CACHE``,
-default ``~/.cache/cepo``), named by the kind and a hash of its settings, and is reused when
-present.
+default ``~/.cache/cepo``), named by the kind and a hash of its settings, and reused when present.
 
 The constant learning rate is deliberate. A text warm-up decayed over 550 steps
 (``lr_decay_steps``) reached the same greedy accuracy in 600 steps instead of 1600, but it left a
@@ -109,8 +103,8 @@ class SFTModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         checked = len(self.stop.checks)
-        val = self.task.split("val")[: self.cfg.check_size]
-        stopped = self.stop.update(self.global_step, lambda: self.greedy_accuracy(val), self.policy)
+        val = lambda: self.greedy_accuracy(self.task.split("val")[: self.cfg.check_size])
+        stopped = self.stop.update(self.global_step, val, self.policy)
         if len(self.stop.checks) > checked:
             self.log("sft/val_acc", self.stop.checks[-1][1], prog_bar=True)
             log.info("warm-up step %d: greedy val accuracy %.3f", *self.stop.checks[-1])

@@ -34,10 +34,33 @@ from cepo.tasks import Arithmetic, FillerArithmetic, Task
 from cepo.tasks.visual import VisualArithmetic
 
 
+@dataclass(frozen=True)
 class WarmupKind:
-    """What the recipe asks of a kind, besides the settings both kinds have (``target_accuracy``,
-    ``max_steps``, ``check_every``, ``check_size``, ``batch_size``, ``lr``, ``lr_warmup_steps``,
-    ``lr_decay_steps``, ``hint_fraction``, ``seed``, ``task_seed``, ``max_new_tokens``)."""
+    """The settings every kind has; a kind adds its own (``lr_warmup_steps``, ``lr_decay_steps``
+    and ``max_new_tokens`` at least, as settings or constants) and the methods the recipe calls.
+
+    Attributes:
+        target_accuracy: stop at the first check whose greedy validation accuracy reaches this.
+        max_steps: stop here regardless.
+        check_every: optimizer steps between accuracy checks (far from the target, for a kind
+            that checks more often near it).
+        check_size: validation problems per check.
+        batch_size: examples per optimizer step.
+        lr: AdamW learning rate (after a linear ramp over ``lr_warmup_steps``).
+        hint_fraction: share of examples shown with the answer in context first.
+        seed: seed of initialisation and data order.
+        task_seed: seed of the task's splits.
+    """
+
+    target_accuracy: float = 0.3
+    max_steps: int = 4000
+    check_every: int = 100
+    check_size: int = 200
+    batch_size: int = 32
+    lr: float = 3e-3
+    hint_fraction: float = 0.5
+    seed: int = 0
+    task_seed: int = 1234
 
     prefix: ClassVar[str]
     """The cache folder's name before the key."""
@@ -74,7 +97,8 @@ class WarmupKind:
         raise NotImplementedError
 
     def loss(self, policy: torch.nn.Module, rows: Packed) -> torch.Tensor:
-        """The mean next-token cross-entropy of ``rows``' response tokens."""
+        """The mean next-token cross-entropy of ``rows``' response tokens (each kind computes it
+        as its published bases were trained: the two ways differ in the gradient's last bits)."""
         raise NotImplementedError
 
     def stop(self) -> TargetStop:
@@ -91,35 +115,17 @@ class WarmupConfig(WarmupKind):
     """Settings of the built-in text warm-up (all of them key the cache).
 
     Attributes:
-        target_accuracy: stop at the first check whose greedy validation accuracy reaches this.
-        max_steps: stop here regardless.
-        check_every: optimizer steps between accuracy checks.
-        check_size: validation problems per check.
-        batch_size: examples per optimizer step.
-        lr: AdamW learning rate.
         lr_warmup_steps: linear learning-rate warm-up.
         lr_decay_steps: after the warm-up, decay the learning rate linearly to 10% over this
             many steps, then hold it (0: constant).
-        hint_fraction: share of examples shown with the answer in context first.
-        seed: seed of initialisation and data order.
-        task_seed: seed of the built-in task's splits.
         task: which built-in task the base learns: ``arithmetic`` (:class:`~cepo.tasks.Arithmetic`,
             the ``builtin`` base) or ``filler`` (:class:`~cepo.tasks.FillerArithmetic`, the
             ``builtin-filler`` base), at its defaults.
         max_new_tokens: response length of the greedy accuracy checks.
     """
 
-    target_accuracy: float = 0.3
-    max_steps: int = 4000
-    check_every: int = 100
-    check_size: int = 200
-    batch_size: int = 32
-    lr: float = 3e-3
     lr_warmup_steps: int = 50
     lr_decay_steps: int = 0
-    hint_fraction: float = 0.5
-    seed: int = 0
-    task_seed: int = 1234
     task: Literal["arithmetic", "filler"] = "arithmetic"
     max_new_tokens: int = 40
 
@@ -150,9 +156,6 @@ class VLWarmupConfig(WarmupKind):
     """Settings of the built-in VL warm-up (all of them key the cache).
 
     Attributes:
-        target_accuracy: stop at the first check whose greedy validation accuracy reaches this.
-        max_steps: stop here regardless.
-        check_every: optimizer steps between accuracy checks while far from the target.
         near_check_every: optimizer steps between checks once a check came within
             ``near_margin`` of the target, so the stop overshoots by at most what these steps
             gain (:mod:`cepo.bases.warmup_target`).
@@ -161,26 +164,12 @@ class VLWarmupConfig(WarmupKind):
             weights made every ``near_check_every`` steps since the previous check, and the base
             is the one closest to the target (:class:`~cepo.bases.warmup_target.TargetStop`).
             0.05 is a third of ``near_margin``, about 1.5 times a check's sampling error at 30%.
-        check_size: validation problems per check.
-        batch_size: examples per optimizer step.
-        lr: AdamW learning rate (after a 50-step linear ramp).
-        hint_fraction: share of examples shown with the answer in context first.
-        seed: seed of initialisation and data order.
-        task_seed: seed of the visual task's splits.
     """
 
-    target_accuracy: float = 0.3
     max_steps: int = 3000
-    check_every: int = 100
     near_check_every: int = 10
     near_margin: float = 0.15
     tolerance: float = 0.05
-    check_size: int = 200
-    batch_size: int = 32
-    lr: float = 3e-3
-    hint_fraction: float = 0.5
-    seed: int = 0
-    task_seed: int = 1234
 
     prefix: ClassVar[str] = "vl-base"
     # fixed for this kind: settings here would have to stay out of the key (``unkeyed``)
@@ -201,11 +190,5 @@ class VLWarmupConfig(WarmupKind):
         return -token_logprobs(logits, ids[:, start:])[rows.mask].mean()
 
     def stop(self) -> TargetStop:
-        return TargetStop(
-            self.target_accuracy,
-            self.near_margin,
-            self.check_every,
-            self.near_check_every,
-            self.max_steps,
-            self.tolerance,
-        )
+        near, near_every, tolerance = self.near_margin, self.near_check_every, self.tolerance
+        return TargetStop(self.target_accuracy, near, self.check_every, near_every, self.max_steps, tolerance)
