@@ -17,7 +17,8 @@ from collections import defaultdict
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cepo.bases.warmup import WARMUP_TASKS, resolve_model_path
+from cepo.bases.warmup import resolve_model_path
+from cepo.bases.warmup_kinds import WARMUP_TASKS
 from cepo.callbacks.token_weights import token_roles_of
 from cepo.rollout.batch import pack
 from cepo.rollout.engine import SamplingConfig

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from cepo.bases.warmup import BUILTIN_BASES, SFTModule, WarmupConfig, warmup_key
+from cepo.bases.warmup import BUILTIN_BASES, SFTModule
+from cepo.bases.warmup_kinds import WarmupConfig
 from cepo.tasks import Arithmetic, FillerArithmetic
 from cepo.tasks.arithmetic import DECISIVE, FILLER
 from cepo.tasks.filler import FILLER_WORDS, draw_filler, strip_filler, with_filler
@@ -78,8 +79,8 @@ def test_bad_max_words_is_named():
 
 
 def test_filler_base_has_its_own_key_and_the_default_keeps_its_own():
-    assert warmup_key(BUILTIN_BASES["builtin"]) == "60ab4eb45adb"
-    assert warmup_key(BUILTIN_BASES["builtin-filler"]) not in (warmup_key(WarmupConfig()), "60ab4eb45adb")
+    assert BUILTIN_BASES["builtin"].key() == "60ab4eb45adb"
+    assert BUILTIN_BASES["builtin-filler"].key() not in (WarmupConfig().key(), "60ab4eb45adb")
     assert BUILTIN_BASES["builtin-filler"].task == "filler"
 
 
@@ -91,8 +92,8 @@ def test_warmup_redraws_the_filler_of_each_solution(tiny_dir):
     example = task.split("train")[0]
     targets = set()
     for seed in range(10):
-        ids, _, start, mask = module.encode([example], [False], random.Random(seed))
-        targets.add(tuple(ids[0, start:][mask[0]].tolist()))
+        rows = module.encode([example], [False], random.Random(seed))
+        targets.add(tuple(rows.input_ids[0, rows.start :][rows.mask[0]].tolist()))
     assert len(targets) > 5
 
 

@@ -216,10 +216,11 @@ def test_vl_fit_runs_from_its_config(tmp_path, vl):
 
 
 def test_vl_warmup_saves_a_loadable_base(tmp_path):
-    from cepo.bases.warmup_vl import VLWarmupConfig, run_vl_warmup
+    from cepo.bases.warmup import run_warmup
+    from cepo.bases.warmup_kinds import VLWarmupConfig
 
     cfg = VLWarmupConfig(max_steps=3, check_every=2, check_size=4, batch_size=4)
-    summary = run_vl_warmup(tmp_path / "base", cfg)
+    summary = run_warmup(tmp_path / "base", cfg)
     assert summary["steps"] == 3 and len(summary["val_accuracy_curve"]) >= 1
     model, tok, vision = load_policy(str(tmp_path / "base"), "off")
     assert vision is not None and type(model).__name__ == "Qwen2VLForConditionalGeneration"

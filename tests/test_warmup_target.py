@@ -3,8 +3,8 @@ is undone from copies of the weights, so the warm-up ends close to the target.""
 
 import torch
 
+from cepo.bases.warmup_kinds import VLWarmupConfig, WarmupConfig
 from cepo.bases.warmup_target import TargetStop, check_due
-from cepo.bases.warmup_vl import VLWarmupConfig, vl_key
 
 FAR_NEAR = dict(target=0.3, near=0.15, every=100, near_every=10, max_steps=3000)
 
@@ -70,6 +70,17 @@ def test_a_jump_past_the_target_between_two_checks_is_undone():
     assert chosen == (700, 0.63) and ends_with == 700
 
 
+def test_the_text_kind_checks_every_check_every_steps_and_never_rewinds():
+    # the published text bases stopped at the first check at the target, however far past it
+    chosen, ends_with, measured = run(WarmupConfig(max_steps=3000).stop(), jump)
+    assert chosen == (700, 0.63) and ends_with == 700 and measured == [100, 200, 300, 400, 500, 600, 700]
+    chosen, _, measured = run(WarmupConfig(max_steps=250, check_every=20).stop(), lambda s: 0.0)
+    assert chosen is None and measured == [*range(20, 250, 20), 250]
+    # the VL kind, on the same curve, checks near the target and rewinds the jump
+    chosen, ends_with, _ = run(VLWarmupConfig().stop(), jump)
+    assert chosen == (650, 0.25) and ends_with == 650
+
+
 def test_the_copy_at_or_above_the_target_wins_when_it_is_closer():
     def curve(step):
         return 0.13 if step < 640 else 0.32 if step < 680 else 0.63
@@ -103,7 +114,7 @@ def test_accuracy_is_measured_only_at_checks():
 
 
 def test_the_stop_settings_key_the_vl_cache():
-    assert vl_key(VLWarmupConfig(near_check_every=100)) != vl_key(VLWarmupConfig())
-    assert vl_key(VLWarmupConfig(tolerance=1.0)) != vl_key(VLWarmupConfig())
+    assert VLWarmupConfig(near_check_every=100).key() != VLWarmupConfig().key()
+    assert VLWarmupConfig(tolerance=1.0).key() != VLWarmupConfig().key()
     # b21005544655 (near-target checks, no rewind) stopped at 63%; the rewind's base has its own key
-    assert vl_key(VLWarmupConfig()) == "f783dfc92f8d"
+    assert VLWarmupConfig().key() == "f783dfc92f8d"
