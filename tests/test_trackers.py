@@ -2,6 +2,8 @@
 metrics, the resolved config and the token-weight pages to the tracker, and keeps its CSV log.
 Each test is skipped when its package is not installed (both are optional extras)."""
 
+import csv
+
 import pytest
 import yaml
 
@@ -48,6 +50,10 @@ def test_an_mlflow_file_store_gets_metrics_config_and_token_weight_pages(tiny_di
     (experiment,) = [e for e in client.search_experiments() if e.name == "cepo"]
     (run,) = client.search_runs([experiment.experiment_id])
     assert {"train/reward_mean", "train/acc", "val/acc"} <= set(run.data.metrics)
+    # MLflow allows no "@": Lightning's logger drops it (docs/trackers.md says so)
+    logged = {k for row in csv.DictReader(open(run_dir / "metrics.csv")) for k in row if k.startswith("val/")}
+    assert {"val/pass@2", "val/avg@2"} <= logged
+    assert {k.replace("@", "") for k in logged} <= set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "train/reward_mean")
     assert sorted(m.step for m in history) == [0, 1]  # one value per step
     params = run.data.params
