@@ -1,5 +1,8 @@
 """The rollout batch: what the DataModule hands to the training step.
 
+:class:`RolloutBatch` holds the tensors the step computes with and, in its ``provenance``
+(:class:`Provenance`, read-only), the texts, token-id lists and images they were packed from.
+
 Rows are group-major: the ``G`` rollouts of prompt ``p`` are rows ``p*G .. p*G+G-1``.
 Sequences are packed ``[left-padded prompt | right-padded response]`` so that every
 response starts at column ``response_start``.
@@ -21,8 +24,9 @@ from cepo.scoring import Packed
 class Provenance:
     """Where a batch's rows came from: the texts, token ids and images behind its tensors.
 
-    The training math never reads these; the teachers, CIPO's corrections, the reward
-    functions and the token-weight logger do. Per prompt (``P`` entries): ``prompts``,
+    The step's math never reads these; the teachers and distillation objectives (to render
+    their contexts), CIPO's and HDPO's extra samples, the module's lag check (the weight version)
+    and the token-weight logger do. Per prompt (``P`` entries): ``prompts``,
     ``answers``, ``solutions``, ``prompt_ids``, ``messages``, ``images``; per row (``N``):
     ``responses``, ``extracted``, ``response_ids``.
 
