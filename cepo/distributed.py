@@ -37,7 +37,9 @@ import torch
 import torch.distributed as dist
 
 _stages: list[str] = []
-timeout_s: float | None = None  # the process group's timeout (set by the CLI), named in the error line
+timeout_s: float | None = None  # the collectives' timeout, --dist_timeout (set by the CLI), named in the error line
+startup_s: float | None = None  # the timeout of joining and loading, until apply_timeout (set by the CLI)
+_applied = False
 
 
 @contextlib.contextmanager
@@ -89,7 +91,10 @@ def failure(err: BaseException) -> str | None:
     where = getattr(err, "cepo_stage", None) or current_stage()
     who = f"process {rank()}" if initialized() else "a process"
     if "timed out" in text or "timeout" in text:
-        limit = f"{timeout_s:g} s (--dist_timeout)" if timeout_s else "the process group's timeout (--dist_timeout)"
+        if startup_s and not _applied and startup_s != timeout_s:
+            limit = f"{startup_s:g} s (the start-up timeout: the longer of --dist_timeout and its default)"
+        else:
+            limit = f"{timeout_s:g} s (--dist_timeout)" if timeout_s else "the process group's timeout (--dist_timeout)"
         return (
             f"{who} waited more than {limit} for the other processes at stage '{where}': a collective that "
             "only some processes entered, or a process that stopped or is still busy (docs/scaling.md)"
@@ -105,10 +110,12 @@ def apply_timeout() -> None:
     has joined and loaded the policy. Start-up ran under a timeout no shorter than the default
     (``cepo.cli``), so that a short ``--dist_timeout`` bounds the run's collectives, not how long the
     last process takes to start on a loaded machine."""
+    global _applied
     if initialized() and timeout_s is not None:
         from torch.distributed.distributed_c10d import _set_pg_timeout
 
         _set_pg_timeout(datetime.timedelta(seconds=timeout_s))
+        _applied = True
 
 
 def initialized() -> bool:

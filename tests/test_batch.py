@@ -59,3 +59,18 @@ def test_gathered_groups_carry_their_own_provenance():
     assert [m[0]["content"] for m in out.messages] == ["6+6=", "1+1="]
     assert out.prompt_ids == [b.provenance.prompt_ids[1], a.provenance.prompt_ids[0]]
     assert out.token_roles is roles
+
+
+def test_gathered_rounds_with_and_without_images_keep_each_groups_images():
+    """Dynamic sampling's rounds of a mixed dataset: a round without any image has no image list;
+    the gathered batch still gives every group its own images (none for a text prompt)."""
+    tok = char_tokenizer()
+    with_images = batch(tok, images=["img0", "img1"], vision="vision")
+    text_only = batch(tok, prompts=("5+5=", "6+6="), answers=("10", "12"), responses=("10", "9", "12", "1"))
+    for parts in ([(with_images, 1), (text_only, 0)], [(text_only, 0), (with_images, 1)]):
+        out = gather_groups(parts, tok.pad_token_id).provenance
+        assert [out.image(p) for p in range(2)] == [("img1" if b is with_images else None) for b, _ in parts]
+        assert out.vision == "vision"
+    chat = batch(tok, messages=[[{"role": "system", "content": "s"}, {"role": "user", "content": "1+1="}]] * 2)
+    out = gather_groups([(text_only, 1), (chat, 0)], tok.pad_token_id).provenance
+    assert out.conversation(0) == [{"role": "user", "content": "6+6="}] and out.conversation(1)[0]["content"] == "s"

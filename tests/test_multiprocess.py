@@ -197,3 +197,10 @@ def test_the_failure_line_names_the_stage_of_distributed_errors_only(monkeypatch
     assert "waited more than 12 s (--dist_timeout)" in line and "at stage 'rollout step 3 > evidence'" in line
     lost = distributed.failure(dist.DistError("Connection reset by peer"))
     assert lost.startswith("a process lost the other processes at stage 'start-up'")
+    # before the first hook gave the collectives --dist_timeout, start-up's longer limit was in force
+    monkeypatch.setattr(distributed, "startup_s", 300.0)
+    monkeypatch.setattr(distributed, "_applied", False)
+    early = distributed.failure(info.value)
+    assert "waited more than 300 s (the start-up timeout: the longer of --dist_timeout and its default)" in early
+    monkeypatch.setattr(distributed, "_applied", True)
+    assert "waited more than 12 s (--dist_timeout)" in distributed.failure(info.value)

@@ -295,10 +295,10 @@ def gather_groups(parts: list[tuple[RolloutBatch, int]], pad_id: int) -> Rollout
         prompt_ids=[s.prompt_ids[p] for s, p in groups],
         response_ids=response_ids,
         weight_version=src.weight_version,
-        messages=None if src.messages is None else [s.messages[p] for s, p in groups],
+        messages=None if all(s.messages is None for s, _ in groups) else [s.conversation(p) for s, p in groups],
         prompt_format=src.prompt_format,
-        images=None if src.images is None else [s.images[p] for s, p in groups],
-        vision=src.vision,
+        images=None if all(s.images is None for s, _ in groups) else [s.image(p) for s, p in groups],
+        vision=next((s.vision for s, _ in groups if s.vision is not None), None),
         token_roles=src.token_roles,
     )
     return RolloutBatch(
