@@ -136,7 +136,17 @@ class Vision:
         out = self.processor(images=list(images), return_tensors="pt", **self.size_override())
         grid = out["image_grid_thw"].long()
         tokens = (grid.prod(-1) // self.merge**2).tolist()
-        return Images(out["pixel_values"].float(), grid, tokens, list(images))
+        return Images(out["pixel_values"].float(), grid, tokens, [self.fitted(im) for im in images])
+
+    def fitted(self, image):
+        """``image`` (PIL) at :meth:`fit`'s size, as the processor resizes it (bicubic), for the
+        engines that process images themselves: vLLM then needs no bounds of its own."""
+        size = self.fit(*image.size)
+        if tuple(size) == tuple(image.size):
+            return image
+        from PIL import Image
+
+        return image.resize(size, Image.Resampling.BICUBIC)
 
     def prompt_ids(self, text: str, images: Images | None) -> list[int]:
         """Token ids of a rendered prompt: each ``<image>`` becomes the model's vision tokens, each

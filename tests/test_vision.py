@@ -342,3 +342,5 @@ def test_pixel_bounds_resize_through_the_processors_size_without_deprecated_argu
     assert small.grid_thw.tolist() == [[1, h // patch, w // patch]]
     assert plain.grid_thw.tolist() == [[1, ph // patch, pw // patch]]
     assert small.tokens[0] < plain.tokens[0]
+    # engines that process images themselves (vLLM) get them at that size, so they need no bounds
+    assert small.raw[0].size == (w, h) and plain.raw[0].size == (pw, ph)
