@@ -10,6 +10,7 @@ from cepo.bases import assets
 from cepo.objectives import CIPO, OPSD
 from cepo.policy import PolicyRef
 from cepo.prompts.formats import Chat, Plain
+from cepo.prompts.templates import CIPO_INSTRUCTION, CIPO_TEMPLATE, fill
 from cepo.rollout.engine import Generation, RolloutEngine, SamplingConfig
 from cepo.rollout.generator import RolloutGenerator
 from cepo.scoring import Scorer
@@ -116,3 +117,15 @@ def test_distillation_and_correction_prompts_under_chat(chat_tok, chat_model):
     rendered = batch.provenance.format.render(conversations[0], chat_tok)
     assert rendered.endswith("solve the problem again.<|im_end|>\n<|im_start|>assistant\n")
     assert "7" not in conversations[0][-1]["content"]  # the reference answer never enters the prompt
+
+
+def test_a_restated_prompt_shows_its_images_once():
+    """CIPO's plain template restates the prompt: its image placeholders stay where the prompt first
+    shows them (a policy expects one image per placeholder), the restatement is text only."""
+    prompt = "<image>Q: what is 2 + <image>?"
+    (turn,) = Plain().correction([{"role": "user", "content": prompt}], " 5", CIPO_TEMPLATE, CIPO_INSTRUCTION)
+    text = turn["content"]
+    assert text.count("<image>") == 2 and text.startswith(prompt + " 5\n\nThe attempt above is wrong.")
+    assert text.endswith("\n\nQ: what is 2 + ?")
+    (plain,) = Plain().correction([{"role": "user", "content": "1+1="}], " 3", CIPO_TEMPLATE, CIPO_INSTRUCTION)
+    assert plain["content"] == fill(CIPO_TEMPLATE, prompt="1+1=", attempt=" 3")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Literal
 
 from cepo.prompts.templates import fill
+from cepo.vision import PLACEHOLDER
 
 Message = dict[str, str]
 Placement = Literal["assistant", "user"]
@@ -58,6 +59,12 @@ class PromptFormat:
         raise NotImplementedError
 
 
+def keep_first(text: str, piece: str, n: int) -> str:
+    """``text`` with only the first ``n`` occurrences of ``piece`` kept."""
+    head, *rest = text.split(piece)
+    return head + "".join((piece if i < n else "") + part for i, part in enumerate(rest))
+
+
 class Plain(PromptFormat):
     """The user turn's text as is (no chat markup); a system prompt, if a row has one, is dropped."""
 
@@ -65,8 +72,12 @@ class Plain(PromptFormat):
         return messages[-1]["content"]
 
     def correction(self, messages: list[Message], attempt: str, template: str, instruction: str) -> list[Message]:
-        """One user turn: ``template`` filled with the prompt and the attempt (``{prompt}``, ``{attempt}``)."""
-        return [{"role": "user", "content": fill(template, prompt=messages[-1]["content"], attempt=attempt)}]
+        """One user turn: ``template`` filled with the prompt and the attempt (``{prompt}``, ``{attempt}``).
+        A template that restates the prompt shows its images once: placeholders past the prompt's
+        own count are dropped from the restatement (a policy expects one image per placeholder)."""
+        prompt = messages[-1]["content"]
+        text = fill(template, prompt=prompt, attempt=attempt)
+        return [{"role": "user", "content": keep_first(text, PLACEHOLDER, prompt.count(PLACEHOLDER))}]
 
     def __repr__(self) -> str:
         return "Plain()"
