@@ -3,6 +3,7 @@ the Geo3k layout with images as ``{bytes, path}`` structs, a bad row named by fi
 Geo3k-layout Parquet file training two steps with the VL config."""
 
 import base64
+import csv
 import io
 import json
 import shutil
@@ -247,9 +248,11 @@ def test_jsonl_task_is_the_dataset_task():
     assert same_name is DatasetTask
 
 
-def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path):
+@pytest.mark.parametrize("method", [None, "cipo"])
+def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path, method):
     """The issue's end-to-end case: ``cepo fit`` with the VL default config, ``--data.task
-    cepo.tasks.DatasetTask --data.task.train x.parquet --data.task.val y.parquet``, for 2 steps."""
+    cepo.tasks.DatasetTask --data.task.train x.parquet --data.task.val y.parquet``, for 2 steps;
+    with CIPO too, whose corrections restate an image prompt (a second placeholder stopped it)."""
     from cepo.bases.tiny import build_tiny_vl
     from cepo.cli import cli_main
     from tests.helpers import ROOT
@@ -258,6 +261,9 @@ def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path):
     train = write_parquet(tmp_path / "x.parquet", geo3k_rows(4))
     val = write_parquet(tmp_path / "y.parquet", geo3k_rows(2))
     args = ["fit", "--config", str(ROOT / "configs" / "vl" / "default.yaml")]
+    if method:  # with max_share 0.5, each step's 2 prompts may get 2 correction groups
+        args += ["--config", str(ROOT / "configs" / "method" / f"{method}.yaml")]
+        args += ["--model.objective.init_args.max_share", "0.5"]
     args += ["--data.task", "cepo.tasks.DatasetTask", "--data.task.train", str(train), "--data.task.val", str(val)]
     args += ["--model.model_path", str(model), "--trainer.max_steps", "2", "--data.prompts_per_step", "2"]
     args += ["--data.group_size", "2", "--data.eval_size", "2", "--data.eval_k", "1"]
@@ -267,6 +273,10 @@ def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path):
     run = tmp_path / "geo" / "v"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rl_steps"] == 2 and summary["optimizer_steps"] == 2
+    if method == "cipo":  # corrections were sampled, with the prompt's image, at both steps
+        rows = csv.DictReader(open(run / "metrics.csv"))
+        attempts = [float(r["train/cipo/attempts"]) for r in rows if r.get("train/cipo/attempts")]
+        assert len(attempts) == 2 and min(attempts) > 0, attempts
     final = [json.loads(line) for line in (run / "samples" / "final.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["reference"]) for r in final if r["sample"] == "greedy"] == [
         ("Question: <image>Find x in triangle 0.\nAnswer:", "3"),
