@@ -167,7 +167,7 @@ class CepoCLI(LightningCLI):
             # joining and loading the policy wait at least the default; the callbacks' first hook
             # then gives the collectives --dist_timeout (distributed.apply_timeout)
             trainer.strategy._timeout = datetime.timedelta(seconds=max(seconds, default))
-            distributed.timeout_s, distributed.startup_s = seconds, max(seconds, default)
+            distributed.set_timeouts(seconds, max(seconds, default))
         trainer.callbacks.append(ProcessStages())
         trainer.callbacks.append(TrackerUploads())  # token-weight pages to W&B / MLflow, when configured
         count_steps(trainer.callbacks)  # "Step N/M", not "Epoch 0/-2"

@@ -105,6 +105,13 @@ def failure(err: BaseException) -> str | None:
     )
 
 
+def set_timeouts(collectives: float, startup: float) -> None:
+    """The run's timeouts (``cepo.cli``): ``collectives`` (``--dist_timeout``) once
+    :func:`apply_timeout` has run, ``startup`` (the process group's own) until then."""
+    global timeout_s, startup_s, _applied
+    timeout_s, startup_s, _applied = collectives, startup, False
+
+
 def apply_timeout() -> None:
     """Give the process group's collectives the ``--dist_timeout`` (:data:`timeout_s`) once every process
     has joined and loaded the policy. Start-up ran under a timeout no shorter than the default
