@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -248,11 +249,20 @@ def test_jsonl_task_is_the_dataset_task():
     assert same_name is DatasetTask
 
 
-@pytest.mark.parametrize("method", [None, "cipo"])
-def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path, method):
+ROOT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+OVERLAYS = [None] + [  # every shipped method, credit rule and sampling option (about 1 s each)
+    f"{kind}/{p.stem}.yaml"
+    for kind in ("method", "credit", "sampling")
+    for p in sorted((ROOT_CONFIGS / kind).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path, overlay):
     """The issue's end-to-end case: ``cepo fit`` with the VL default config, ``--data.task
     cepo.tasks.DatasetTask --data.task.train x.parquet --data.task.val y.parquet``, for 2 steps;
-    with CIPO too, whose corrections restate an image prompt (a second placeholder stopped it)."""
+    with every shipped method, credit rule and sampling option too (CIPO's corrections restated an
+    image prompt, and a second placeholder stopped every VL CIPO run)."""
     from cepo.bases.tiny import build_tiny_vl
     from cepo.cli import cli_main
     from tests.helpers import ROOT
@@ -261,8 +271,9 @@ def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path, meth
     train = write_parquet(tmp_path / "x.parquet", geo3k_rows(4))
     val = write_parquet(tmp_path / "y.parquet", geo3k_rows(2))
     args = ["fit", "--config", str(ROOT / "configs" / "vl" / "default.yaml")]
-    if method:  # with max_share 0.5, each step's 2 prompts may get 2 correction groups
-        args += ["--config", str(ROOT / "configs" / "method" / f"{method}.yaml")]
+    if overlay:
+        args += ["--config", str(ROOT / "configs" / overlay)]
+    if overlay == "method/cipo.yaml":  # with max_share 0.5, each step's 2 prompts may get 2 correction groups
         args += ["--model.objective.init_args.max_share", "0.5"]
     args += ["--data.task", "cepo.tasks.DatasetTask", "--data.task.train", str(train), "--data.task.val", str(val)]
     args += ["--model.model_path", str(model), "--trainer.max_steps", "2", "--data.prompts_per_step", "2"]
@@ -273,7 +284,7 @@ def test_a_geo3k_parquet_file_trains_two_steps_with_the_vl_config(tmp_path, meth
     run = tmp_path / "geo" / "v"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rl_steps"] == 2 and summary["optimizer_steps"] == 2
-    if method == "cipo":  # corrections were sampled, with the prompt's image, at both steps
+    if overlay == "method/cipo.yaml":  # corrections were sampled, with the prompt's image, at both steps
         rows = csv.DictReader(open(run / "metrics.csv"))
         attempts = [float(r["train/cipo/attempts"]) for r in rows if r.get("train/cipo/attempts")]
         assert len(attempts) == 2 and min(attempts) > 0, attempts
