@@ -21,8 +21,12 @@ class ProcessStages(L.Callback):
     """Names the outer stage of every process (``cepo.distributed.stage``) at Lightning's hooks."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        distributed.apply_timeout()  # every process has started and loaded the policy
         distributed.set_stage("start of training (restore, first rollouts)")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # every process has started, loaded the policy and restored any checkpoint (FSDP restores
+        # after on_fit_start): from here on the collectives get --dist_timeout
+        distributed.apply_timeout()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         distributed.set_stage(f"rollout step {pl_module.rl_step + 1}")
