@@ -187,6 +187,7 @@ def test_the_failure_line_names_the_stage_of_distributed_errors_only(monkeypatch
     from cepo import distributed
 
     monkeypatch.setattr(distributed, "timeout_s", 12.0)
+    monkeypatch.setattr(distributed, "startup_s", None)  # in-process fits of other tests leave theirs
     monkeypatch.setattr(distributed, "_stages", [])  # in-process fits of other tests leave their last stage
     assert distributed.failure(RuntimeError("operation timed out")) is None  # no process group: not a collective
     with pytest.raises(dist.DistError) as info:
