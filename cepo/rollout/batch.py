@@ -130,7 +130,8 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def with_provenance(self, **changes) -> RolloutBatch:
-        """A copy whose provenance has ``changes`` (the tensors are shared, not copied)."""
+        """A copy whose provenance has ``changes`` (the tensors and the ``timings``/``info`` dicts are
+        shared, not copied)."""
         return dataclasses.replace(self, provenance=dataclasses.replace(self.provenance, **changes))
 
     def packed(self) -> Packed:
