@@ -13,15 +13,14 @@ import sys
 import threading
 from pathlib import Path
 
-import lightning.pytorch.loops.training_epoch_loop as loop
-
 import cepo
 from cepo.__main__ import main as cepo_main
+from cepo.module import RLModule
 from cepo.rollout.datamodule import RolloutDataModule
 
 ROOT = Path(cepo.__file__).resolve().parent
 seen: dict[str, set[str]] = {}
-state = {"on": False, "step": 0}
+transfers = []
 
 
 def profiler(frame, event, arg):
@@ -31,19 +30,9 @@ def profiler(frame, event, arg):
             seen.setdefault(str(path.relative_to(ROOT.parent)), set()).add(frame.f_code.co_name)
 
 
-def start():
-    state["step"] += 1
-    if state["step"] == 2:
-        state["on"] = True
-        threading.setprofile(profiler)
-        sys.setprofile(profiler)
-
-
-def stop():
-    if state["on"]:
-        sys.setprofile(None)
-        threading.setprofile(None)
-        state["on"] = False
+def tracing(on: bool) -> None:
+    for set_profile in (sys.setprofile, threading.setprofile):  # threads: one-step-off rollouts
+        set_profile(profiler if on else None)
 
 
 transfer = RolloutDataModule.on_after_batch_transfer
@@ -51,24 +40,18 @@ transfer = RolloutDataModule.on_after_batch_transfer
 
 def traced_transfer(self, batch, dataloader_idx=0):
     if self.trainer is not None and self.trainer.training:
-        start()
+        transfers.append(1)
+        tracing(len(transfers) == 2)  # step 2: from here
     return transfer(self, batch, dataloader_idx)
 
 
-RolloutDataModule.on_after_batch_transfer = traced_transfer
+def traced_end(self, outputs, batch, batch_idx: int) -> None:
+    tracing(False)  # Lightning calls the module's hook after every callback's (RLModule has none)
 
 
 def main() -> None:
-    # stop after every callback's on_train_batch_end: Lightning calls the module's hook last
-    call = loop.call._call_lightning_module_hook
-
-    def wrapped(trainer, hook_name, *args, **kwargs):
-        out = call(trainer, hook_name, *args, **kwargs)
-        if hook_name == "on_train_batch_end":
-            stop()
-        return out
-
-    loop.call._call_lightning_module_hook = wrapped
+    RolloutDataModule.on_after_batch_transfer = traced_transfer
+    RLModule.on_train_batch_end = traced_end
     args = sys.argv[1:] or ["--config", "configs/default.yaml"]
     args += ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1000", "--report_base", "false"]
     args += ["--export_hf", "false", "--trainer.enable_progress_bar", "false", "--run_root", "/tmp/step_files_runs"]
